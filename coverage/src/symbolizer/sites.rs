@@ -1,0 +1,320 @@
+//! Stage 1: instrumented call sites. Decodes the code of every function symbol with iced-x86
+//! and records each direct `call` to a kcov hook, then maps kcov PCs (return addresses) back to
+//! those call instructions.
+
+use std::collections::{BTreeMap, HashMap};
+
+use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind};
+
+use super::vmlinux::Vmlinux;
+use super::Error;
+
+/// The PC-tracing hook (`KCOV_TRACE_PC`).
+pub const TRACE_PC_HOOK: &str = "__sanitizer_cov_trace_pc";
+
+/// Comparison hooks (`KCOV_TRACE_CMP`, `CONFIG_KCOV_ENABLE_COMPARISONS`).
+pub const TRACE_CMP_HOOKS: [&str; 9] = [
+    "__sanitizer_cov_trace_cmp1",
+    "__sanitizer_cov_trace_cmp2",
+    "__sanitizer_cov_trace_cmp4",
+    "__sanitizer_cov_trace_cmp8",
+    "__sanitizer_cov_trace_const_cmp1",
+    "__sanitizer_cov_trace_const_cmp2",
+    "__sanitizer_cov_trace_const_cmp4",
+    "__sanitizer_cov_trace_const_cmp8",
+    "__sanitizer_cov_trace_switch",
+];
+
+/// Which hook a site calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SiteKind {
+    /// `__sanitizer_cov_trace_pc`: one per basic block, what KCOV_TRACE_PC records.
+    Pc,
+    /// A `__sanitizer_cov_trace_{const_,}cmp{1,2,4,8}` or `__sanitizer_cov_trace_switch` call.
+    Cmp,
+}
+
+/// One instrumented call instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallSite {
+    /// Address of the `call` instruction (what gets symbolized).
+    pub call_addr: u64,
+    /// Instruction length in bytes (5 for `call rel32`).
+    pub call_len: u8,
+    /// `call_addr + call_len`: the return address, i.e. what kcov records.
+    pub ret_addr: u64,
+    /// Which hook.
+    pub kind: SiteKind,
+}
+
+/// A `jmp`/`jcc` to a kcov hook (gcc turns a trailing hook call into a tail call). The hook then records
+/// the *caller's* return address, so such coverage shows up as PCs in other functions (usually
+/// as `unmatched`); listed so reports can say how much of it there is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TailCall {
+    /// Address of the `jmp`.
+    pub addr: u64,
+    /// Which hook.
+    pub kind: SiteKind,
+}
+
+/// The result of [`enumerate_sites`].
+#[derive(Clone, Debug, Default)]
+pub struct SiteScan {
+    /// Instrumented calls, sorted by `call_addr`, no duplicates.
+    pub sites: Vec<CallSite>,
+    /// Tail jumps to hooks, sorted by address.
+    pub tail_calls: Vec<TailCall>,
+    /// Sized function symbols decoded.
+    pub functions_scanned: usize,
+    /// Bytes decoded inside sized function symbols.
+    pub bytes_scanned: u64,
+    /// Invalid encodings inside sized function symbols (data in code, a function that runs past
+    /// its `st_size`, an instruction iced does not know).
+    pub decode_errors: u64,
+    /// Bytes of executable sections outside every sized function symbol (padding, assembly,
+    /// functions whose symbol is missing), decoded linearly from each gap start and from every
+    /// unsized symbol in it.
+    pub gap_bytes_scanned: u64,
+    /// Invalid encodings in those gaps (expected: padding and data).
+    pub gap_decode_errors: u64,
+    /// Sites found in gaps (code without a sized symbol; DWARF may still know it).
+    pub gap_sites: usize,
+}
+
+impl SiteScan {
+    /// Sites of one kind.
+    pub fn count(&self, kind: SiteKind) -> usize {
+        self.sites.iter().filter(|s| s.kind == kind).count()
+    }
+
+    /// `Some(len)` when every site's `ret_addr - call_addr` is the same `len` (5 on x86_64 with
+    /// `call rel32`): the offset to subtract from a kcov PC, measured rather than assumed.
+    pub fn uniform_return_offset(&self) -> Option<u64> {
+        let first = self.sites.first()?;
+        let off = first.ret_addr - first.call_addr;
+        self.sites
+            .iter()
+            .all(|s| s.ret_addr - s.call_addr == off)
+            .then_some(off)
+    }
+}
+
+/// Hook addresses → kind, from the symbol table.
+fn hook_addresses(vmlinux: &Vmlinux) -> HashMap<u64, SiteKind> {
+    let mut hooks = HashMap::new();
+    for f in vmlinux.symbols().functions() {
+        if f.name == TRACE_PC_HOOK {
+            hooks.insert(f.addr, SiteKind::Pc);
+        } else if TRACE_CMP_HOOKS.contains(&f.name.as_str()) {
+            hooks.insert(f.addr, SiteKind::Cmp);
+        }
+    }
+    hooks
+}
+
+/// Decodes `code` (at `ip`) linearly, collecting hook calls and tail jumps; returns the number of
+/// invalid encodings.
+fn decode_range(
+    code: &[u8],
+    ip: u64,
+    hooks: &HashMap<u64, SiteKind>,
+    sites: &mut Vec<CallSite>,
+    tail_calls: &mut Vec<TailCall>,
+) -> u64 {
+    let mut errors = 0;
+    let mut instr = Instruction::default();
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instr);
+        if instr.is_invalid() {
+            errors += 1;
+            continue;
+        }
+        if instr.op0_kind() != OpKind::NearBranch64 {
+            continue;
+        }
+        let Some(&kind) = hooks.get(&instr.near_branch_target()) else {
+            continue;
+        };
+        if instr.is_call_near() {
+            sites.push(CallSite {
+                call_addr: instr.ip(),
+                call_len: instr.len() as u8,
+                ret_addr: instr.next_ip(),
+                kind,
+            });
+        } else if instr.is_jmp_short_or_near() || instr.is_jcc_short_or_near() {
+            tail_calls.push(TailCall {
+                addr: instr.ip(),
+                kind,
+            });
+        }
+    }
+    errors
+}
+
+/// Finds every direct call (and tail jump) to a kcov hook. Code is decoded linearly per sized
+/// function symbol, so padding and data between functions cannot desynchronise the decoder;
+/// the bytes no sized symbol covers are decoded afterwards, restarting at every unsized symbol.
+pub fn enumerate_sites(vmlinux: &Vmlinux) -> Result<SiteScan, Error> {
+    if vmlinux.architecture() != object::Architecture::X86_64 {
+        return Err(Error::UnsupportedArch {
+            path: vmlinux.path().to_path_buf(),
+            arch: format!("{:?}", vmlinux.architecture()),
+        });
+    }
+    let hooks = hook_addresses(vmlinux);
+    if !hooks.values().any(|k| *k == SiteKind::Pc) {
+        return Err(Error::NotInstrumented {
+            path: vmlinux.path().to_path_buf(),
+        });
+    }
+
+    let mut scan = SiteScan::default();
+    // Sized symbols that lie in executable sections (hooks included: they count as covered).
+    let mut covered: Vec<std::ops::Range<u64>> = Vec::new();
+    let mut anchors: Vec<u64> = Vec::new();
+    for f in vmlinux.symbols().functions() {
+        if f.size == 0 {
+            anchors.push(f.addr);
+            continue;
+        }
+        let Some(code) = vmlinux.code(f.addr, f.size) else {
+            continue;
+        };
+        covered.push(f.range());
+        if hooks.contains_key(&f.addr) {
+            continue;
+        }
+        scan.functions_scanned += 1;
+        scan.bytes_scanned += f.size;
+        scan.decode_errors +=
+            decode_range(code, f.addr, &hooks, &mut scan.sites, &mut scan.tail_calls);
+    }
+    let in_functions = scan.sites.len();
+
+    // Gaps: executable bytes outside every sized symbol.
+    covered.sort_unstable_by_key(|r| r.start);
+    for section in vmlinux.exec_sections() {
+        let sec = section.addr_range();
+        let mut gaps = Vec::new();
+        let mut cursor = sec.start;
+        let first = covered.partition_point(|r| r.end <= sec.start);
+        for r in covered[first..].iter().take_while(|r| r.start < sec.end) {
+            if r.start > cursor {
+                gaps.push(cursor..r.start);
+            }
+            cursor = cursor.max(r.end);
+        }
+        if cursor < sec.end {
+            gaps.push(cursor..sec.end);
+        }
+        for gap in gaps {
+            let lo = anchors.partition_point(|a| *a <= gap.start);
+            let hi = anchors.partition_point(|a| *a < gap.end);
+            let starts = std::iter::once(gap.start).chain(anchors[lo..hi].iter().copied());
+            let ends = anchors[lo..hi]
+                .iter()
+                .copied()
+                .chain(std::iter::once(gap.end));
+            for (start, end) in starts.zip(ends) {
+                let Some(code) = vmlinux.code(start, end - start) else {
+                    continue;
+                };
+                scan.gap_bytes_scanned += end - start;
+                scan.gap_decode_errors +=
+                    decode_range(code, start, &hooks, &mut scan.sites, &mut scan.tail_calls);
+            }
+        }
+    }
+    scan.gap_sites = scan.sites.len() - in_functions;
+
+    // Overlapping symbols (aliases with different sizes) decode the same bytes twice.
+    scan.sites.sort_unstable();
+    scan.sites.dedup_by_key(|s| s.call_addr);
+    scan.tail_calls.sort_unstable();
+    scan.tail_calls.dedup_by_key(|t| t.addr);
+    Ok(scan)
+}
+
+/// Raw kcov PCs mapped onto call sites.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PcMapping {
+    /// Site `call_addr` → how many raw PCs hit it.
+    pub hits: BTreeMap<u64, u64>,
+    /// PCs that are no site's return address → how many times each was seen.
+    pub unmatched: BTreeMap<u64, u64>,
+}
+
+impl PcMapping {
+    /// Raw PCs that matched a site.
+    pub fn matched_pcs(&self) -> u64 {
+        self.hits.values().sum()
+    }
+
+    /// Raw PCs that matched nothing.
+    pub fn unmatched_pcs(&self) -> u64 {
+        self.unmatched.values().sum()
+    }
+}
+
+/// Maps kcov PCs (return addresses) to call sites by exact match on `ret_addr`.
+/// `sites` must be sorted by `call_addr` (as [`enumerate_sites`] returns them).
+pub fn map_pcs(sites: &[CallSite], pcs: impl IntoIterator<Item = u64>) -> PcMapping {
+    debug_assert!(sites.windows(2).all(|w| w[0].ret_addr <= w[1].ret_addr));
+    let mut counts: HashMap<u64, u64> = HashMap::new();
+    for pc in pcs {
+        *counts.entry(pc).or_default() += 1;
+    }
+    let mut mapping = PcMapping::default();
+    for (pc, n) in counts {
+        match sites.binary_search_by_key(&pc, |s| s.ret_addr) {
+            Ok(i) => *mapping.hits.entry(sites[i].call_addr).or_default() += n,
+            Err(_) => *mapping.unmatched.entry(pc).or_default() += n,
+        }
+    }
+    mapping
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(call_addr: u64) -> CallSite {
+        CallSite {
+            call_addr,
+            call_len: 5,
+            ret_addr: call_addr + 5,
+            kind: SiteKind::Pc,
+        }
+    }
+
+    #[test]
+    fn map_pcs_matches_return_addresses_only() {
+        let sites = [site(0x100), site(0x110), site(0x120)];
+        let m = map_pcs(&sites, [0x105, 0x105, 0x125, 0x110, 0x999]);
+        assert_eq!(m.hits, BTreeMap::from([(0x100, 2), (0x120, 1)]));
+        // 0x110 is a call address, not a return address: kcov never records it.
+        assert_eq!(m.unmatched, BTreeMap::from([(0x110, 1), (0x999, 1)]));
+        assert_eq!(m.matched_pcs(), 3);
+        assert_eq!(m.unmatched_pcs(), 2);
+    }
+
+    #[test]
+    fn uniform_offset() {
+        let mut scan = SiteScan {
+            sites: vec![site(0x100), site(0x200)],
+            ..SiteScan::default()
+        };
+        assert_eq!(scan.uniform_return_offset(), Some(5));
+        scan.sites.push(CallSite {
+            call_addr: 0x300,
+            call_len: 6,
+            ret_addr: 0x306,
+            kind: SiteKind::Cmp,
+        });
+        assert_eq!(scan.uniform_return_offset(), None);
+        assert_eq!(scan.count(SiteKind::Cmp), 1);
+    }
+}

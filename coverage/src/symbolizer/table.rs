@@ -1,0 +1,162 @@
+//! All instrumented sites of one image with their frames: the input of every report, and what the
+//! per-build-id cache stores.
+
+use std::time::{Duration, Instant};
+
+use super::cache::{CacheOutcome, SymbolCache};
+use super::dwarf::{Frame, Symbolizer};
+use super::sites::{enumerate_sites, map_pcs, CallSite, PcMapping, SiteScan, TailCall};
+use super::vmlinux::{BuildId, Vmlinux};
+use super::Error;
+
+/// Every instrumented call site of one image, symbolized.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SiteTable {
+    /// Build-id of the image the table was built from.
+    pub build_id: Option<BuildId>,
+    /// The source prefixes stripped from file paths ([`Symbolizer::src_roots`]).
+    pub src_roots: Vec<String>,
+    /// Sites sorted by `call_addr`.
+    pub sites: Vec<CallSite>,
+    /// `frames[i]` are the frames of `sites[i]`, innermost first.
+    pub frames: Vec<Vec<Frame>>,
+    /// Tail jumps to hooks (see [`TailCall`]).
+    pub tail_calls: Vec<TailCall>,
+    /// Invalid encodings met while enumerating sites.
+    pub decode_errors: u64,
+    /// Sites whose DWARF lookup failed (they carry the symbol-table fallback).
+    pub dwarf_errors: usize,
+}
+
+/// Timings of [`symbolize_all_sites`] (for benchmarks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SymbolizeAllStats {
+    /// Sites symbolized.
+    pub sites: usize,
+    /// Frames produced (more than `sites` where code was inlined).
+    pub frames: usize,
+    /// Decoding the code to find sites.
+    pub enumerate: Duration,
+    /// Building the addr2line context and symbolizing every site.
+    pub symbolize: Duration,
+    /// Both.
+    pub total: Duration,
+}
+
+impl SiteTable {
+    /// Enumerates sites and symbolizes them (no cache).
+    pub fn build(vmlinux: &Vmlinux) -> Result<Self, Error> {
+        Ok(Self::build_timed(vmlinux)?.0)
+    }
+
+    /// [`SiteTable::build`] plus how long each stage took.
+    pub fn build_timed(vmlinux: &Vmlinux) -> Result<(Self, SymbolizeAllStats), Error> {
+        let start = Instant::now();
+        vmlinux.require_dwarf()?;
+        let scan = enumerate_sites(vmlinux)?;
+        let enumerate = start.elapsed();
+        let t = Instant::now();
+        let symbolizer = Symbolizer::new(vmlinux)?;
+        let table = Self::from_scan(scan, &symbolizer);
+        let symbolize = t.elapsed();
+        let stats = SymbolizeAllStats {
+            sites: table.sites.len(),
+            frames: table.frames.iter().map(Vec::len).sum(),
+            enumerate,
+            symbolize,
+            total: start.elapsed(),
+        };
+        Ok((table, stats))
+    }
+
+    /// Symbolizes the sites of `scan` with a caller-configured symbolizer
+    /// (e.g. [`Symbolizer::with_src_roots`]).
+    pub fn from_scan(scan: SiteScan, symbolizer: &Symbolizer<'_>) -> Self {
+        let addrs: Vec<u64> = scan.sites.iter().map(|s| s.call_addr).collect();
+        let errors_before = symbolizer.dwarf_errors();
+        let frames = symbolizer.symbolize_sorted(&addrs);
+        SiteTable {
+            build_id: symbolizer.vmlinux().build_id().cloned(),
+            src_roots: symbolizer.src_roots().to_vec(),
+            sites: scan.sites,
+            frames,
+            tail_calls: scan.tail_calls,
+            decode_errors: scan.decode_errors,
+            dwarf_errors: symbolizer.dwarf_errors() - errors_before,
+        }
+    }
+
+    /// The cached table for this image's build-id if there is a valid one, else builds it and
+    /// stores it (atomically). With `cache == None`, or an image without build-id, it just builds.
+    /// A cache that cannot be written is reported in the outcome, not as an error.
+    pub fn load_or_build(
+        vmlinux: &Vmlinux,
+        cache: Option<&SymbolCache>,
+    ) -> Result<(Self, CacheOutcome), Error> {
+        let (Some(cache), Some(build_id)) = (cache, vmlinux.build_id()) else {
+            let reason = if cache.is_none() {
+                "no cache directory given"
+            } else {
+                "the image has no build-id"
+            };
+            return Ok((
+                Self::build(vmlinux)?,
+                CacheOutcome::NotCached {
+                    reason: reason.to_string(),
+                },
+            ));
+        };
+        let stale = match cache.load(build_id) {
+            Ok(Some(table)) => {
+                return Ok((
+                    table,
+                    CacheOutcome::Hit {
+                        path: cache.path_for(build_id),
+                    },
+                ))
+            }
+            Ok(None) => None,
+            Err(reason) => Some(reason),
+        };
+        let table = Self::build(vmlinux)?;
+        let outcome = match cache.store(&table) {
+            Ok(path) => CacheOutcome::Stored { path, stale },
+            Err(e) => CacheOutcome::NotCached {
+                reason: e.to_string(),
+            },
+        };
+        Ok((table, outcome))
+    }
+
+    /// Number of sites.
+    pub fn len(&self) -> usize {
+        self.sites.len()
+    }
+
+    /// True without sites.
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty()
+    }
+
+    /// Index of the site whose call instruction is at `call_addr`.
+    pub fn index_of(&self, call_addr: u64) -> Option<usize> {
+        self.sites
+            .binary_search_by_key(&call_addr, |s| s.call_addr)
+            .ok()
+    }
+
+    /// Frames of the site at `call_addr`.
+    pub fn frames_of(&self, call_addr: u64) -> Option<&[Frame]> {
+        self.index_of(call_addr).map(|i| self.frames[i].as_slice())
+    }
+
+    /// Maps raw kcov PCs onto this table's sites.
+    pub fn map_pcs(&self, pcs: impl IntoIterator<Item = u64>) -> PcMapping {
+        map_pcs(&self.sites, pcs)
+    }
+}
+
+/// Benchmark entry: enumerate and symbolize every instrumented site of `vmlinux` (no cache).
+pub fn symbolize_all_sites(vmlinux: &Vmlinux) -> Result<SymbolizeAllStats, Error> {
+    Ok(SiteTable::build_timed(vmlinux)?.1)
+}

@@ -1,0 +1,3 @@
+//! Library part of the guest agent (shared with its tests and tools).
+
+pub mod kcov;

@@ -1,0 +1,87 @@
+//! Bad input gives one error line naming the problem, a non-zero exit, and
+//! leaves the kernel cache as it was.
+
+use std::collections::BTreeSet;
+
+use tests::{error_lines, text, xtask};
+
+fn cached_kernels() -> BTreeSet<String> {
+    let dir = xtask::paths::cache_root().join("kernels");
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn missing_kernel_source_dir() {
+    let Some(out) = xtask(&["kernel", "--kernel-src", "/no/such/kernel-tree"]) else {
+        return;
+    };
+    assert!(!out.status.success());
+    let errors = error_lines(&out);
+    assert_eq!(
+        errors,
+        ["error: --kernel-src /no/such/kernel-tree: no such directory"],
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn missing_include_file() {
+    let Some(out) = xtask(&[
+        "boot",
+        "--runner",
+        "qemu",
+        "--include",
+        "/no/such/file:/bin/x",
+    ]) else {
+        return;
+    };
+    assert!(!out.status.success());
+    let errors = error_lines(&out);
+    assert_eq!(
+        errors,
+        ["error: include file not found: /no/such/file"],
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn unknown_fragment_option_fails_and_keeps_cache() {
+    if tests::artifact("TESTBED_XTASK_BIN").is_none() {
+        return;
+    }
+    let before = cached_kernels();
+    let dir = tempfile::tempdir().unwrap();
+    let frag = dir.path().join("bad.config");
+    std::fs::write(
+        &frag,
+        "# an option no kernel has\nCONFIG_TESTBED_NO_SUCH_OPTION=y\n",
+    )
+    .unwrap();
+    let out = xtask(&["kernel", "--fragment", frag.to_str().unwrap()]).unwrap();
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("bad.config:2: CONFIG_TESTBED_NO_SUCH_OPTION=y is not in the final .config"),
+        "{all}"
+    );
+    assert_eq!(cached_kernels(), before, "the kernel cache changed");
+}
+
+#[test]
+fn second_kernel_build_is_a_cache_hit() {
+    let Some(out) = xtask(&["kernel"]) else {
+        return;
+    };
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("kernel: cached"), "no cache hit: {all}");
+    assert!(!all.contains("kernel: build"), "make ran: {all}");
+}

@@ -1,0 +1,88 @@
+//! Boots the guest kernel + initramfs under the qemu runner through the
+//! `cargo xtask` binary and checks the agent's report and exit statuses.
+
+use std::path::Path;
+use std::process::Command;
+
+use tests::{text, xtask};
+
+const BOOT: &[&str] = &["boot", "--runner", "qemu"];
+
+fn boot(extra: &[&str]) -> Option<std::process::Output> {
+    let args: Vec<&str> = BOOT.iter().chain(extra).copied().collect();
+    xtask(&args)
+}
+
+#[test]
+fn agent_reports_kcov_and_vhost_and_succeeds() {
+    let Some(out) = boot(&[]) else { return };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    for line in [
+        "testbed-agent: kcov /sys/kernel/debug/kcov: present",
+        "testbed-agent: vhost-net /dev/vhost-net: present",
+        "testbed-agent: vhost-vsock /dev/vhost-vsock: present",
+        "@@TESTBED-EXIT@@ 0",
+    ] {
+        assert!(all.contains(line), "missing {line:?} in:\n{all}");
+    }
+    let release = all
+        .lines()
+        .find_map(|l| l.strip_prefix("@@TESTBED-READY@@ "))
+        .unwrap_or_else(|| panic!("no ready marker in:\n{all}"));
+    assert!(release.starts_with("6.12"), "kernel release {release}");
+    assert!(all.contains("runner: qemu"), "{all}");
+}
+
+/// Compiles a static C program that exits with `code`.
+fn static_exit_program(dir: &Path, code: i32) -> std::path::PathBuf {
+    let src = dir.join("exit.c");
+    std::fs::write(&src, format!("int main(void) {{ return {code}; }}\n")).unwrap();
+    let bin = dir.join(format!("exit{code}"));
+    let status = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("running gcc");
+    assert!(status.success(), "gcc -static failed");
+    bin
+}
+
+#[test]
+fn failing_guest_command_gives_its_status() {
+    if tests::artifact("TESTBED_XTASK_BIN").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = static_exit_program(dir.path(), 3);
+    let include = format!("{}:/bin/exit3", bin.display());
+    let out = boot(&["--include", &include, "--", "/bin/exit3"]).unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{all}");
+    assert!(
+        all.contains("testbed-agent: command exited with status 3"),
+        "{all}"
+    );
+}
+
+#[test]
+fn missing_guest_command_fails() {
+    let Some(out) = boot(&["--", "/no/such/command"]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(127), "{all}");
+    assert!(all.contains("command not found: /no/such/command"), "{all}");
+}
+
+#[test]
+fn kernel_panic_is_a_failure() {
+    // No init to run: the kernel panics ("No working init found").
+    let Some(out) = boot(&["--append", "rdinit=/none", "--append", "init=/none"]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(70), "{all}");
+    assert!(all.contains("guest kernel panicked"), "{all}");
+}

@@ -1,0 +1,95 @@
+//! Builds the guest agent as a static x86_64 binary (`-C target-feature=+crt-static`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{deps, paths};
+
+pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Builds `guest-agent` (release, static) in its own target directory so the
+/// static RUSTFLAGS never invalidate the host build; returns the binary path.
+pub fn build() -> Result<PathBuf> {
+    // Static linking against glibc needs libc.a.
+    deps::ensure_packages(&["libc6-dev"], "linking the static guest agent")?;
+    let root = paths::workspace_root();
+    let target_dir = root.join("target").join("guest");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--package",
+            "guest-agent",
+            "--target",
+            GUEST_TARGET,
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .status()
+        .context("running cargo to build the guest agent")?;
+    if !status.success() {
+        bail!("building the guest agent failed (see cargo's output above)");
+    }
+    let bin = target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join("guest-agent");
+    let data = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
+    if has_interpreter(&data)? {
+        bail!(
+            "{} is dynamically linked; the guest has no libc to load it",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// True when an ELF64 little-endian file has a PT_INTERP program header
+/// (i.e. it needs a dynamic loader). Bounds-checked; errors on non-ELF input.
+pub fn has_interpreter(elf: &[u8]) -> Result<bool> {
+    const PT_INTERP: u32 = 3;
+    let rd = |off: usize, len: usize| -> Result<u64> {
+        let bytes = elf.get(off..off + len).context("truncated ELF header")?;
+        Ok(bytes
+            .iter()
+            .rev()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+    };
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        bail!("not a 64-bit little-endian ELF file");
+    }
+    let phoff = usize::try_from(rd(0x20, 8)?)?;
+    let phentsize = usize::try_from(rd(0x36, 2)?)?;
+    let phnum = usize::try_from(rd(0x38, 2)?)?;
+    for i in 0..phnum {
+        let off = i
+            .checked_mul(phentsize)
+            .and_then(|o| o.checked_add(phoff))
+            .context("bad program header table")?;
+        if rd(off, 4)? == u64::from(PT_INTERP) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_dynamic_and_static_binaries() {
+        // This test binary itself is dynamically linked (default Rust on gnu).
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(has_interpreter(&me).unwrap());
+        assert!(has_interpreter(b"not an elf").is_err());
+        let mut truncated = me[..0x40].to_vec();
+        truncated.truncate(0x39);
+        assert!(has_interpreter(&truncated).is_err());
+    }
+}

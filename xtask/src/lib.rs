@@ -1,0 +1,13 @@
+//! The testbed's task runner as a library: kernel build and cache, guest
+//! agent, initramfs, runners and boot. `cargo xtask` is its command line;
+//! integration tests call it directly.
+
+pub mod agent;
+pub mod boot;
+pub mod deps;
+pub mod image;
+pub mod kernel;
+pub mod paths;
+pub mod progress;
+pub mod runner;
+pub mod test;

@@ -1,0 +1,182 @@
+//! `cargo xtask`: the testbed's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use xtask::boot::{self, BootOpts};
+use xtask::kernel::{self, KernelOpts};
+use xtask::runner::{RunnerKind, Timeouts};
+use xtask::{agent, image, test};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "kcov remote-coverage testbed for vhost: build, boot, test"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct KernelArgs {
+    /// Build from this kernel tree instead of Debian's linux-source-6.12 (out of tree, the tree stays clean).
+    #[arg(long, value_name = "DIR")]
+    kernel_src: Option<PathBuf>,
+    /// Extra config fragment merged after kernel-config/*.config (repeatable).
+    #[arg(long, value_name = "FILE")]
+    fragment: Vec<PathBuf>,
+    /// Parallel make jobs (default: number of CPUs).
+    #[arg(long, short = 'j', default_value_t = 0)]
+    jobs: usize,
+}
+
+impl KernelArgs {
+    fn opts(&self) -> KernelOpts {
+        KernelOpts {
+            src: self.kernel_src.clone(),
+            fragments: Vec::new(),
+            extra_fragments: self.fragment.clone(),
+            jobs: self.jobs,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the kcov guest kernel (cached by content under ~/.cache/kcov-testbed).
+    Kernel {
+        #[command(flatten)]
+        kernel: KernelArgs,
+    },
+    /// Build the static guest agent.
+    Agent,
+    /// Write an initramfs with the agent as /init.
+    Image {
+        /// Output file.
+        #[arg(long, short, default_value = "initramfs.cpio")]
+        output: PathBuf,
+        /// Add HOST_PATH at GUEST_PATH (default /<file name>); directories are added recursively.
+        #[arg(long, value_name = "HOST_PATH[:GUEST_PATH]")]
+        include: Vec<String>,
+        /// Command for the agent to run in the guest.
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// Build what is missing and boot the guest; exits with the guest's status.
+    Boot {
+        /// Where to boot: auto picks kvm where hardware KVM can boot the kernel, else qemu, and says why.
+        #[arg(long, value_enum, default_value_t = RunnerKind::Auto)]
+        runner: RunnerKind,
+        #[command(flatten)]
+        kernel: KernelArgs,
+        /// Add HOST_PATH at GUEST_PATH (default /<file name>) to the initramfs (repeatable).
+        #[arg(long, value_name = "HOST_PATH[:GUEST_PATH]")]
+        include: Vec<String>,
+        /// Extra kernel command-line word (repeatable).
+        #[arg(long, value_name = "WORD")]
+        append: Vec<String>,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 512)]
+        mem: u64,
+        /// Seconds from start until the agent must be running.
+        #[arg(long, default_value_t = 120)]
+        boot_timeout: u64,
+        /// Seconds the agent may run after it started.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Show all kernel messages (default: quiet, warnings and panics only).
+        #[arg(long)]
+        kernel_log: bool,
+        /// Do not echo the guest console (it is still logged in the run directory).
+        #[arg(long)]
+        no_echo: bool,
+        /// Command for the agent to run in the guest (from the initramfs, see --include).
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// Format check, clippy -D warnings and the whole test suite (kernel and agent built first).
+    Test {
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Arguments for the test runner (cargo nextest run / cargo test).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Kernel { kernel } => {
+            let k = kernel::build(&kernel.opts())?;
+            println!("bzImage {}", k.bzimage.display());
+            println!("vmlinux {}", k.vmlinux.display());
+            println!("config  {}", k.config.display());
+        }
+        Cmd::Agent => println!("{}", agent::build()?.display()),
+        Cmd::Image {
+            output,
+            include,
+            cmd,
+        } => {
+            let includes = include
+                .iter()
+                .map(|s| images::Include::parse(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let agent = agent::build()?;
+            image::build(&agent, &includes, &cmd, &output)?;
+            println!("{}", output.display());
+        }
+        Cmd::Boot {
+            runner,
+            kernel,
+            include,
+            append,
+            mem,
+            boot_timeout,
+            timeout,
+            kernel_log,
+            no_echo,
+            cmd,
+        } => {
+            let opts = BootOpts {
+                runner,
+                kernel: kernel.opts(),
+                includes: include,
+                cmd,
+                append,
+                mem_mib: mem,
+                timeouts: Timeouts {
+                    boot: Duration::from_secs(boot_timeout),
+                    run: Duration::from_secs(timeout),
+                },
+                kernel_log,
+                echo: !no_echo,
+            };
+            let (outcome, _run_dir) = boot::boot(&opts)?;
+            eprintln!("{}", boot::summary(&outcome, opts.echo));
+            let code = outcome.status.exit_code();
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        Cmd::Test { no_lint, args } => test::run(&test::TestOpts {
+            lint: !no_lint,
+            args,
+        })?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

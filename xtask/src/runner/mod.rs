@@ -1,0 +1,390 @@
+//! Runners boot the guest kernel + initramfs and watch its serial console.
+//!
+//! Both runners give the same thing: serial lines, from which the console
+//! protocol of the guest agent is read (`@@TESTBED-READY@@ <release>` when the
+//! agent runs, `@@TESTBED-EXIT@@ <status>` as its last line), and a status.
+
+pub mod qemu;
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+pub use kcov_wire::console::{EXIT_MARKER, READY_MARKER};
+const PANIC_MARKER: &str = "Kernel panic - not syncing";
+/// Lines of console kept to explain a failure.
+const TAIL_LINES: usize = 30;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunnerKind {
+    /// Pick kvm where hardware KVM can boot the kernel, else qemu.
+    Auto,
+    /// Our VMM on /dev/kvm.
+    Kvm,
+    /// QEMU TCG (software emulation), microvm machine.
+    Qemu,
+}
+
+impl std::fmt::Display for RunnerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunnerKind::Auto => "auto",
+            RunnerKind::Kvm => "kvm",
+            RunnerKind::Qemu => "qemu",
+        })
+    }
+}
+
+/// Why hardware KVM cannot boot a stock kernel here, or None if it can.
+pub fn kvm_unusable_reason() -> Option<String> {
+    if !Path::new("/dev/kvm").exists() {
+        return Some("/dev/kvm does not exist (no KVM on this host)".into());
+    }
+    if fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return Some("/dev/kvm cannot be opened (permissions?)".into());
+    }
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw_virt = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if Path::new("/sys/module/kvm_pvm").exists() && !hw_virt {
+        return Some(
+            "host KVM is PVM (/sys/module/kvm_pvm, no vmx/svm): it boots only PVM-aware kernels"
+                .into(),
+        );
+    }
+    None
+}
+
+/// Resolves `auto` into a concrete runner and says why.
+pub fn choose(kind: RunnerKind) -> (RunnerKind, String) {
+    match kind {
+        RunnerKind::Auto => match kvm_unusable_reason() {
+            Some(why) => (RunnerKind::Qemu, format!("{why}; using QEMU TCG")),
+            None => (RunnerKind::Kvm, "hardware KVM available".into()),
+        },
+        k => (k, "requested".into()),
+    }
+}
+
+/// How a guest run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestStatus {
+    /// The agent printed its exit marker with this status.
+    Exited(i32),
+    /// The kernel panicked (the panic line).
+    Panicked(String),
+    /// The agent never reported ready within the boot timeout.
+    BootTimeout(Duration),
+    /// The agent was ready but did not finish within the run timeout.
+    RunTimeout(Duration),
+    /// The VM ended without an exit marker or panic.
+    NoStatus(String),
+}
+
+impl GuestStatus {
+    /// The process exit code `cargo xtask boot` uses for this status.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            GuestStatus::Exited(code) => (*code).clamp(0, 255),
+            GuestStatus::Panicked(_) => 70,
+            GuestStatus::BootTimeout(_) | GuestStatus::RunTimeout(_) => 124,
+            GuestStatus::NoStatus(_) => 71,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            GuestStatus::Exited(0) => "agent finished successfully".into(),
+            GuestStatus::Exited(c) => format!("agent exited with status {c}"),
+            GuestStatus::Panicked(line) => format!("guest kernel panicked: {line}"),
+            GuestStatus::BootTimeout(t) => format!("the guest agent did not start within {}s (kernel hung or /init failed); raise --boot-timeout if the host is very slow", t.as_secs()),
+            GuestStatus::RunTimeout(t) => format!("the guest did not finish within {}s; raise --timeout for long workloads", t.as_secs()),
+            GuestStatus::NoStatus(why) => format!("the VM ended without an exit status from the agent ({why})"),
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Clone, Debug)]
+pub struct BootOutcome {
+    pub runner: RunnerKind,
+    pub status: GuestStatus,
+    pub serial_log: PathBuf,
+    /// Kernel release the agent reported.
+    pub release: Option<String>,
+    /// Runner start → agent ready.
+    pub ready_after: Option<Duration>,
+    pub total: Duration,
+    /// Last console lines (for error reports).
+    pub tail: Vec<String>,
+}
+
+/// Serial-console state machine: feeds lines, tracks the agent's markers.
+#[derive(Debug, Default)]
+pub struct Console {
+    pub release: Option<String>,
+    pub exit: Option<i32>,
+    pub panic: Option<String>,
+    tail: VecDeque<String>,
+}
+
+impl Console {
+    pub fn feed(&mut self, line: &str) {
+        if let Some(pos) = line.find(READY_MARKER) {
+            let rest = line[pos + READY_MARKER.len()..].trim();
+            self.release = Some(rest.to_string());
+        } else if let Some(pos) = line.find(EXIT_MARKER) {
+            let rest = line[pos + EXIT_MARKER.len()..].trim();
+            // A garbled status still ends the run as a failure.
+            self.exit = Some(rest.parse().unwrap_or(255));
+        } else if line.contains(PANIC_MARKER) && self.panic.is_none() {
+            self.panic = Some(line.trim().to_string());
+        }
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_string());
+    }
+
+    pub fn tail(&self) -> Vec<String> {
+        self.tail.iter().cloned().collect()
+    }
+
+    /// The status once the VM has ended.
+    pub fn final_status(&self, vm_end: &str) -> GuestStatus {
+        match (&self.panic, self.exit) {
+            (Some(p), _) => GuestStatus::Panicked(p.clone()),
+            (None, Some(code)) => GuestStatus::Exited(code),
+            (None, None) => GuestStatus::NoStatus(vm_end.to_string()),
+        }
+    }
+}
+
+/// Timeouts for a run.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Start → agent ready.
+    pub boot: Duration,
+    /// Agent ready → VM end.
+    pub run: Duration,
+}
+
+/// Events from a running VM.
+pub enum VmEvent {
+    Line(String),
+    /// The VM ended (how, in words).
+    Ended(String),
+}
+
+/// Watches a VM's console until it ends or a timeout hits. `kill` stops the
+/// VM; it is called on timeout and must make the VM end soon after.
+pub fn watch(
+    runner: RunnerKind,
+    events: &Receiver<VmEvent>,
+    serial_log: &Path,
+    echo: bool,
+    timeouts: Timeouts,
+    mut kill: impl FnMut(),
+) -> Result<BootOutcome> {
+    let start = Instant::now();
+    let mut log = fs::File::create(serial_log)?;
+    let mut console = Console::default();
+    let mut ready_after = None;
+    let mut timeout_status = None;
+    let mut killed = false;
+    let mut deadline = start + timeouts.boot;
+    let stdout = std::io::stdout();
+    let end = loop {
+        let now = Instant::now();
+        let wait = deadline.saturating_duration_since(now);
+        match events.recv_timeout(wait) {
+            Ok(VmEvent::Line(line)) => {
+                writeln!(log, "{line}")?;
+                if echo {
+                    let mut out = stdout.lock();
+                    let _ = writeln!(out, "{line}");
+                }
+                let was_ready = console.release.is_some();
+                console.feed(&line);
+                if !was_ready && console.release.is_some() {
+                    ready_after = Some(start.elapsed());
+                    deadline = Instant::now() + timeouts.run;
+                }
+                if console.exit.is_some() || console.panic.is_some() {
+                    // The VM ends by itself right after; don't wait long.
+                    deadline = deadline.min(Instant::now() + Duration::from_secs(20));
+                }
+            }
+            Ok(VmEvent::Ended(how)) => break how,
+            Err(RecvTimeoutError::Timeout) => {
+                if killed {
+                    break "did not end after being killed".to_string();
+                }
+                timeout_status = Some(if console.exit.is_some() || console.panic.is_some() {
+                    // The agent finished but the VM did not end by itself.
+                    console.final_status("stopped after its exit marker")
+                } else if console.release.is_some() {
+                    GuestStatus::RunTimeout(timeouts.run)
+                } else {
+                    GuestStatus::BootTimeout(timeouts.boot)
+                });
+                kill();
+                killed = true;
+                // Give the VM a moment to go away, then stop waiting.
+                deadline = Instant::now() + Duration::from_secs(5);
+            }
+            Err(RecvTimeoutError::Disconnected) => break "console closed".to_string(),
+        }
+    };
+    log.flush()?;
+    let status = match timeout_status {
+        Some(t) => t,
+        None => console.final_status(&end),
+    };
+    Ok(BootOutcome {
+        runner,
+        status,
+        serial_log: serial_log.to_path_buf(),
+        release: console.release.clone(),
+        ready_after,
+        total: start.elapsed(),
+        tail: console.tail(),
+    })
+}
+
+/// Everything a runner needs for one boot.
+#[derive(Clone, Debug)]
+pub struct BootSpec {
+    pub bzimage: PathBuf,
+    pub initramfs: PathBuf,
+    pub cmdline: String,
+    pub mem_mib: u64,
+    pub serial_log: PathBuf,
+    pub echo: bool,
+    pub timeouts: Timeouts,
+}
+
+/// Boots with the given concrete runner.
+pub fn boot(kind: RunnerKind, spec: &BootSpec) -> Result<BootOutcome> {
+    match kind {
+        RunnerKind::Qemu => qemu::boot(spec),
+        RunnerKind::Kvm => {
+            if let Some(why) = kvm_unusable_reason() {
+                bail!("the kvm runner cannot boot this kernel: {why}; use --runner qemu");
+            }
+            bail!("the kvm runner (our VMM) is not wired into xtask in this tree yet; use --runner qemu")
+        }
+        RunnerKind::Auto => bail!("choose a runner first (runner::choose)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_reads_markers() {
+        let mut c = Console::default();
+        c.feed("[    0.1] booting");
+        assert_eq!(
+            c.final_status("reset"),
+            GuestStatus::NoStatus("reset".into())
+        );
+        c.feed("@@TESTBED-READY@@ 6.12.57");
+        assert_eq!(c.release.as_deref(), Some("6.12.57"));
+        c.feed("noise @@TESTBED-EXIT@@ 3");
+        assert_eq!(c.final_status("reset"), GuestStatus::Exited(3));
+        assert_eq!(c.final_status("reset").exit_code(), 3);
+    }
+
+    #[test]
+    fn panic_wins_and_garbled_exit_fails() {
+        let mut c = Console::default();
+        c.feed("@@TESTBED-EXIT@@ x");
+        assert_eq!(c.exit, Some(255));
+        c.feed("Kernel panic - not syncing: Attempted to kill init!");
+        match c.final_status("reset") {
+            GuestStatus::Panicked(l) => assert!(l.contains("kill init")),
+            s => panic!("{s:?}"),
+        }
+        assert_eq!(c.final_status("x").exit_code(), 70);
+    }
+
+    #[test]
+    fn tail_is_bounded() {
+        let mut c = Console::default();
+        for i in 0..100 {
+            c.feed(&format!("line {i}"));
+        }
+        let t = c.tail();
+        assert_eq!(t.len(), TAIL_LINES);
+        assert_eq!(t.last().unwrap(), "line 99");
+    }
+
+    #[test]
+    fn watch_times_out_and_kills() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("serial.log");
+        tx.send(VmEvent::Line("booting".into())).unwrap();
+        let mut killed = false;
+        let timeouts = Timeouts {
+            boot: Duration::from_millis(200),
+            run: Duration::from_secs(1),
+        };
+        let out = watch(RunnerKind::Qemu, &rx, &log, false, timeouts, || {
+            killed = true;
+            let _ = tx.send(VmEvent::Ended("killed".into()));
+        })
+        .unwrap();
+        assert!(killed);
+        assert_eq!(
+            out.status,
+            GuestStatus::BootTimeout(Duration::from_millis(200))
+        );
+        assert_eq!(std::fs::read_to_string(log).unwrap(), "booting\n");
+    }
+
+    #[test]
+    fn watch_reports_exit_status() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let dir = tempfile::tempdir().unwrap();
+        for l in [
+            "x",
+            "@@TESTBED-READY@@ 6.12",
+            "testbed-agent: hi",
+            "@@TESTBED-EXIT@@ 0",
+        ] {
+            tx.send(VmEvent::Line(l.into())).unwrap();
+        }
+        tx.send(VmEvent::Ended("reset".into())).unwrap();
+        let timeouts = Timeouts {
+            boot: Duration::from_secs(5),
+            run: Duration::from_secs(5),
+        };
+        let out = watch(
+            RunnerKind::Qemu,
+            &rx,
+            &dir.path().join("s.log"),
+            false,
+            timeouts,
+            || {},
+        )
+        .unwrap();
+        assert_eq!(out.status, GuestStatus::Exited(0));
+        assert_eq!(out.release.as_deref(), Some("6.12"));
+        assert!(out.ready_after.is_some());
+    }
+}

@@ -1,0 +1,105 @@
+//! The qemu runner: QEMU TCG, microvm machine, serial console on stdio.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+
+use super::{watch, BootOutcome, BootSpec, RunnerKind, VmEvent};
+use crate::deps;
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// The QEMU command line for a spec.
+pub fn command(spec: &BootSpec) -> Command {
+    let mut cmd = Command::new(QEMU);
+    cmd.args([
+        "-M",
+        "microvm,acpi=off,x-option-roms=off,rtc=off",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+    ])
+    .arg(spec.mem_mib.to_string())
+    .args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-kernel",
+    ])
+    .arg(&spec.bzimage)
+    .arg("-initrd")
+    .arg(&spec.initramfs)
+    .arg("-append")
+    .arg(&spec.cmdline);
+    cmd
+}
+
+pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
+    deps::ensure_packages(deps::QEMU_PACKAGES, "the qemu runner")?;
+    let mut child = command(spec)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {QEMU}"))?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let stderr = child.stderr.take().context("qemu stderr")?;
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let errors2 = Arc::clone(&errors);
+    let err_thread = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut e) = errors2.lock() {
+                e.push(line);
+            }
+        }
+    });
+    let tx2 = tx.clone();
+    let out_thread = std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        // The UART gives raw bytes: split on \n, drop \r, keep invalid UTF-8 readable.
+        while let Ok(n) = reader.read_until(b'\n', &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let line = String::from_utf8_lossy(&buf);
+            let line = line.trim_end_matches(['\n', '\r']).to_string();
+            let _ = tx2.send(VmEvent::Line(line));
+            buf.clear();
+        }
+        let _ = tx2.send(VmEvent::Ended("qemu exited".into()));
+    });
+    let pid = child.id();
+    let outcome = watch(
+        RunnerKind::Qemu,
+        &rx,
+        &spec.serial_log,
+        spec.echo,
+        spec.timeouts,
+        || {
+            // SAFETY: sending SIGKILL to our own child process.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        },
+    );
+    // Make sure QEMU is gone whatever happened.
+    let _ = child.kill();
+    let status = child.wait();
+    let _ = out_thread.join();
+    let _ = err_thread.join();
+    let mut outcome = outcome?;
+    let qemu_errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
+    if let (super::GuestStatus::NoStatus(_), Ok(st)) = (&outcome.status, &status) {
+        if !st.success() || !qemu_errors.is_empty() {
+            outcome.status =
+                super::GuestStatus::NoStatus(format!("qemu {st}: {}", qemu_errors.join(" | ")));
+        }
+    }
+    Ok(outcome)
+}
