@@ -76,10 +76,9 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
         .iter()
         .map(|s| Include::parse(s))
         .collect::<Result<_, _>>()?;
-    let (runner, why) = runner::choose(opts.runner);
-    eprintln!("runner: {runner} ({why})");
-
     let kernel = kernel::build(&opts.kernel)?;
+    let (runner, why) = runner::choose(opts.runner, &kernel.bzimage);
+    eprintln!("runner: {runner} ({why})");
     let agent = agent::build()?;
     let run_dir = paths::new_run_dir().context("creating the run directory")?;
     let initramfs = run_dir.join("initramfs.cpio");

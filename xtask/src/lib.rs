@@ -3,6 +3,7 @@
 //! integration tests call it directly.
 
 pub mod agent;
+pub mod bench;
 pub mod boot;
 pub mod deps;
 pub mod image;

@@ -99,6 +99,11 @@ enum Cmd {
         #[arg(last = true)]
         cmd: Vec<String>,
     },
+    /// Benchmarks, each against a baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
     /// Format check, clippy -D warnings and the whole test suite (kernel and agent built first).
     Test {
         /// Skip fmt and clippy.
@@ -107,6 +112,16 @@ enum Cmd {
         /// Arguments for the test runner (cargo nextest run / cargo test).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// VMM process start to the test guest's first port write, and VMM RSS.
+    VmmStart {
+        /// Number of runs (median reported).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
     },
 }
 
@@ -163,6 +178,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let code = outcome.status.exit_code();
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
+        Cmd::Bench { which } => match which {
+            BenchCmd::VmmStart { runs } => xtask::bench::vmm_start(runs)?,
+        },
         Cmd::Test { no_lint, args } => test::run(&test::TestOpts {
             lint: !no_lint,
             args,

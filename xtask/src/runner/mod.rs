@@ -4,6 +4,7 @@
 //! protocol of the guest agent is read (`@@TESTBED-READY@@ <release>` when the
 //! agent runs, `@@TESTBED-EXIT@@ <status>` as its last line), and a status.
 
+pub mod kvm;
 pub mod qemu;
 
 use std::collections::VecDeque;
@@ -40,39 +41,20 @@ impl std::fmt::Display for RunnerKind {
     }
 }
 
-/// Why hardware KVM cannot boot a stock kernel here, or None if it can.
-pub fn kvm_unusable_reason() -> Option<String> {
-    if !Path::new("/dev/kvm").exists() {
-        return Some("/dev/kvm does not exist (no KVM on this host)".into());
-    }
-    if fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return Some("/dev/kvm cannot be opened (permissions?)".into());
-    }
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let hw_virt = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    if Path::new("/sys/module/kvm_pvm").exists() && !hw_virt {
-        return Some(
-            "host KVM is PVM (/sys/module/kvm_pvm, no vmx/svm): it boots only PVM-aware kernels"
-                .into(),
-        );
-    }
-    None
-}
-
-/// Resolves `auto` into a concrete runner and says why.
-pub fn choose(kind: RunnerKind) -> (RunnerKind, String) {
+/// Resolves `auto` into a concrete runner for `kernel` and says why: kvm
+/// where our VMM's host check accepts the kernel, else qemu.
+pub fn choose(kind: RunnerKind, kernel: &Path) -> (RunnerKind, String) {
     match kind {
-        RunnerKind::Auto => match kvm_unusable_reason() {
-            Some(why) => (RunnerKind::Qemu, format!("{why}; using QEMU TCG")),
-            None => (RunnerKind::Kvm, "hardware KVM available".into()),
+        RunnerKind::Auto => match vmm::host_check(kernel) {
+            Ok(_) => (RunnerKind::Kvm, "hardware KVM available".into()),
+            Err(e) => {
+                let why = e.to_string();
+                let why = why
+                    .strip_suffix("; use --runner qemu")
+                    .unwrap_or(&why)
+                    .to_string();
+                (RunnerKind::Qemu, format!("{why}; using QEMU TCG"))
+            }
         },
         k => (k, "requested".into()),
     }
@@ -280,12 +262,7 @@ pub struct BootSpec {
 pub fn boot(kind: RunnerKind, spec: &BootSpec) -> Result<BootOutcome> {
     match kind {
         RunnerKind::Qemu => qemu::boot(spec),
-        RunnerKind::Kvm => {
-            if let Some(why) = kvm_unusable_reason() {
-                bail!("the kvm runner cannot boot this kernel: {why}; use --runner qemu");
-            }
-            bail!("the kvm runner (our VMM) is not wired into xtask in this tree yet; use --runner qemu")
-        }
+        RunnerKind::Kvm => kvm::boot(spec),
         RunnerKind::Auto => bail!("choose a runner first (runner::choose)"),
     }
 }

@@ -1,0 +1,65 @@
+//! Builds the test guests (guests/*.S) from source with the system C compiler and
+//! `ld` into static x86-64 ELF files under OUT_DIR/guests; src/guests.rs embeds them.
+
+use std::path::Path;
+use std::process::Command;
+
+const GUESTS: &[&str] = &[
+    "console",
+    "hello",
+    "boot_contract",
+    "triple_fault",
+    "spin",
+    "garbage",
+    "smp",
+    "pvh",
+];
+
+fn run(cmd: &mut Command) {
+    let status = cmd.status().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e} (gcc and binutils are needed to build the test guests)")
+    });
+    assert!(status.success(), "{cmd:?} failed with {status}");
+}
+
+fn main() {
+    let out = std::env::var("OUT_DIR").expect("OUT_DIR");
+    let out = Path::new(&out).join("guests");
+    std::fs::create_dir_all(&out).expect("create OUT_DIR/guests");
+    let src = Path::new("guests");
+    println!("cargo:rerun-if-changed=guests");
+    let target = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    for g in GUESTS {
+        let elf = out.join(format!("{g}.elf"));
+        if target != "x86_64" {
+            // Nothing to run them on; keep include_bytes! happy.
+            std::fs::write(&elf, b"").expect("write placeholder");
+            continue;
+        }
+        let obj = out.join(format!("{g}.o"));
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        run(Command::new(cc)
+            .args(["-c", "-nostdlib", "-ffreestanding", "-I"])
+            .arg(src)
+            .arg(src.join(format!("{g}.S")))
+            .arg("-o")
+            .arg(&obj));
+        run(Command::new("ld")
+            .args([
+                "-m",
+                "elf_x86_64",
+                "-static",
+                "-nostdlib",
+                "--build-id=none",
+                "-z",
+                "max-page-size=4096",
+                "-z",
+                "noexecstack",
+                "-T",
+            ])
+            .arg(src.join("guest.ld"))
+            .arg("-o")
+            .arg(&elf)
+            .arg(&obj));
+    }
+}

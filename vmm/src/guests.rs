@@ -1,0 +1,107 @@
+//! Tiny test guests, assembled from `vmm/guests/*.S` by build.rs and embedded here.
+//! Each is a static x86-64 ELF loaded at 2 MiB and entered through the same
+//! linux-loader ELF path and 64-bit entry as a Linux vmlinux (the PVH guest
+//! through the PVH entry). `guests/abi.h` documents what each one reports.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Port receiving 32-bit reports (`out %eax`).
+pub const REPORT_PORT: u16 = 0x510;
+/// Port receiving text bytes (`out %al`).
+pub const TEXT_PORT: u16 = 0x514;
+/// Test MMIO device base (start of the MMIO gap): the boot-contract guest writes
+/// a u32 at +0 and reads a u32 at +8.
+pub const TESTDEV_MMIO: u64 = 0xd000_0000;
+/// MMIO address no device claims (garbage guest).
+pub const UNCLAIMED_MMIO: u64 = 0xd010_0000;
+/// First report of most guests.
+pub const BOOT_MAGIC: u32 = 0xb007_c0de;
+/// Last report before the guest resets.
+pub const END_MAGIC: u32 = 0xe0d0_e0d0;
+/// SMP guest: reports `SMP_TAG | apic_id`.
+pub const SMP_TAG: u32 = 0xa000_0000;
+
+macro_rules! guest {
+    ($name:ident, $file:literal, $doc:literal) => {
+        #[doc = $doc]
+        pub const $name: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guests/", $file));
+    };
+}
+
+guest!(HELLO, "hello.elf", "Writes \"!\\n\" to COM1 and resets.");
+guest!(
+    CONSOLE,
+    "console.elf",
+    "Prints its kernel command line to COM1 ('|' = newline) and resets."
+);
+guest!(
+    BOOT_CONTRACT,
+    "boot_contract.elf",
+    "Reports the zero page it was given (see boot_contract.S)."
+);
+guest!(
+    TRIPLE_FAULT,
+    "triple_fault.elf",
+    "Triple-faults (empty IDT + ud2)."
+);
+guest!(SPIN, "spin.elf", "Reports once, then loops forever.");
+guest!(
+    GARBAGE,
+    "garbage.elf",
+    "Touches unclaimed ports and MMIO, reports the reads, resets."
+);
+guest!(
+    SMP,
+    "smp.elf",
+    "Every vCPU reports its APIC id; the BSP resets when all arrived."
+);
+guest!(
+    PVH,
+    "pvh.elf",
+    "PVH-note ELF: 32-bit entry reporting its hvm_start_info."
+);
+
+/// Write guest `bytes` to `dir/name` and return the path.
+pub fn write_guest(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes)?;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Rust constants match guests/abi.h.
+    #[test]
+    fn abi_header_matches() {
+        let h = include_str!("../guests/abi.h");
+        let def = |name: &str| -> u64 {
+            let line = h
+                .lines()
+                .find(|l| l.starts_with("#define") && l.split_whitespace().nth(1) == Some(name))
+                .unwrap_or_else(|| panic!("{name} not in abi.h"));
+            let v = line.split_whitespace().nth(2).unwrap();
+            u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap()
+        };
+        assert_eq!(def("REPORT_PORT"), u64::from(REPORT_PORT));
+        assert_eq!(def("TEXT_PORT"), u64::from(TEXT_PORT));
+        assert_eq!(def("TESTDEV_MMIO"), TESTDEV_MMIO);
+        assert_eq!(def("UNCLAIMED_MMIO"), UNCLAIMED_MMIO);
+        assert_eq!(def("BOOT_MAGIC"), u64::from(BOOT_MAGIC));
+        assert_eq!(def("END_MAGIC"), u64::from(END_MAGIC));
+        assert_eq!(def("SMP_TAG"), u64::from(SMP_TAG));
+        assert_eq!(def("COM1_PORT"), crate::devices::serial::COM1_PORT);
+    }
+
+    #[test]
+    fn guests_are_x86_64_elfs_at_2m() {
+        for g in [HELLO, BOOT_CONTRACT, TRIPLE_FAULT, SPIN, GARBAGE, SMP, PVH] {
+            assert_eq!(&g[..4], b"\x7fELF");
+            assert_eq!(u16::from_le_bytes([g[18], g[19]]), 62);
+            let entry = u64::from_le_bytes(g[24..32].try_into().unwrap());
+            assert_eq!(entry, 0x20_0000);
+        }
+    }
+}

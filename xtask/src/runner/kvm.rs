@@ -1,0 +1,213 @@
+//! The kvm runner: our VMM (the `vmm` crate), in process, on /dev/kvm.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use crossbeam_channel::Sender;
+use vmm::devices::serial::SerialSink;
+use vmm::VmConfig;
+
+use super::{watch, BootOutcome, BootSpec, RunnerKind, VmEvent};
+
+/// Turns the UART byte stream into console lines for the watcher.
+struct LineSink {
+    buf: Vec<u8>,
+    tx: Sender<VmEvent>,
+}
+
+/// Longest console line kept whole; longer ones are split (a guest printing
+/// without newlines must not grow host memory).
+const MAX_LINE: usize = 64 * 1024;
+
+impl LineSink {
+    fn emit(&mut self, end: usize, skip: usize) {
+        let line = String::from_utf8_lossy(&self.buf[..end]);
+        let _ = self
+            .tx
+            .send(VmEvent::Line(line.trim_end_matches('\r').to_string()));
+        self.buf.drain(..end + skip);
+    }
+}
+
+impl Write for LineSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        for &b in data {
+            self.buf.push(b);
+            if b == b'\n' {
+                let end = self.buf.len() - 1;
+                self.emit(end, 1);
+            } else if self.buf.len() >= MAX_LINE {
+                let end = self.buf.len();
+                self.emit(end, 0);
+            }
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Boots `spec` with our VMM. Fails before starting when KVM cannot boot the
+/// kernel here (e.g. a PVM host), with the reason and the fallback.
+pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
+    vmm::host_check(&spec.bzimage)?;
+    boot_checked(spec, false)
+}
+
+/// Boots without the host check when `skip_host_check` (test guests, which
+/// run under PVM although they are not PVM-aware Linux kernels).
+fn boot_checked(spec: &BootSpec, skip_host_check: bool) -> Result<BootOutcome> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let sink = LineSink {
+        buf: Vec::new(),
+        tx: tx.clone(),
+    };
+    let cfg = VmConfig {
+        kernel: spec.bzimage.clone(),
+        initrd: Some(spec.initramfs.clone()),
+        cmdline: spec.cmdline.clone(),
+        mem_mib: spec.mem_mib,
+        vcpus: 1,
+        serial_log: None,
+        serial_stdout: false,
+        timeout: None,
+        serial_sink: Some(SerialSink(Arc::new(Mutex::new(sink)))),
+        stop: Some(stop_rx),
+        skip_host_check,
+        ..VmConfig::default()
+    };
+    let vm_thread = std::thread::Builder::new()
+        .name("vmm".into())
+        .spawn(move || {
+            let end = match vmm::run(&cfg) {
+                Ok(outcome) => format!("VM ended: {:?}", outcome.exit),
+                Err(e) => format!("VMM error: {e}"),
+            };
+            let _ = tx.send(VmEvent::Ended(end));
+        })?;
+    let outcome = watch(
+        RunnerKind::Kvm,
+        &rx,
+        &spec.serial_log,
+        spec.echo,
+        spec.timeouts,
+        || {
+            let _ = stop_tx.try_send(());
+        },
+    );
+    let _ = stop_tx.try_send(());
+    let _ = vm_thread.join();
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::{GuestStatus, Timeouts};
+    use std::time::Duration;
+
+    /// A BootSpec for one of the VMM's test guests, or None (with the reason
+    /// printed) where /dev/kvm cannot be used at all.
+    fn guest_spec(
+        dir: &std::path::Path,
+        guest: &[u8],
+        cmdline: &str,
+        boot: Duration,
+    ) -> Option<BootSpec> {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+        {
+            eprintln!(
+                "SKIP: /dev/kvm not usable ({e}); the kvm runner cannot run test guests here"
+            );
+            return None;
+        }
+        let kernel = vmm::guests::write_guest(dir, "guest.elf", guest).unwrap();
+        let initramfs = dir.join("initrd");
+        std::fs::write(&initramfs, b"initrd").unwrap();
+        Some(BootSpec {
+            bzimage: kernel,
+            initramfs,
+            cmdline: cmdline.into(),
+            mem_mib: 64,
+            serial_log: dir.join("serial.log"),
+            echo: false,
+            timeouts: Timeouts {
+                boot,
+                run: Duration::from_secs(10),
+            },
+        })
+    }
+
+    #[test]
+    fn kvm_runner_reads_the_console_protocol_through_the_vmm() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmdline = "noise|@@TESTBED-READY@@ kvm-guest|testbed-agent: hello|@@TESTBED-EXIT@@ 7";
+        let Some(spec) = guest_spec(
+            dir.path(),
+            vmm::guests::CONSOLE,
+            cmdline,
+            Duration::from_secs(10),
+        ) else {
+            return;
+        };
+        let out = boot_checked(&spec, true).unwrap();
+        assert_eq!(out.status, GuestStatus::Exited(7), "{:?}", out.tail);
+        assert_eq!(out.release.as_deref(), Some("kvm-guest"));
+        assert!(out.ready_after.is_some());
+        let log = std::fs::read_to_string(&spec.serial_log).unwrap();
+        assert!(log.contains("testbed-agent: hello\n"), "{log}");
+    }
+
+    #[test]
+    fn kvm_runner_stops_a_guest_that_never_becomes_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(spec) = guest_spec(
+            dir.path(),
+            vmm::guests::SPIN,
+            "x",
+            Duration::from_millis(300),
+        ) else {
+            return;
+        };
+        let out = boot_checked(&spec, true).unwrap();
+        assert_eq!(
+            out.status,
+            GuestStatus::BootTimeout(Duration::from_millis(300))
+        );
+        assert!(
+            out.total < Duration::from_secs(8),
+            "the VM was not stopped: {:?}",
+            out.total
+        );
+    }
+
+    #[test]
+    fn line_sink_splits_lines_and_bounds_them() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut s = LineSink {
+            buf: Vec::new(),
+            tx,
+        };
+        s.write_all(b"hello\r\nwor").unwrap();
+        s.write_all(b"ld\n").unwrap();
+        s.write_all(&vec![b'x'; MAX_LINE + 10]).unwrap();
+        let lines: Vec<String> = rx
+            .try_iter()
+            .map(|e| match e {
+                VmEvent::Line(l) => l,
+                VmEvent::Ended(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(lines[0], "hello");
+        assert_eq!(lines[1], "world");
+        assert_eq!(lines[2].len(), MAX_LINE);
+        assert_eq!(s.buf.len(), 10);
+    }
+}
