@@ -10,6 +10,7 @@
 #define END_MAGIC     0xe0d0e0d0  /* last report before reset */
 #define SMP_TAG       0xa0000000  /* SMP guest: SMP_TAG | apic id */
 
+#ifdef __ASSEMBLER__
 /* Write a 32-bit value in \reg to REPORT_PORT (clobbers %eax, %dx). */
 .macro report reg
 	mov \reg, %eax
@@ -24,3 +25,4 @@
 1:	pause
 	jmp 1b
 .endm
+#endif /* __ASSEMBLER__ */

@@ -61,6 +61,11 @@ guest!(
     "pvh.elf",
     "PVH-note ELF: 32-bit entry reporting its hvm_start_info."
 );
+guest!(
+    VIRTIO_ECHO,
+    "virtio_echo.elf",
+    "virtio-mmio driver for the echo device: handshake, two virtqueues, echo check (see virtio_echo.c)."
+);
 
 /// Write guest `bytes` to `dir/name` and return the path.
 pub fn write_guest(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
@@ -97,7 +102,16 @@ mod tests {
 
     #[test]
     fn guests_are_x86_64_elfs_at_2m() {
-        for g in [HELLO, BOOT_CONTRACT, TRIPLE_FAULT, SPIN, GARBAGE, SMP, PVH] {
+        for g in [
+            HELLO,
+            BOOT_CONTRACT,
+            TRIPLE_FAULT,
+            SPIN,
+            GARBAGE,
+            SMP,
+            PVH,
+            VIRTIO_ECHO,
+        ] {
             assert_eq!(&g[..4], b"\x7fELF");
             assert_eq!(u16::from_le_bytes([g[18], g[19]]), 62);
             let entry = u64::from_le_bytes(g[24..32].try_into().unwrap());

@@ -22,6 +22,10 @@ use crate::arch::x86_64::{apic, bootparams, cpuid, gdt, layout, mptable, msrs, p
 use crate::devices::bus::SharedDevice;
 use crate::devices::legacy::{self, ResetFn};
 use crate::devices::serial::{self, SerialCapture, SerialDevice, SerialOut, SerialSink};
+use crate::devices::virtio::{
+    mmio as virtio_mmio, MmioSlot, MmioTransport, VirtioMmioDevice, VirtioMmioInfo,
+    VIRTIO_MAX_DEVICES,
+};
 use crate::devices::Bus;
 use crate::error::Error;
 use crate::kernel::{self, BootProtocol, LoadedKernel};
@@ -78,6 +82,9 @@ pub struct VmConfig {
     /// Do not run [`crate::host_check`] first (for test guests, which are not
     /// PVM-aware Linux kernels but run under PVM anyway).
     pub skip_host_check: bool,
+    /// virtio-mmio devices: device `i` gets [`MmioSlot::nth`]`(i)` and a
+    /// `virtio_mmio.device=` word appended to the kernel command line.
+    pub virtio_devices: Vec<VirtioMmioDevice>,
 }
 
 impl Default for VmConfig {
@@ -96,6 +103,7 @@ impl Default for VmConfig {
             serial_sink: None,
             stop: None,
             skip_host_check: false,
+            virtio_devices: Vec::new(),
         }
     }
 }
@@ -157,6 +165,8 @@ pub struct RunOutcome {
     pub unclaimed_mmio: u64,
     /// Resident set size of this process while the VM was still alive (KiB).
     pub rss_kib: Option<u64>,
+    /// The virtio-mmio devices, in [`VmConfig::virtio_devices`] order.
+    pub virtio: Vec<VirtioMmioInfo>,
 }
 
 /// Which bus an extra device sits on.
@@ -208,8 +218,9 @@ pub fn run_with_devices(cfg: &VmConfig, extra: Vec<ExtraDevice>) -> Result<RunOu
 
     let kernel = kernel::load_kernel(&mem, &cfg.kernel, mem_size, cfg.boot_protocol)?;
     let initrd = load_initrd(cfg, &mem, mem_size, &kernel)?;
-    write_cmdline(cfg, &mem, &kernel)?;
-    write_boot_structures(cfg, &mem, mem_size, &kernel, initrd)?;
+    let cmdline = full_cmdline(cfg);
+    write_cmdline(&cmdline, &mem, &kernel)?;
+    write_boot_structures(cfg, &cmdline, &mem, mem_size, &kernel, initrd)?;
 
     let kvm = Kvm::new().map_err(|e| {
         Error::Host(crate::host::HostCheckError::KvmNotOpenable {
@@ -300,6 +311,20 @@ pub fn run_with_devices(cfg: &VmConfig, extra: Vec<ExtraDevice>) -> Result<RunOu
         1,
     )
     .map_err(bus_err)?;
+    let mut virtio = Vec::new();
+    for (i, d) in cfg.virtio_devices.iter().enumerate() {
+        let slot = MmioSlot::nth(i).ok_or(Error::Device(format!(
+            "more than {VIRTIO_MAX_DEVICES} virtio devices"
+        )))?;
+        let t = MmioTransport::new(d.device.clone(), mem.clone())
+            .map_err(|e| Error::Device(e.to_string()))?;
+        let ioeventfd = virtio_mmio::register_with_kvm(&vm, &t, slot, d.ioeventfd)
+            .map_err(Error::kvm("KVM_IRQFD"))?;
+        let t = Arc::new(Mutex::new(t));
+        mmio.insert(t.clone(), slot.base, slot.len)
+            .map_err(bus_err)?;
+        virtio.push((slot, ioeventfd, t));
+    }
     for d in extra {
         let bus = match d.bus {
             BusKind::Pio => &pio,
@@ -344,6 +369,22 @@ pub fn run_with_devices(cfg: &VmConfig, extra: Vec<ExtraDevice>) -> Result<RunOu
     let rss_kib = proc_status_kib("VmRSS:");
     stop.store(true, Ordering::SeqCst);
     stop_threads(handles);
+    let virtio = virtio
+        .into_iter()
+        .map(|(slot, ioeventfd, t)| {
+            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+            let info = VirtioMmioInfo {
+                slot,
+                device_type: t.device_type(),
+                ioeventfd,
+                notify_exits: t.notify_exits(),
+                status: t.status(),
+                activations: t.activations(),
+            };
+            t.shutdown();
+            info
+        })
+        .collect();
     drop(vm);
 
     let running = timings.running.get().copied();
@@ -367,7 +408,20 @@ pub fn run_with_devices(cfg: &VmConfig, extra: Vec<ExtraDevice>) -> Result<RunOu
         unclaimed_pio: pio.unclaimed_count(),
         unclaimed_mmio: mmio.unclaimed_count(),
         rss_kib,
+        virtio,
     })
+}
+
+/// `cfg.cmdline` plus one `virtio_mmio.device=` word per virtio device.
+fn full_cmdline(cfg: &VmConfig) -> String {
+    let mut c = cfg.cmdline.clone();
+    for slot in (0..cfg.virtio_devices.len()).filter_map(MmioSlot::nth) {
+        if !c.is_empty() {
+            c.push(' ');
+        }
+        c.push_str(&slot.cmdline_entry());
+    }
+    c
 }
 
 /// Waits for the first vCPU exit, the timeout, or the owner's stop signal.
@@ -417,6 +471,12 @@ fn validate(cfg: &VmConfig) -> Result<(), Error> {
             need_mib: MIN_MEM_MIB,
             what: "the boot structures below 1 MiB".into(),
         });
+    }
+    if cfg.virtio_devices.len() > VIRTIO_MAX_DEVICES {
+        return Err(Error::Device(format!(
+            "{} virtio devices; at most {VIRTIO_MAX_DEVICES} fit the MMIO windows and IRQs",
+            cfg.virtio_devices.len()
+        )));
     }
     Ok(())
 }
@@ -469,26 +529,23 @@ fn load_initrd(
     Ok(Some((addr, size)))
 }
 
-fn write_cmdline(
-    cfg: &VmConfig,
-    mem: &GuestMemoryMmap,
-    kernel: &LoadedKernel,
-) -> Result<(), Error> {
+fn write_cmdline(cmdline: &str, mem: &GuestMemoryMmap, kernel: &LoadedKernel) -> Result<(), Error> {
     let cap = bootparams::cmdline_capacity(kernel.setup_header.as_ref());
-    if cfg.cmdline.len() + 1 > cap {
+    if cmdline.len() + 1 > cap {
         return Err(Error::Cmdline(format!(
             "{} bytes, this kernel accepts at most {}",
-            cfg.cmdline.len(),
+            cmdline.len(),
             cap - 1
         )));
     }
-    let cl = Cmdline::try_from(&cfg.cmdline, cap).map_err(|e| Error::Cmdline(e.to_string()))?;
+    let cl = Cmdline::try_from(cmdline, cap).map_err(|e| Error::Cmdline(e.to_string()))?;
     load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cl)
         .map_err(|e| Error::Cmdline(e.to_string()))
 }
 
 fn write_boot_structures(
     cfg: &VmConfig,
+    cmdline: &str,
     mem: &GuestMemoryMmap,
     mem_size: u64,
     kernel: &LoadedKernel,
@@ -505,7 +562,7 @@ fn write_boot_structures(
             let params = bootparams::build_boot_params(&bootparams::ZeroPageSpec {
                 setup_header: kernel.setup_header,
                 cmdline_addr: layout::CMDLINE_START,
-                cmdline_len: cfg.cmdline.len(),
+                cmdline_len: cmdline.len(),
                 initrd,
                 e820: &e820,
             })?;

@@ -3,5 +3,6 @@
 pub mod bus;
 pub mod legacy;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
