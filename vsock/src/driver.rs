@@ -1,0 +1,357 @@
+//! A synthetic guest driver: split virtqueues laid out in plain guest memory
+//! (`GuestMemoryMmap`), filled the way the Linux virtio-vsock driver fills
+//! them (TX: header descriptor + data descriptor; RX: one device-writable
+//! descriptor for header and data). Used by the unit tests, the fuzz test
+//! and the packets/s benchmark; it is not a device model.
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::device;
+use crate::proto::*;
+use crate::{VsockChannel, PKT_HEADER_SIZE};
+
+pub const VRING_DESC_F_NEXT: u16 = 1;
+pub const VRING_DESC_F_WRITE: u16 = 2;
+
+/// A packet header as plain data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hdr {
+    pub src_cid: u64,
+    pub dst_cid: u64,
+    pub src_port: u32,
+    pub dst_port: u32,
+    pub len: u32,
+    pub type_: u16,
+    pub op: u16,
+    pub flags: u32,
+    pub buf_alloc: u32,
+    pub fwd_cnt: u32,
+}
+
+impl Hdr {
+    pub fn to_bytes(&self) -> [u8; PKT_HEADER_SIZE] {
+        let mut b = [0u8; PKT_HEADER_SIZE];
+        b[0..8].copy_from_slice(&self.src_cid.to_le_bytes());
+        b[8..16].copy_from_slice(&self.dst_cid.to_le_bytes());
+        b[16..20].copy_from_slice(&self.src_port.to_le_bytes());
+        b[20..24].copy_from_slice(&self.dst_port.to_le_bytes());
+        b[24..28].copy_from_slice(&self.len.to_le_bytes());
+        b[28..30].copy_from_slice(&self.type_.to_le_bytes());
+        b[30..32].copy_from_slice(&self.op.to_le_bytes());
+        b[32..36].copy_from_slice(&self.flags.to_le_bytes());
+        b[36..40].copy_from_slice(&self.buf_alloc.to_le_bytes());
+        b[40..44].copy_from_slice(&self.fwd_cnt.to_le_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; PKT_HEADER_SIZE]) -> Hdr {
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
+        let u16_at = |o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap_or([0; 2]));
+        Hdr {
+            src_cid: u64_at(0),
+            dst_cid: u64_at(8),
+            src_port: u32_at(16),
+            dst_port: u32_at(20),
+            len: u32_at(24),
+            type_: u16_at(28),
+            op: u16_at(30),
+            flags: u32_at(32),
+            buf_alloc: u32_at(36),
+            fwd_cnt: u32_at(40),
+        }
+    }
+}
+
+/// Driver-side view of one split virtqueue.
+#[derive(Debug)]
+pub struct Ring {
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+impl Ring {
+    fn new(base: u64, size: u16) -> Ring {
+        let desc = base;
+        let avail = desc + 16 * size as u64;
+        let used = (avail + 6 + 2 * size as u64 + 3) & !3;
+        Ring {
+            size,
+            desc,
+            avail,
+            used,
+            avail_idx: 0,
+            used_seen: 0,
+        }
+    }
+
+    /// The device-side `Queue` for this ring.
+    fn queue(&self) -> Queue {
+        let mut q = Queue::new(self.size).unwrap_or_else(|_| unreachable!("valid queue size"));
+        q.set_size(self.size);
+        q.set_desc_table_address(Some(self.desc as u32), Some((self.desc >> 32) as u32));
+        q.set_avail_ring_address(Some(self.avail as u32), Some((self.avail >> 32) as u32));
+        q.set_used_ring_address(Some(self.used as u32), Some((self.used >> 32) as u32));
+        q.set_ready(true);
+        q
+    }
+
+    pub fn write_desc(
+        &self,
+        mem: &GuestMemoryMmap,
+        idx: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) {
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        let _ = mem.write_slice(&d, GuestAddress(self.desc + 16 * (idx % self.size) as u64));
+    }
+
+    /// Publishes a chain head (raw: any value, for fuzzing).
+    pub fn push_avail(&mut self, mem: &GuestMemoryMmap, head: u16) {
+        let slot = self.avail + 4 + 2 * (self.avail_idx % self.size) as u64;
+        let _ = mem.write_obj(head, GuestAddress(slot));
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        let _ = mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2));
+    }
+
+    /// Sets the avail index to any value (fuzzing).
+    pub fn set_avail_idx(&mut self, mem: &GuestMemoryMmap, idx: u16) {
+        self.avail_idx = idx;
+        let _ = mem.write_obj(idx, GuestAddress(self.avail + 2));
+    }
+
+    /// Used elements the device returned since the last call: (id, len).
+    pub fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
+        let idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap_or(0);
+        let mut out = Vec::new();
+        while self.used_seen != idx {
+            let e = self.used + 4 + 8 * (self.used_seen % self.size) as u64;
+            let id: u32 = mem.read_obj(GuestAddress(e)).unwrap_or(u32::MAX);
+            let len: u32 = mem.read_obj(GuestAddress(e + 4)).unwrap_or(0);
+            out.push((id, len));
+            self.used_seen = self.used_seen.wrapping_add(1);
+        }
+        out
+    }
+}
+
+/// Queue size of the synthetic driver.
+pub const DRIVER_QUEUE_SIZE: u16 = 128;
+/// RX buffer payload size (Linux VIRTIO_VSOCK_DEFAULT_RX_BUF_SIZE).
+pub const RX_BUF_DATA: u32 = 4096;
+const TX_SLOTS: u16 = DRIVER_QUEUE_SIZE / 2;
+const TX_SLOT_SIZE: u64 = (PKT_HEADER_SIZE as u64 + MAX_PKT_BUF_SIZE as u64 + 4095) & !4095;
+const RX_SLOT_SIZE: u64 = (PKT_HEADER_SIZE as u64 + RX_BUF_DATA as u64 + 4095) & !4095;
+const RX_RING_BASE: u64 = 0x1_0000;
+const TX_RING_BASE: u64 = 0x2_0000;
+const RX_BUFS: u64 = 0x10_0000;
+const TX_BUFS: u64 = RX_BUFS + RX_SLOT_SIZE * DRIVER_QUEUE_SIZE as u64;
+/// Guest memory size of the driver.
+pub const MEM_SIZE: u64 = TX_BUFS + TX_SLOT_SIZE * TX_SLOTS as u64;
+
+/// A guest-side driver plus the device-side queues, over real guest memory.
+pub struct GuestDriver {
+    pub mem: GuestMemoryMmap,
+    pub rx: Ring,
+    pub tx: Ring,
+    pub rxq: Queue,
+    pub txq: Queue,
+    pub guest_cid: u64,
+    tx_free: Vec<u16>,
+    rx_free: Vec<u16>,
+    scattered_inflight: bool,
+}
+
+impl GuestDriver {
+    /// A driver with every RX buffer offered.
+    pub fn new(guest_cid: u64) -> GuestDriver {
+        let mut d = GuestDriver::new_without_rx(guest_cid);
+        d.fill_rx();
+        d
+    }
+
+    /// A driver that has offered no RX buffer yet.
+    pub fn new_without_rx(guest_cid: u64) -> GuestDriver {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
+            .unwrap_or_else(|e| panic!("test guest memory of {MEM_SIZE} bytes: {e}"));
+        let rx = Ring::new(RX_RING_BASE, DRIVER_QUEUE_SIZE);
+        let tx = Ring::new(TX_RING_BASE, DRIVER_QUEUE_SIZE);
+        let rxq = rx.queue();
+        let txq = tx.queue();
+        GuestDriver {
+            mem,
+            rx,
+            tx,
+            rxq,
+            txq,
+            guest_cid,
+            tx_free: (0..TX_SLOTS).rev().collect(),
+            rx_free: (0..DRIVER_QUEUE_SIZE).rev().collect(),
+            scattered_inflight: false,
+        }
+    }
+
+    /// Offers every free RX buffer to the device.
+    pub fn fill_rx(&mut self) {
+        while let Some(slot) = self.rx_free.pop() {
+            let addr = RX_BUFS + RX_SLOT_SIZE * slot as u64;
+            self.rx.write_desc(
+                &self.mem,
+                slot,
+                addr,
+                PKT_HEADER_SIZE as u32 + RX_BUF_DATA,
+                VRING_DESC_F_WRITE,
+                0,
+            );
+            self.rx.push_avail(&self.mem, slot);
+        }
+    }
+
+    /// RX buffers the device may still fill.
+    pub fn rx_offered(&self) -> usize {
+        DRIVER_QUEUE_SIZE as usize - self.rx_free.len()
+    }
+
+    /// Queues one TX packet (header + data descriptors); false when the ring is full.
+    pub fn send(&mut self, hdr: Hdr, data: &[u8]) -> bool {
+        self.reclaim_tx();
+        let Some(slot) = self.tx_free.pop() else {
+            return false;
+        };
+        let data = &data[..data.len().min(MAX_PKT_BUF_SIZE as usize)];
+        let base = TX_BUFS + TX_SLOT_SIZE * slot as u64;
+        let _ = self.mem.write_slice(&hdr.to_bytes(), GuestAddress(base));
+        let (h, dd) = (2 * slot, 2 * slot + 1);
+        if data.is_empty() {
+            self.tx
+                .write_desc(&self.mem, h, base, PKT_HEADER_SIZE as u32, 0, 0);
+        } else {
+            let daddr = base + PKT_HEADER_SIZE as u64;
+            let _ = self.mem.write_slice(data, GuestAddress(daddr));
+            self.tx.write_desc(
+                &self.mem,
+                h,
+                base,
+                PKT_HEADER_SIZE as u32,
+                VRING_DESC_F_NEXT,
+                dd,
+            );
+            self.tx
+                .write_desc(&self.mem, dd, daddr, data.len() as u32, 0, 0);
+        }
+        self.tx.push_avail(&self.mem, h);
+        true
+    }
+
+    /// Whether TX chains are still waiting for the device.
+    pub fn tx_pending(&mut self) -> bool {
+        self.reclaim_tx();
+        self.tx_free.len() < TX_SLOTS as usize
+    }
+
+    /// Queues one TX packet with header and data spread over descriptors of
+    /// `piece` bytes each (the header split too), as Linux does for paged
+    /// skbs. Needs an idle TX ring; false otherwise.
+    pub fn send_scattered(&mut self, hdr: Hdr, data: &[u8], piece: usize) -> bool {
+        if self.tx_pending() {
+            return false;
+        }
+        let data = &data[..data.len().min(MAX_PKT_BUF_SIZE as usize)];
+        let mut bytes = hdr.to_bytes().to_vec();
+        bytes.extend_from_slice(data);
+        let piece = piece
+            .max(bytes.len().div_ceil(DRIVER_QUEUE_SIZE as usize))
+            .max(1);
+        let _ = self.mem.write_slice(&bytes, GuestAddress(TX_BUFS));
+        let pieces = bytes.len().div_ceil(piece);
+        for k in 0..pieces {
+            let off = k * piece;
+            let len = piece.min(bytes.len() - off);
+            let last = k + 1 == pieces;
+            self.tx.write_desc(
+                &self.mem,
+                k as u16,
+                TX_BUFS + off as u64,
+                len as u32,
+                if last { 0 } else { VRING_DESC_F_NEXT },
+                k as u16 + 1,
+            );
+        }
+        self.tx_free.clear();
+        self.scattered_inflight = true;
+        self.tx.push_avail(&self.mem, 0);
+        true
+    }
+
+    fn reclaim_tx(&mut self) {
+        for (id, _) in self.tx.take_used(&self.mem) {
+            if self.scattered_inflight && id == 0 {
+                self.scattered_inflight = false;
+                self.tx_free = (0..TX_SLOTS).rev().collect();
+                continue;
+            }
+            let slot = (id / 2) as u16;
+            if id % 2 == 0 && slot < TX_SLOTS && !self.tx_free.contains(&slot) {
+                self.tx_free.push(slot);
+            }
+        }
+    }
+
+    /// A header from this guest to the host.
+    pub fn hdr(&self, src_port: u32, dst_port: u32, op: u16) -> Hdr {
+        Hdr {
+            src_cid: self.guest_cid,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            type_: TYPE_STREAM,
+            op,
+            buf_alloc: 256 * 1024,
+            ..Hdr::default()
+        }
+    }
+
+    /// Runs the device side once (TX then RX, until quiet).
+    pub fn pump<C: VsockChannel>(&mut self, chan: &mut C) {
+        device::process_queues(&self.mem, &mut self.rxq, &mut self.txq, chan);
+    }
+
+    /// Packets the device delivered since the last call; their buffers go
+    /// back to the free list (offer them again with [`GuestDriver::fill_rx`]).
+    pub fn recv(&mut self) -> Vec<(Hdr, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (id, len) in self.rx.take_used(&self.mem) {
+            let slot = id as u16;
+            if id >= DRIVER_QUEUE_SIZE as u32 {
+                continue;
+            }
+            self.rx_free.push(slot);
+            if (len as usize) < PKT_HEADER_SIZE {
+                continue;
+            }
+            let base = RX_BUFS + RX_SLOT_SIZE * slot as u64;
+            let mut hb = [0u8; PKT_HEADER_SIZE];
+            let _ = self.mem.read_slice(&mut hb, GuestAddress(base));
+            let hdr = Hdr::from_bytes(&hb);
+            let n = (len as usize - PKT_HEADER_SIZE).min(RX_BUF_DATA as usize);
+            let mut data = vec![0u8; n];
+            let _ = self
+                .mem
+                .read_slice(&mut data, GuestAddress(base + PKT_HEADER_SIZE as u64));
+            out.push((hdr, data));
+        }
+        out
+    }
+}
