@@ -129,6 +129,15 @@ pub enum KcovError {
         /// Requested size.
         words: usize,
     },
+    /// The area is not a whole number of pages: kcov's mmap handler requires the mapping
+    /// length (page-rounded) to equal the area size exactly, so such an area cannot be mapped.
+    #[error("kcov area of {words} words is not a multiple of the page size ({page_words} words): kcov cannot mmap it")]
+    AreaNotPageSized {
+        /// Requested size.
+        words: usize,
+        /// Words per page.
+        page_words: usize,
+    },
     /// An operation was called in the wrong state (e.g. enable before init_trace).
     #[error("kcov {op}: {why}")]
     InvalidState {
@@ -525,7 +534,7 @@ pub fn parse_cmp(words: &[u64]) -> impl Iterator<Item = CmpEntry> + '_ {
 // ---------------------------------------------------------------------------------------------
 
 #[cfg(target_os = "linux")]
-pub use sys::{Kcov, MappedArea};
+pub use sys::{page_size, Kcov, MappedArea};
 
 #[cfg(target_os = "linux")]
 mod sys {
@@ -678,6 +687,13 @@ mod sys {
         path: String,
     }
 
+    /// The system page size in bytes (4096 if sysconf fails).
+    pub fn page_size() -> usize {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(p).ok().filter(|&p| p >= 8).unwrap_or(4096)
+    }
+
     fn errno_of(e: &io::Error) -> i32 {
         e.raw_os_error().unwrap_or(0)
     }
@@ -760,6 +776,12 @@ mod sys {
             }
             if !(MIN_AREA_WORDS..=MAX_AREA_WORDS).contains(&words) {
                 return Err(KcovError::InvalidAreaSize { words });
+            }
+            // kcov_mmap() fails with EINVAL unless vm_end - vm_start == size * 8, and the
+            // mapping length is page-rounded (found on the guest kernel: 64 words fails).
+            let page_words = page_size() / 8;
+            if !words.is_multiple_of(page_words) {
+                return Err(KcovError::AreaNotPageSized { words, page_words });
             }
             self.ioctl(KCOV_INIT_TRACE, words as libc::c_ulong)
                 .map_err(|source| match errno_of(&source) {
@@ -1331,8 +1353,13 @@ mod tests {
             k.init_trace(MAX_AREA_WORDS + 1),
             Err(KcovError::InvalidAreaSize { .. })
         ));
+        // Not a whole page: kcov could not mmap it.
+        assert!(matches!(
+            k.init_trace(64),
+            Err(KcovError::AreaNotPageSized { words: 64, .. })
+        ));
         // /dev/null does not know KCOV_INIT_TRACE: a typed ioctl error, nothing mapped.
-        let e = k.init_trace(64).unwrap_err();
+        let e = k.init_trace(page_size() / 8).unwrap_err();
         assert!(
             matches!(
                 e,

@@ -1,3 +1,7 @@
 //! Library part of the guest agent (shared with its tests and tools).
 
 pub mod kcov;
+pub mod net;
+pub mod plan;
+pub mod vring;
+pub mod vsock;

@@ -8,10 +8,18 @@
 
 use std::ffi::CString;
 use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use kcov_wire::console::{CMD_FILE, EXIT_MARKER, READY_MARKER};
+use guest_agent::kcov::{self, Coverage, Kcov};
+use guest_agent::plan::{Cover, Plan, Transport, Workload};
+use guest_agent::{net, vsock};
+use kcov_wire::console::{LineWriter, CMD_FILE, EXIT_MARKER, READY_MARKER};
+use kcov_wire::{
+    CoverageSource, Done, ErrorReport, Frame, Hello, KcovMode, WorkloadResult, WorkloadStart,
+};
 const KCOV_PATH: &str = "/sys/kernel/debug/kcov";
 const VHOST_NET_PATH: &str = "/dev/vhost-net";
 const VHOST_VSOCK_PATH: &str = "/dev/vhost-vsock";
@@ -51,9 +59,302 @@ fn run() -> Result<i32, String> {
         };
         println!("testbed-agent: {what} {path}: {state}");
     }
-    match read_command()? {
-        Some(argv) => run_command(&argv),
-        None => Ok(0),
+    let argv = read_command()?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let plan = Plan::parse(&cmdline, argv.is_some());
+    let transport = plan
+        .as_ref()
+        .map(|p| p.transport)
+        .unwrap_or(Transport::Console);
+    let port = plan.as_ref().map(|p| p.port).unwrap_or(0);
+    let mut sink = open_sink(transport, port)?;
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(e) => {
+            let msg = format!("bad plan on the kernel command line: {e}");
+            println!("testbed-agent: error: {msg}");
+            return fail_stream(&mut sink, &release, &msg, 2);
+        }
+    };
+    let mode = match plan.cover {
+        Cover::On(mode) => mode,
+        Cover::Off => KcovMode::Pc,
+    };
+    let handle = kcov::common_handle(kcov::fresh_instance()).map_err(|e| e.to_string())?;
+    let hello = Hello {
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel_release: release.clone(),
+        kcov_mode: mode,
+        area_words: u32::try_from(plan.area_words).unwrap_or(u32::MAX),
+        common_handle: if plan.cover == Cover::Off { 0 } else { handle },
+    };
+    if plan.workloads.is_empty() {
+        // Nothing to measure: no stream, the report above is all.
+        return Ok(0);
+    }
+    send(&mut sink, Frame::Hello(hello))?;
+    if plan.cover != Cover::Off && !Path::new(KCOV_PATH).exists() {
+        let msg = format!("kcov missing: {KCOV_PATH} does not exist (CONFIG_KCOV=y and debugfs needed; use testbed.cover=off to run without coverage)");
+        println!("testbed-agent: error: {msg}");
+        send(&mut sink, Frame::Error(ErrorReport { message: msg }))?;
+        send(&mut sink, Frame::Done(Done { status: 3 }))?;
+        sink.flush()
+            .map_err(|e| format!("flushing the stream: {e}"))?;
+        return Ok(3);
+    }
+    let mut status = 0;
+    for &w in &plan.workloads {
+        send(
+            &mut sink,
+            Frame::WorkloadStart(WorkloadStart {
+                name: w.name().into(),
+            }),
+        )?;
+        println!("testbed-agent: workload {w}: running");
+        let _ = std::io::stdout().flush();
+        let out = run_workload(w, &plan, handle, argv.clone().unwrap_or_default());
+        let ship = Instant::now();
+        let mut pcs = 0u64;
+        let mut overflow = false;
+        if let Some(cov) = &out.remote {
+            pcs = cov.entry_count() as u64;
+            overflow = cov.overflow;
+            let chunks = cov
+                .chunks(w.name(), CoverageSource::Remote, 0, CHUNK_WORDS)
+                .map_err(|e| e.to_string())?;
+            for chunk in chunks {
+                send(&mut sink, Frame::CoverageChunk(chunk))?;
+            }
+        }
+        sink.flush()
+            .map_err(|e| format!("flushing the stream: {e}"))?;
+        let mut counters = out.counters;
+        counters.push(("remote_pcs".into(), pcs));
+        counters.push(("overflow".into(), u64::from(overflow)));
+        counters.push(("ship_us".into(), ship.elapsed().as_micros() as u64));
+        match &out.error {
+            Some(e) => println!(
+                "testbed-agent: workload {w}: failed (status {}): {e}",
+                out.status
+            ),
+            None => println!(
+                "testbed-agent: workload {w}: ok ({pcs} remote PCs{}, {} ms)",
+                if overflow { ", area overflowed" } else { "" },
+                out.duration.as_millis()
+            ),
+        }
+        send(
+            &mut sink,
+            Frame::WorkloadResult(WorkloadResult {
+                name: w.name().into(),
+                status: out.status,
+                duration_us: out.duration.as_micros() as u64,
+                counters,
+                error: out.error,
+            }),
+        )?;
+        if status == 0 {
+            status = out.status;
+        }
+    }
+    send(&mut sink, Frame::Done(Done { status }))?;
+    sink.flush()
+        .map_err(|e| format!("flushing the stream: {e}"))?;
+    Ok(status)
+}
+
+/// Most words per CoverageChunk: small chunks keep each frame a few console lines long.
+const CHUNK_WORDS: usize = 4096;
+
+type Sink = Box<dyn Write>;
+
+/// Seconds a vsock stream write may block before the run fails.
+const STREAM_SEND_TIMEOUT_S: libc::time_t = 30;
+
+fn send(sink: &mut Sink, frame: Frame) -> Result<(), String> {
+    kcov_wire::write_frame(sink, &frame).map_err(|e| format!("sending the stream: {e}"))
+}
+
+/// Hello, Error, Done: a run that cannot start.
+fn fail_stream(sink: &mut Sink, release: &str, msg: &str, status: i32) -> Result<i32, String> {
+    send(
+        sink,
+        Frame::Hello(Hello {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel_release: release.to_string(),
+            kcov_mode: KcovMode::Pc,
+            area_words: 0,
+            common_handle: 0,
+        }),
+    )?;
+    send(
+        sink,
+        Frame::Error(ErrorReport {
+            message: msg.to_string(),
+        }),
+    )?;
+    send(sink, Frame::Done(Done { status }))?;
+    sink.flush()
+        .map_err(|e| format!("flushing the stream: {e}"))?;
+    Ok(status)
+}
+
+/// The stream sink: stream lines on the console, or an AF_VSOCK stream to the host (CID 2).
+fn open_sink(transport: Transport, port: u32) -> Result<Sink, String> {
+    match transport {
+        Transport::Console => {
+            // SAFETY: dup of our stdout (the console); the new fd is owned by the File.
+            let fd = unsafe { libc::dup(1) };
+            if fd < 0 {
+                return Err(format!("dup(stdout): {}", std::io::Error::last_os_error()));
+            }
+            // SAFETY: fd is a fresh descriptor nothing else owns.
+            let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            Ok(Box::new(LineWriter::new(file)))
+        }
+        Transport::Vsock => {
+            // SAFETY: plain socket(2) call.
+            let fd =
+                unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                return Err(format!(
+                    "socket(AF_VSOCK): {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            // SAFETY: fd is fresh and ours.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: sockaddr_vm is plain data.
+            let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+            addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+            addr.svm_cid = libc::VMADDR_CID_HOST;
+            addr.svm_port = port;
+            // SAFETY: addr is a valid sockaddr_vm of the size passed.
+            let r = unsafe {
+                libc::connect(
+                    fd.as_raw_fd(),
+                    (&addr as *const libc::sockaddr_vm).cast(),
+                    std::mem::size_of::<libc::sockaddr_vm>() as u32,
+                )
+            };
+            if r < 0 {
+                return Err(format!(
+                    "connecting AF_VSOCK to the host (CID 2) port {port}: {} (is the host collector listening? else use testbed.transport=console)",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            // A host that stops reading must fail the run, not hang it.
+            let tv = libc::timeval {
+                tv_sec: STREAM_SEND_TIMEOUT_S,
+                tv_usec: 0,
+            };
+            // SAFETY: setsockopt with a valid timeval option on our socket.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as u32,
+                );
+            }
+            Ok(Box::new(std::io::BufWriter::with_capacity(
+                1 << 16,
+                std::fs::File::from(fd),
+            )))
+        }
+    }
+}
+
+struct Outcome {
+    status: i32,
+    duration: Duration,
+    counters: Vec<(String, u64)>,
+    error: Option<String>,
+    remote: Option<Coverage>,
+}
+
+/// Runs one workload on a fresh thread that owns the kcov fd: KCOV_REMOTE_ENABLE with the
+/// common handle there, then the workload (whose VHOST_SET_OWNER runs on that same thread,
+/// or in a child forked after the enable), a settle pause, drain, disable.
+fn run_workload(w: Workload, plan: &Plan, handle: u64, argv: Vec<String>) -> Outcome {
+    let plan = plan.clone();
+    let t = std::thread::Builder::new()
+        .name(format!("wl-{w}"))
+        .spawn(move || workload_thread(w, &plan, handle, &argv));
+    let failed = |e: String| Outcome {
+        status: 1,
+        duration: Duration::ZERO,
+        counters: Vec::new(),
+        error: Some(e),
+        remote: None,
+    };
+    match t {
+        Ok(t) => t
+            .join()
+            .unwrap_or_else(|_| failed("the workload thread panicked".into())),
+        Err(e) => failed(format!("spawning the workload thread: {e}")),
+    }
+}
+
+fn workload_thread(w: Workload, plan: &Plan, handle: u64, argv: &[String]) -> Outcome {
+    let mut kcov = None;
+    if let Cover::On(mode) = plan.cover {
+        let enabled = Kcov::open_default().and_then(|mut k| {
+            k.init_trace(plan.area_words)?;
+            k.remote_enable(mode, handle, &[])?;
+            Ok(k)
+        });
+        match enabled {
+            Ok(k) => kcov = Some(k),
+            Err(e) => {
+                return Outcome {
+                    status: 1,
+                    duration: Duration::ZERO,
+                    counters: Vec::new(),
+                    error: Some(format!("kcov remote enable: {e}")),
+                    remote: None,
+                }
+            }
+        }
+    }
+    let start = Instant::now();
+    let result: Result<(i32, Vec<(String, u64)>), String> = match w {
+        Workload::VhostNetTx => plan
+            .net_frame_size()
+            .map_err(|e| e.to_string())
+            .and_then(|size| net::run_tx(&plan.params, size).map_err(|e| e.to_string()))
+            .map(|c| (0, c)),
+        Workload::VhostNetRx => plan
+            .net_frame_size()
+            .map_err(|e| e.to_string())
+            .and_then(|size| net::run_rx(&plan.params, size).map_err(|e| e.to_string()))
+            .map(|c| (0, c)),
+        Workload::VhostVsock => vsock::run(&plan.params)
+            .map(|c| (0, c))
+            .map_err(|e| e.to_string()),
+        Workload::Cmd => {
+            run_command(argv).map(|code| (code, vec![("exit_code".into(), code as u64)]))
+        }
+    };
+    let duration = start.elapsed();
+    // Remote sections land at kcov_remote_stop(): let the last work items finish.
+    std::thread::sleep(Duration::from_millis(u64::from(plan.settle_ms)));
+    let remote = kcov.as_ref().and_then(|k| k.drain().ok());
+    if let Some(mut k) = kcov {
+        let _ = k.disable();
+    }
+    let (status, counters, error) = match result {
+        Ok((0, c)) => (0, c, None),
+        Ok((code, c)) => (code, c, Some(format!("command exited with status {code}"))),
+        Err(e) => (1, Vec::new(), Some(e)),
+    };
+    Outcome {
+        status,
+        duration,
+        counters,
+        error,
+        remote,
     }
 }
 
@@ -124,6 +425,9 @@ fn read_command() -> Result<Option<Vec<String>>, String> {
 /// Runs the user command with the console as its stdio; returns its status
 /// (128 + signal number when it was killed, like a shell).
 fn run_command(argv: &[String]) -> Result<i32, String> {
+    if argv.is_empty() {
+        return Err("no command given".into());
+    }
     println!("testbed-agent: running {}", argv.join(" "));
     let _ = std::io::stdout().flush();
     let status = match Command::new(&argv[0])

@@ -1,6 +1,8 @@
 //! `cargo xtask boot`: build what is missing, boot, report.
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -34,6 +36,112 @@ pub struct BootOpts {
     pub kernel_log: bool,
     /// Echo the console to stdout.
     pub echo: bool,
+    /// The agent's plan (`testbed.*` kernel command-line words, see guest-agent/src/plan.rs).
+    pub plan: PlanOpts,
+}
+
+/// What the agent runs and how it collects coverage; becomes `testbed.*` cmdline words.
+#[derive(Clone, Debug, Default)]
+pub struct PlanOpts {
+    /// Workloads in order (`testbed.workloads=`); names are checked by the agent.
+    pub workloads: Vec<String>,
+    /// `pc`, `cmp` or `off` (`testbed.cover=`).
+    pub cover: Option<String>,
+    /// kcov area size in words (`testbed.area=`).
+    pub area: Option<u64>,
+    /// `console` or `vsock` (`testbed.transport=`).
+    pub transport: Option<String>,
+    /// Further `KEY=VALUE` workload parameters (`testbed.KEY=VALUE`).
+    pub params: Vec<String>,
+}
+
+/// Default AF_VSOCK port of the agent's stream (guest-agent `plan::DEFAULT_PORT`).
+pub const DEFAULT_STREAM_PORT: u32 = 10_000;
+
+/// Host end of `testbed.transport=vsock`: listens on `<uds>_<port>` (the vsock device's
+/// hybrid convention) and copies the one connection's bytes to `<run_dir>/coverage.kcw`.
+struct VsockReceiver {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<()>>,
+    path: PathBuf,
+}
+
+impl VsockReceiver {
+    fn start(uds: &Path, port: u32, run_dir: &Path) -> Result<VsockReceiver> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let path = PathBuf::from(format!("{}_{port}", uds.display()));
+        let listener = std::os::unix::net::UnixListener::bind(&path)
+            .with_context(|| format!("listening on {} for the agent's stream", path.display()))?;
+        listener.set_nonblocking(true)?;
+        let out = run_dir.join(STREAM_FILE);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stop2 = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || -> Result<()> {
+            loop {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        conn.set_nonblocking(false)?;
+                        let mut file = std::fs::File::create(&out)?;
+                        std::io::copy(&mut conn, &mut file).with_context(|| {
+                            format!("receiving the stream into {}", out.display())
+                        })?;
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if stop2.load(Ordering::Acquire) {
+                            return Ok(());
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        });
+        Ok(VsockReceiver { stop, thread, path })
+    }
+
+    /// After the VM ended: stop waiting for a connection; a connection in progress ends
+    /// when the VM's end closes it.
+    fn finish(self) -> Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let r = self
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the stream receiver panicked")));
+        let _ = std::fs::remove_file(&self.path);
+        r
+    }
+}
+
+impl PlanOpts {
+    /// The vsock port of the stream (`--param port=P`, else the default).
+    pub fn vsock_port(&self) -> u32 {
+        self.params
+            .iter()
+            .find_map(|p| p.strip_prefix("port=")?.parse().ok())
+            .unwrap_or(DEFAULT_STREAM_PORT)
+    }
+
+    /// The kernel command-line words.
+    pub fn cmdline_words(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if !self.workloads.is_empty() {
+            w.push(format!("testbed.workloads={}", self.workloads.join(",")));
+        }
+        if let Some(c) = &self.cover {
+            w.push(format!("testbed.cover={c}"));
+        }
+        if let Some(a) = self.area {
+            w.push(format!("testbed.area={a}"));
+        }
+        if let Some(t) = &self.transport {
+            w.push(format!("testbed.transport={t}"));
+        }
+        for p in &self.params {
+            w.push(format!("testbed.{p}"));
+        }
+        w
+    }
 }
 
 impl Default for BootOpts {
@@ -51,6 +159,7 @@ impl Default for BootOpts {
             },
             kernel_log: false,
             echo: true,
+            plan: PlanOpts::default(),
         }
     }
 }
@@ -88,7 +197,7 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
     if !opts.kernel_log {
         cmdline.push_str(" quiet");
     }
-    for word in &opts.append {
+    for word in opts.plan.cmdline_words().iter().chain(&opts.append) {
         cmdline.push(' ');
         cmdline.push_str(word);
     }
@@ -100,13 +209,26 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
         serial_log: run_dir.join("serial.log"),
         echo: opts.echo,
         timeouts: opts.timeouts,
+        vsock: Some(runner::VsockSpec::in_dir(&run_dir)),
     };
     eprintln!(
         "boot: {} + initramfs, run directory {}",
         kernel.meta.release,
         run_dir.display()
     );
-    let outcome = runner::boot(runner, &spec)?;
+    let receiver = match opts.plan.transport.as_deref() {
+        Some("vsock") => spec
+            .vsock
+            .as_ref()
+            .map(|v| VsockReceiver::start(&v.uds, opts.plan.vsock_port(), &run_dir))
+            .transpose()?,
+        _ => None,
+    };
+    let outcome = runner::boot(runner, &spec);
+    if let Some(r) = receiver {
+        r.finish()?;
+    }
+    let outcome = outcome?;
     let record = RunRecord {
         runner: runner.to_string(),
         kernel_key: &kernel.meta.key,
@@ -147,4 +269,343 @@ pub fn summary(outcome: &BootOutcome, echoed: bool) -> String {
         }
     }
     s
+}
+
+/// The raw kcov-wire stream of a run, exactly as the agent sent it.
+pub const STREAM_FILE: &str = "coverage.kcw";
+
+/// One workload as the stream reported it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadSummary {
+    pub name: String,
+    /// From WorkloadResult (None: the stream ended before it).
+    pub status: Option<i32>,
+    pub duration_us: u64,
+    pub counters: Vec<(String, u64)>,
+    pub error: Option<String>,
+    /// Remote coverage entries (PCs, or comparisons in CMP mode).
+    pub pcs: u64,
+    /// Distinct remote PCs.
+    pub unique_pcs: usize,
+    /// A remote area overflowed: coverage was lost.
+    pub overflow: bool,
+    /// Local coverage entries, if the agent collected any.
+    pub local_pcs: u64,
+}
+
+impl WorkloadSummary {
+    /// Workload iterations (frames, messages) per second of its data loop (counters
+    /// `iterations` and `loop_us`), the figure to compare with coverage on and off.
+    pub fn iterations_per_sec(&self) -> Option<f64> {
+        let (n, us) = (self.counter("iterations")?, self.counter("loop_us")?);
+        (us > 0).then(|| n as f64 * 1e6 / us as f64)
+    }
+
+    /// Remote PCs shipped per second over the stream transport (counters `remote_pcs`,
+    /// `ship_us`: the agent's time to write the coverage frames).
+    pub fn pcs_shipped_per_sec(&self) -> Option<f64> {
+        let (n, us) = (self.counter("remote_pcs")?, self.counter("ship_us")?);
+        (us > 0 && n > 0).then(|| n as f64 * 1e6 / us as f64)
+    }
+
+    /// A counter from the WorkloadResult.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        self.counters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// What a run's kcov-wire stream says.
+#[derive(Clone, Debug, Default)]
+pub struct StreamReport {
+    pub hello: Option<kcov_wire::Hello>,
+    pub workloads: Vec<WorkloadSummary>,
+    /// Error frames.
+    pub errors: Vec<String>,
+    /// Done status (None: the stream ended early).
+    pub done: Option<i32>,
+    /// Stream bytes.
+    pub bytes: usize,
+    /// Why the stream is incomplete or corrupt, if it is.
+    pub problem: Option<String>,
+}
+
+impl StreamReport {
+    pub fn workload(&self, name: &str) -> Option<&WorkloadSummary> {
+        self.workloads.iter().find(|w| w.name == name)
+    }
+
+    /// Decodes a whole stream (never panics on hostile bytes).
+    pub fn parse(bytes: &[u8]) -> StreamReport {
+        let mut r = StreamReport {
+            bytes: bytes.len(),
+            ..Default::default()
+        };
+        let mut dec = kcov_wire::Decoder::new();
+        dec.feed(bytes);
+        let mut seen: Vec<HashSet<u64>> = Vec::new();
+        loop {
+            let frame = match dec.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    r.problem = Some(format!("corrupt stream: {e}"));
+                    return r;
+                }
+            };
+            use kcov_wire::Frame;
+            match frame {
+                Frame::Hello(h) => r.hello = Some(h),
+                Frame::WorkloadStart(s) => {
+                    r.workloads.push(WorkloadSummary {
+                        name: s.name,
+                        ..Default::default()
+                    });
+                    seen.push(HashSet::new());
+                }
+                Frame::CoverageChunk(c) => {
+                    let Some(i) = r.workloads.iter().rposition(|w| w.name == c.workload) else {
+                        r.problem = Some(format!(
+                            "coverage for {:?} outside its workload",
+                            c.workload
+                        ));
+                        continue;
+                    };
+                    let w = &mut r.workloads[i];
+                    match c.source {
+                        kcov_wire::CoverageSource::Remote => {
+                            w.pcs += c.entry_count() as u64;
+                            w.overflow |= c.overflow;
+                            let step = c.mode.words_per_entry();
+                            let skip = step - 1;
+                            seen[i].extend(c.words.iter().skip(skip).step_by(step));
+                            w.unique_pcs = seen[i].len();
+                        }
+                        kcov_wire::CoverageSource::Local => w.local_pcs += c.entry_count() as u64,
+                    }
+                }
+                Frame::WorkloadResult(res) => {
+                    match r.workloads.iter_mut().rev().find(|w| w.name == res.name) {
+                        Some(w) => {
+                            w.status = Some(res.status);
+                            w.duration_us = res.duration_us;
+                            w.counters = res.counters;
+                            w.error = res.error;
+                        }
+                        None => {
+                            r.problem = Some(format!("result for {:?} without a start", res.name))
+                        }
+                    }
+                }
+                Frame::Error(e) => r.errors.push(e.message),
+                Frame::Done(d) => r.done = Some(d.status),
+            }
+        }
+        if let Err(e) = dec.finish() {
+            r.problem = Some(format!("stream ends inside a frame: {e}"));
+        } else if r.done.is_none() && r.problem.is_none() {
+            r.problem = Some(
+                "stream ended without a Done frame (agent died or console lost the end)".into(),
+            );
+        }
+        r
+    }
+}
+
+impl fmt::Display for StreamReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match self.hello.as_ref().map(|h| (h.kcov_mode, h.common_handle)) {
+            Some((_, 0)) => "coverage off".to_string(),
+            Some((m, h)) => format!("{m:?} mode, common handle {h:#x}"),
+            None => "no Hello".to_string(),
+        };
+        writeln!(f, "coverage stream: {} bytes, {mode}", self.bytes)?;
+        for e in &self.errors {
+            writeln!(f, "  agent error: {e}")?;
+        }
+        for w in &self.workloads {
+            let status = match (w.status, &w.error) {
+                (Some(0), _) => "ok".to_string(),
+                (Some(s), Some(e)) => format!("FAILED ({s}): {e}"),
+                (Some(s), None) => format!("FAILED ({s})"),
+                (None, _) => "no result".to_string(),
+            };
+            let its = w.counter("iterations").unwrap_or(0);
+            let mut rates = String::new();
+            if let Some(r) = w.iterations_per_sec() {
+                rates.push_str(&format!(", {r:.0} it/s"));
+            }
+            if let Some(r) = w.pcs_shipped_per_sec() {
+                rates.push_str(&format!(", shipped {r:.0} PCs/s"));
+            }
+            writeln!(
+                f,
+                "  {:<14} {status}; {} remote PCs, {} unique{}; {} iterations in {:.1} ms{rates}",
+                w.name,
+                w.pcs,
+                w.unique_pcs,
+                if w.overflow {
+                    ", OVERFLOW (raise testbed.area)"
+                } else {
+                    ""
+                },
+                its,
+                w.duration_us as f64 / 1000.0
+            )?;
+        }
+        match (self.done, &self.problem) {
+            (_, Some(p)) => write!(f, "  stream problem: {p}"),
+            (Some(s), None) => write!(f, "  done, agent status {s}"),
+            (None, None) => write!(f, "  no Done frame"),
+        }
+    }
+}
+
+/// Reassembles the console stream lines of `serial_log` into `<run_dir>/coverage.kcw` and
+/// decodes it. `Ok(None)` when the agent sent no stream.
+pub fn collect_stream(run_dir: &Path, serial_log: &Path) -> Result<Option<StreamReport>> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(serial_log)
+        .with_context(|| format!("reading {}", serial_log.display()))?;
+    let mut asm = kcov_wire::console::LineAssembler::new();
+    let mut reader = std::io::BufReader::new(file);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let _ = asm.push(line.trim_end_matches(['\n', '\r']));
+    }
+    if asm.lines() == 0 {
+        // No console stream: a vsock stream may have been received into the file.
+        let file = run_dir.join(STREAM_FILE);
+        return match std::fs::read(&file) {
+            Ok(bytes) => Ok(Some(StreamReport::parse(&bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+        };
+    }
+    let (bytes, err) = asm.finish();
+    let out = run_dir.join(STREAM_FILE);
+    std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    let mut report = StreamReport::parse(&bytes);
+    if let Some(e) = err {
+        report.problem = Some(format!("console stream: {e}"));
+    }
+    Ok(Some(report))
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use kcov_wire::{
+        encode, CoverageChunk, CoverageSource, Done, ErrorReport, Frame, Hello, KcovMode,
+        WorkloadResult, WorkloadStart,
+    };
+
+    fn stream(frames: &[Frame]) -> Vec<u8> {
+        frames.iter().flat_map(|f| encode(f).unwrap()).collect()
+    }
+
+    #[test]
+    fn plan_words() {
+        let p = PlanOpts {
+            workloads: vec!["vhost-net-tx".into(), "vhost-vsock".into()],
+            cover: Some("off".into()),
+            area: Some(512),
+            transport: None,
+            params: vec!["frames=9".into()],
+        };
+        assert_eq!(
+            p.cmdline_words(),
+            [
+                "testbed.workloads=vhost-net-tx,vhost-vsock",
+                "testbed.cover=off",
+                "testbed.area=512",
+                "testbed.frames=9"
+            ]
+        );
+        assert!(PlanOpts::default().cmdline_words().is_empty());
+    }
+
+    #[test]
+    fn report_counts_and_flags() {
+        let chunk = |seq, words: Vec<u64>, overflow| {
+            Frame::CoverageChunk(CoverageChunk {
+                workload: "tx".into(),
+                source: CoverageSource::Remote,
+                mode: KcovMode::Pc,
+                seq,
+                overflow,
+                words,
+            })
+        };
+        let bytes = stream(&[
+            Frame::Hello(Hello {
+                agent_version: "0".into(),
+                kernel_release: "6.12".into(),
+                kcov_mode: KcovMode::Pc,
+                area_words: 512,
+                common_handle: 7,
+            }),
+            Frame::WorkloadStart(WorkloadStart { name: "tx".into() }),
+            chunk(0, vec![1, 2, 2], false),
+            chunk(1, vec![3, 1], true),
+            Frame::WorkloadResult(WorkloadResult {
+                name: "tx".into(),
+                status: 0,
+                duration_us: 5000,
+                counters: vec![
+                    ("iterations".into(), 10),
+                    ("loop_us".into(), 1000),
+                    ("remote_pcs".into(), 5),
+                    ("ship_us".into(), 10),
+                ],
+                error: None,
+            }),
+            Frame::Error(ErrorReport {
+                message: "note".into(),
+            }),
+            Frame::Done(Done { status: 0 }),
+        ]);
+        let r = StreamReport::parse(&bytes);
+        assert_eq!(r.problem, None);
+        assert_eq!(r.done, Some(0));
+        let w = r.workload("tx").unwrap();
+        assert_eq!((w.pcs, w.unique_pcs, w.overflow), (5, 3, true));
+        assert_eq!(w.iterations_per_sec(), Some(10_000.0));
+        assert_eq!(w.pcs_shipped_per_sec(), Some(500_000.0));
+        let text = r.to_string();
+        assert!(text.contains("OVERFLOW"), "{text}");
+        assert!(text.contains("agent error: note"), "{text}");
+
+        // Truncated and garbage streams are reported, never panic.
+        let cut = StreamReport::parse(&bytes[..bytes.len() - 3]);
+        assert!(cut.problem.is_some());
+        let junk = StreamReport::parse(b"not a stream at all");
+        assert!(junk.problem.unwrap().contains("corrupt"));
+        let no_done = StreamReport::parse(&bytes[..bytes.len() - 20]);
+        assert!(no_done.problem.unwrap().contains("Done"));
+    }
+
+    #[test]
+    fn stream_is_reassembled_from_the_console_log() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = stream(&[Frame::Done(Done { status: 4 })]);
+        let mut w = kcov_wire::console::LineWriter::new(Vec::new());
+        w.write_all(&bytes).unwrap();
+        let lines = String::from_utf8(w.into_inner().unwrap()).unwrap();
+        let log = dir.path().join("serial.log");
+        std::fs::write(&log, format!("boot noise\r\n{lines}@@TESTBED-EXIT@@ 0\n")).unwrap();
+        let r = collect_stream(dir.path(), &log).unwrap().unwrap();
+        assert_eq!(r.done, Some(4));
+        assert_eq!(std::fs::read(dir.path().join(STREAM_FILE)).unwrap(), bytes);
+        std::fs::write(&log, "no stream here\n").unwrap();
+        assert!(collect_stream(dir.path(), &log).unwrap().is_none());
+    }
 }

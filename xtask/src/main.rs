@@ -95,6 +95,21 @@ enum Cmd {
         /// Do not echo the guest console (it is still logged in the run directory).
         #[arg(long)]
         no_echo: bool,
+        /// Workload for the agent, in order (repeatable): vhost-net-tx, vhost-net-rx, vhost-vsock, cmd.
+        #[arg(long, value_name = "NAME")]
+        workload: Vec<String>,
+        /// kcov remote trace mode; off = no remote enable (negative control).
+        #[arg(long, value_name = "pc|cmp|off")]
+        cover: Option<String>,
+        /// kcov area size in u64 words.
+        #[arg(long, value_name = "WORDS")]
+        area: Option<u64>,
+        /// Where the agent streams coverage: console (marker lines) or vsock.
+        #[arg(long, value_name = "console|vsock")]
+        transport: Option<String>,
+        /// Workload parameter, e.g. frames=100, size=1514, indirect=on (repeatable; testbed.KEY=VALUE).
+        #[arg(long, value_name = "KEY=VALUE")]
+        param: Vec<String>,
         /// Command for the agent to run in the guest (from the initramfs, see --include).
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -157,6 +172,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             timeout,
             kernel_log,
             no_echo,
+            workload,
+            cover,
+            area,
+            transport,
+            param,
             cmd,
         } => {
             let opts = BootOpts {
@@ -172,10 +192,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 kernel_log,
                 echo: !no_echo,
+                plan: boot::PlanOpts {
+                    workloads: workload,
+                    cover,
+                    area,
+                    transport,
+                    params: param,
+                },
             };
-            let (outcome, _run_dir) = boot::boot(&opts)?;
+            let (outcome, run_dir) = boot::boot(&opts)?;
             eprintln!("{}", boot::summary(&outcome, opts.echo));
-            let code = outcome.status.exit_code();
+            let mut code = outcome.status.exit_code();
+            if let Some(report) = boot::collect_stream(&run_dir, &outcome.serial_log)? {
+                println!("{report}");
+                println!("raw stream: {}", run_dir.join(boot::STREAM_FILE).display());
+                if code == 0 && report.problem.is_some() {
+                    eprintln!("error: the coverage stream is incomplete or corrupt (see above)");
+                    code = 1;
+                }
+            }
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         Cmd::Bench { which } => match which {

@@ -142,6 +142,7 @@ mod tests {
                 boot,
                 run: Duration::from_secs(10),
             },
+            vsock: None,
         })
     }
 

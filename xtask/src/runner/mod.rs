@@ -6,6 +6,7 @@
 
 pub mod kvm;
 pub mod qemu;
+pub mod vsock_echo;
 
 use std::collections::VecDeque;
 use std::fs;
@@ -111,6 +112,8 @@ pub struct BootOutcome {
     pub total: Duration,
     /// Last console lines (for error reports).
     pub tail: Vec<String>,
+    /// The host side of the guest's vsock device (`<uds>`, `<uds>_<port>`), if it had one.
+    pub vsock_uds: Option<PathBuf>,
 }
 
 /// Serial-console state machine: feeds lines, tracks the agent's markers.
@@ -194,6 +197,11 @@ pub fn watch(
         match events.recv_timeout(wait) {
             Ok(VmEvent::Line(line)) => {
                 writeln!(log, "{line}")?;
+                // kcov-wire stream lines stay in the log (boot.rs reassembles coverage.kcw
+                // from it) but are neither echoed nor kept in the tail.
+                if kcov_wire::console::is_stream_line(&line) {
+                    continue;
+                }
                 if echo {
                     let mut out = stdout.lock();
                     let _ = writeln!(out, "{line}");
@@ -243,6 +251,7 @@ pub fn watch(
         ready_after,
         total: start.elapsed(),
         tail: console.tail(),
+        vsock_uds: None,
     })
 }
 
@@ -256,6 +265,34 @@ pub struct BootSpec {
     pub serial_log: PathBuf,
     pub echo: bool,
     pub timeouts: Timeouts,
+    /// A virtio-vsock device for the guest (None: no vsock device).
+    pub vsock: Option<VsockSpec>,
+}
+
+/// The guest CID runs get unless told otherwise.
+pub const DEFAULT_GUEST_CID: u64 = 3;
+
+/// A virtio-vsock device with host-side Unix sockets (Firecracker hybrid
+/// vsock): a guest connect to CID 2 port P reaches a listener on
+/// `<uds>_P`; a host process connects to `<uds>` and writes
+/// `CONNECT <port>\n`, answered by `OK <host_port>\n`.
+#[derive(Clone, Debug)]
+pub struct VsockSpec {
+    pub guest_cid: u64,
+    pub uds: PathBuf,
+    /// The vhost-user socket between QEMU and our backend (qemu runner).
+    pub vhost_socket: PathBuf,
+}
+
+impl VsockSpec {
+    /// Sockets in `dir` (the run directory): `vsock.sock` and `vhost-vsock.sock`.
+    pub fn in_dir(dir: &Path) -> VsockSpec {
+        VsockSpec {
+            guest_cid: DEFAULT_GUEST_CID,
+            uds: dir.join("vsock.sock"),
+            vhost_socket: dir.join("vhost-vsock.sock"),
+        }
+    }
 }
 
 /// Boots with the given concrete runner.

@@ -11,37 +11,79 @@ use crate::deps;
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
-/// The QEMU command line for a spec.
+/// The microvm machine options.
+const MACHINE: &str = "microvm,acpi=off,x-option-roms=off,rtc=off";
+
+/// The QEMU command line for a spec. With vsock, guest RAM is a shared memfd
+/// (the vhost-user backend maps it) and the device is QEMU's
+/// `vhost-user-vsock-device` talking to our backend on `vhost_socket`.
 pub fn command(spec: &BootSpec) -> Command {
     let mut cmd = Command::new(QEMU);
-    cmd.args([
-        "-M",
-        "microvm,acpi=off,x-option-roms=off,rtc=off",
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-m",
-    ])
-    .arg(spec.mem_mib.to_string())
-    .args([
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-kernel",
-    ])
-    .arg(&spec.bzimage)
-    .arg("-initrd")
-    .arg(&spec.initramfs)
-    .arg("-append")
-    .arg(&spec.cmdline);
+    match &spec.vsock {
+        None => {
+            cmd.args(["-M", MACHINE]);
+        }
+        Some(v) => {
+            let mut chardev = std::ffi::OsString::from("socket,id=vsock0,path=");
+            chardev.push(&v.vhost_socket);
+            cmd.args(["-M", &format!("{MACHINE},memory-backend=mem")])
+                .arg("-object")
+                .arg(format!(
+                    "memory-backend-memfd,id=mem,size={}M,share=on",
+                    spec.mem_mib
+                ))
+                .arg("-chardev")
+                .arg(chardev)
+                .args(["-device", "vhost-user-vsock-device,chardev=vsock0"]);
+        }
+    }
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m"])
+        .arg(spec.mem_mib.to_string())
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-kernel",
+        ])
+        .arg(&spec.bzimage)
+        .arg("-initrd")
+        .arg(&spec.initramfs)
+        .arg("-append")
+        .arg(&spec.cmdline);
     cmd
 }
 
 pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
     deps::ensure_packages(deps::QEMU_PACKAGES, "the qemu runner")?;
+    // The backend binds its sockets before QEMU starts (QEMU connects to it).
+    let backend = match &spec.vsock {
+        None => None,
+        Some(v) => {
+            let cfg = vsock::vhost_user::BackendConfig::new(&v.vhost_socket, &v.uds, v.guest_cid);
+            Some(vsock::vhost_user::spawn(&cfg).with_context(|| {
+                format!(
+                    "starting the vsock backend (vhost-user {}, host sockets {})",
+                    v.vhost_socket.display(),
+                    v.uds.display()
+                )
+            })?)
+        }
+    };
+    let outcome = boot_qemu(spec);
+    if let Some(b) = backend {
+        // QEMU is gone: its vhost-user connection closed and the backend ends.
+        if let Err(e) = b.stop() {
+            eprintln!("warning: the vsock backend ended with an error: {e}");
+        }
+    }
+    let mut outcome = outcome?;
+    outcome.vsock_uds = spec.vsock.as_ref().map(|v| v.uds.clone());
+    Ok(outcome)
+}
+
+fn boot_qemu(spec: &BootSpec) -> Result<BootOutcome> {
     let mut child = command(spec)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -1,0 +1,440 @@
+//! The run plan, read from the kernel command line (`/proc/cmdline`).
+//!
+//! Words that start with `testbed.` belong to the agent; every other word is the kernel's.
+//!
+//! | word | meaning | default |
+//! |---|---|---|
+//! | `testbed.workloads=a,b` | workloads in order ([`Workload`]) | `cmd` if a command was given, else none |
+//! | `testbed.cover=pc\|cmp\|off` | kcov remote trace mode; `off` = no remote enable (negative control) | `pc` |
+//! | `testbed.area=<words>` | kcov area size in u64 words, whole pages (multiple of 512) | 1048576 |
+//! | `testbed.transport=console\|vsock` | where the kcov-wire stream goes | `console` |
+//! | `testbed.port=<P>` | AF_VSOCK port on CID 2 (vsock transport) | 10000 |
+//! | `testbed.frames=<N>` | frames (net) / messages (vsock) per workload | 64 |
+//! | `testbed.size=<B>` | frame size in bytes (net: Ethernet frame 60..=1514) / message size (vsock) | 256 |
+//! | `testbed.queue=<N>` | virtqueue size (power of two, 8..=1024) | 256 |
+//! | `testbed.indirect=on\|off` | negotiate and use VIRTIO_RING_F_INDIRECT_DESC | `off` |
+//! | `testbed.event_idx=on\|off` | negotiate VIRTIO_RING_F_EVENT_IDX | `on` |
+//! | `testbed.mrg_rxbuf=on\|off` | negotiate VIRTIO_NET_F_MRG_RXBUF | `on` |
+//! | `testbed.vsock_cid=<CID>` | guest CID given to the vhost-vsock device (not the CID of our own virtio-vsock) | 100 |
+//! | `testbed.settle_ms=<ms>` | wait before draining the kcov area | 50 |
+//! | `testbed.timeout_ms=<ms>` | per-step timeout inside a workload | 5000 |
+//!
+//! Anything else under `testbed.` is an error, as is a bad value: the agent reports it in an
+//! Error frame and exits non-zero.
+
+use std::fmt;
+
+use kcov_wire::KcovMode;
+
+/// Default kcov area size in words (8 MiB).
+pub const DEFAULT_AREA_WORDS: usize = 1 << 20;
+/// Default AF_VSOCK port of the host collector.
+pub const DEFAULT_PORT: u32 = 10_000;
+
+/// A workload the agent can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Workload {
+    /// Frames through vhost-net TX into a tap, read back over AF_PACKET.
+    VhostNetTx,
+    /// Frames injected into a tap over AF_PACKET, received through vhost-net RX.
+    VhostNetRx,
+    /// The agent as vhost-vsock frontend, a guest AF_VSOCK client talking to it.
+    VhostVsock,
+    /// The user command (`/etc/testbed/cmd`) under the remote handle.
+    Cmd,
+}
+
+impl Workload {
+    /// All workloads.
+    pub const ALL: [Workload; 4] = [
+        Workload::VhostNetTx,
+        Workload::VhostNetRx,
+        Workload::VhostVsock,
+        Workload::Cmd,
+    ];
+
+    /// The name used on the command line and in the stream.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::VhostNetTx => "vhost-net-tx",
+            Workload::VhostNetRx => "vhost-net-rx",
+            Workload::VhostVsock => "vhost-vsock",
+            Workload::Cmd => "cmd",
+        }
+    }
+
+    /// The workload called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|w| w.name() == name)
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Coverage setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cover {
+    /// Remote coverage in this mode.
+    On(KcovMode),
+    /// No remote enable (negative control).
+    Off,
+}
+
+/// Where the stream goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Marker lines on the serial console.
+    Console,
+    /// AF_VSOCK stream to CID 2.
+    Vsock,
+}
+
+/// Parameters of the vhost workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    /// Frames / messages per workload.
+    pub frames: u32,
+    /// Frame / message size in bytes.
+    pub size: u32,
+    /// Virtqueue size.
+    pub queue: u16,
+    /// Use indirect descriptors.
+    pub indirect: bool,
+    /// Negotiate EVENT_IDX.
+    pub event_idx: bool,
+    /// Negotiate MRG_RXBUF (vhost-net).
+    pub mrg_rxbuf: bool,
+    /// vhost-vsock guest CID.
+    pub vsock_cid: u32,
+    /// Per-step timeout in milliseconds.
+    pub timeout_ms: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            frames: 64,
+            size: 256,
+            queue: 256,
+            indirect: false,
+            event_idx: true,
+            mrg_rxbuf: true,
+            vsock_cid: 100,
+            timeout_ms: 5000,
+        }
+    }
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Workloads in order.
+    pub workloads: Vec<Workload>,
+    /// Coverage setting.
+    pub cover: Cover,
+    /// kcov area size in words.
+    pub area_words: usize,
+    /// Stream transport.
+    pub transport: Transport,
+    /// vsock port.
+    pub port: u32,
+    /// Settle time before draining, in milliseconds.
+    pub settle_ms: u32,
+    /// Workload parameters.
+    pub params: Params,
+}
+
+/// A plan that cannot be run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// `testbed.workloads` names a workload that does not exist.
+    #[error("unknown workload {name:?} (known: vhost-net-tx, vhost-net-rx, vhost-vsock, cmd)")]
+    UnknownWorkload {
+        /// The name given.
+        name: String,
+    },
+    /// An unknown `testbed.` key.
+    #[error("unknown plan key testbed.{key} (see guest-agent/src/plan.rs for the keys)")]
+    UnknownKey {
+        /// The key.
+        key: String,
+    },
+    /// A `testbed.` word without `=`.
+    #[error("malformed plan word {word:?}: expected testbed.KEY=VALUE")]
+    Malformed {
+        /// The word.
+        word: String,
+    },
+    /// A value out of range or of the wrong form.
+    #[error("bad value {value:?} for testbed.{key}: {expected}")]
+    BadValue {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// What is expected.
+        expected: &'static str,
+    },
+    /// The same key twice.
+    #[error("testbed.{key} given twice")]
+    Duplicate {
+        /// The key.
+        key: String,
+    },
+    /// `cmd` in the plan but no command in the initramfs.
+    #[error("workload cmd needs a command (cargo xtask boot ... -- CMD ARGS)")]
+    NoCommand,
+}
+
+fn bad(key: &str, value: &str, expected: &'static str) -> PlanError {
+    PlanError::BadValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected,
+    }
+}
+
+fn num<T: std::str::FromStr + PartialOrd + Copy>(
+    key: &str,
+    value: &str,
+    range: std::ops::RangeInclusive<T>,
+    expected: &'static str,
+) -> Result<T, PlanError> {
+    let v: T = value.parse().map_err(|_| bad(key, value, expected))?;
+    if !range.contains(&v) {
+        return Err(bad(key, value, expected));
+    }
+    Ok(v)
+}
+
+fn on_off(key: &str, value: &str) -> Result<bool, PlanError> {
+    match value {
+        "on" | "1" | "yes" => Ok(true),
+        "off" | "0" | "no" => Ok(false),
+        _ => Err(bad(key, value, "on or off")),
+    }
+}
+
+impl Plan {
+    /// Parses the kernel command line. `has_command`: a user command is in the initramfs.
+    pub fn parse(cmdline: &str, has_command: bool) -> Result<Plan, PlanError> {
+        let mut plan = Plan {
+            workloads: Vec::new(),
+            cover: Cover::On(KcovMode::Pc),
+            area_words: DEFAULT_AREA_WORDS,
+            transport: Transport::Console,
+            port: DEFAULT_PORT,
+            settle_ms: 50,
+            params: Params::default(),
+        };
+        let mut workloads_given = false;
+        let mut seen: Vec<String> = Vec::new();
+        for word in cmdline.split_ascii_whitespace() {
+            let Some(kv) = word.strip_prefix("testbed.") else {
+                continue;
+            };
+            let Some((key, value)) = kv.split_once('=') else {
+                return Err(PlanError::Malformed {
+                    word: word.to_string(),
+                });
+            };
+            if seen.iter().any(|k| k == key) {
+                return Err(PlanError::Duplicate {
+                    key: key.to_string(),
+                });
+            }
+            seen.push(key.to_string());
+            let p = &mut plan.params;
+            match key {
+                "workloads" => {
+                    workloads_given = true;
+                    for name in value.split(',') {
+                        if name.is_empty() {
+                            return Err(bad(key, value, "comma-separated workload names"));
+                        }
+                        let w = Workload::from_name(name).ok_or(PlanError::UnknownWorkload {
+                            name: name.to_string(),
+                        })?;
+                        plan.workloads.push(w);
+                    }
+                }
+                "cover" => {
+                    plan.cover = match value {
+                        "pc" => Cover::On(KcovMode::Pc),
+                        "cmp" => Cover::On(KcovMode::Cmp),
+                        "off" => Cover::Off,
+                        _ => return Err(bad(key, value, "pc, cmp or off")),
+                    }
+                }
+                "area" => {
+                    const AREA: &str =
+                        "kcov area words, a multiple of 512 (one page) up to 67108864";
+                    let words: usize = num(key, value, 512..=(1 << 26), AREA)?;
+                    if !words.is_multiple_of(512) {
+                        return Err(bad(key, value, AREA));
+                    }
+                    plan.area_words = words;
+                }
+                "transport" => {
+                    plan.transport = match value {
+                        "console" => Transport::Console,
+                        "vsock" => Transport::Vsock,
+                        _ => return Err(bad(key, value, "console or vsock")),
+                    }
+                }
+                "port" => plan.port = num(key, value, 1..=u32::MAX - 1, "a vsock port")?,
+                "settle_ms" => {
+                    plan.settle_ms = num(key, value, 0..=60_000, "milliseconds, 0..=60000")?
+                }
+                "frames" => p.frames = num(key, value, 1..=1_000_000, "1..=1000000")?,
+                "size" => p.size = num(key, value, 1..=65_536, "bytes, 1..=65536")?,
+                "queue" => {
+                    let q: u16 = num(key, value, 8..=1024, "a power of two, 8..=1024")?;
+                    if !q.is_power_of_two() {
+                        return Err(bad(key, value, "a power of two, 8..=1024"));
+                    }
+                    p.queue = q;
+                }
+                "indirect" => p.indirect = on_off(key, value)?,
+                "event_idx" => p.event_idx = on_off(key, value)?,
+                "mrg_rxbuf" => p.mrg_rxbuf = on_off(key, value)?,
+                "vsock_cid" => {
+                    p.vsock_cid = num(key, value, 3..=u32::MAX - 1, "a guest CID, 3..=2^32-2")?
+                }
+                "timeout_ms" => p.timeout_ms = num(key, value, 10..=600_000, "10..=600000")?,
+                _ => {
+                    return Err(PlanError::UnknownKey {
+                        key: key.to_string(),
+                    })
+                }
+            }
+        }
+        if !workloads_given && has_command {
+            plan.workloads.push(Workload::Cmd);
+        }
+        if plan.workloads.contains(&Workload::Cmd) && !has_command {
+            return Err(PlanError::NoCommand);
+        }
+        Ok(plan)
+    }
+
+    /// Frame size for the net workloads, checked against Ethernet limits.
+    pub fn net_frame_size(&self) -> Result<usize, PlanError> {
+        let s = self.params.size;
+        if !(60..=1514).contains(&s) {
+            return Err(bad(
+                "size",
+                &s.to_string(),
+                "60..=1514 bytes for the vhost-net workloads (an Ethernet frame)",
+            ));
+        }
+        Ok(s as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_command() {
+        let p = Plan::parse("console=ttyS0 quiet", false).unwrap();
+        assert!(p.workloads.is_empty());
+        assert_eq!(p.cover, Cover::On(KcovMode::Pc));
+        assert_eq!(p.area_words, DEFAULT_AREA_WORDS);
+        assert_eq!(p.transport, Transport::Console);
+        let p = Plan::parse("console=ttyS0", true).unwrap();
+        assert_eq!(p.workloads, [Workload::Cmd]);
+    }
+
+    #[test]
+    fn full_plan() {
+        let p = Plan::parse(
+            "x testbed.workloads=vhost-net-tx,vhost-vsock,vhost-net-rx testbed.cover=cmp \
+             testbed.area=1024 testbed.transport=vsock testbed.port=1234 testbed.frames=9 \
+             testbed.size=1514 testbed.queue=64 testbed.indirect=on testbed.event_idx=off \
+             testbed.mrg_rxbuf=off testbed.vsock_cid=42 testbed.settle_ms=0 testbed.timeout_ms=100",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            p.workloads,
+            [
+                Workload::VhostNetTx,
+                Workload::VhostVsock,
+                Workload::VhostNetRx
+            ]
+        );
+        assert_eq!(p.cover, Cover::On(KcovMode::Cmp));
+        assert_eq!(p.area_words, 1024);
+        assert_eq!(p.transport, Transport::Vsock);
+        assert_eq!(p.port, 1234);
+        assert_eq!(p.settle_ms, 0);
+        assert_eq!(
+            p.params,
+            Params {
+                frames: 9,
+                size: 1514,
+                queue: 64,
+                indirect: true,
+                event_idx: false,
+                mrg_rxbuf: false,
+                vsock_cid: 42,
+                timeout_ms: 100
+            }
+        );
+        assert_eq!(p.net_frame_size(), Ok(1514));
+        let p = Plan::parse("testbed.cover=off testbed.workloads=cmd", true).unwrap();
+        assert_eq!(p.cover, Cover::Off);
+    }
+
+    #[test]
+    fn bad_plans() {
+        let e = |s: &str| Plan::parse(s, false).unwrap_err();
+        assert_eq!(
+            e("testbed.workloads=vhost-net-tx,nope"),
+            PlanError::UnknownWorkload {
+                name: "nope".into()
+            }
+        );
+        assert!(matches!(
+            e("testbed.workloads="),
+            PlanError::BadValue { .. }
+        ));
+        assert!(matches!(
+            e("testbed.workloads=vhost-net-tx,,cmd"),
+            PlanError::BadValue { .. }
+        ));
+        assert!(matches!(e("testbed.frobs=1"), PlanError::UnknownKey { .. }));
+        assert!(matches!(e("testbed.cover"), PlanError::Malformed { .. }));
+        assert!(matches!(e("testbed.cover=xyz"), PlanError::BadValue { .. }));
+        assert!(matches!(e("testbed.area=1"), PlanError::BadValue { .. }));
+        assert!(matches!(e("testbed.area=64"), PlanError::BadValue { .. }));
+        assert!(matches!(e("testbed.area=1000"), PlanError::BadValue { .. }));
+        assert!(matches!(e("testbed.area=-5"), PlanError::BadValue { .. }));
+        assert!(matches!(e("testbed.queue=100"), PlanError::BadValue { .. }));
+        assert!(matches!(
+            e("testbed.queue=2048"),
+            PlanError::BadValue { .. }
+        ));
+        assert!(matches!(e("testbed.frames=0"), PlanError::BadValue { .. }));
+        assert!(matches!(
+            e("testbed.vsock_cid=2"),
+            PlanError::BadValue { .. }
+        ));
+        assert!(matches!(
+            e("testbed.size=1 testbed.size=2"),
+            PlanError::Duplicate { .. }
+        ));
+        assert_eq!(e("testbed.workloads=cmd"), PlanError::NoCommand);
+        let p = Plan::parse("testbed.size=59", false).unwrap();
+        assert!(p.net_frame_size().is_err());
+        assert!(e("testbed.workloads=bogus")
+            .to_string()
+            .contains("unknown workload \"bogus\""));
+    }
+}

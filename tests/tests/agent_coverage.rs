@@ -1,0 +1,430 @@
+//! End-to-end: the guest agent runs vhost workloads under kcov remote coverage (common
+//! handle) inside the guest and ships the coverage to the host as a kcov-wire stream
+//! (`<run>/coverage.kcw`). Checks the stream with kcov-wire and the PCs against the guest
+//! kernel's symbols with the `coverage` crate.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use coverage::{Symbolizer, Vmlinux};
+use kcov_wire::{CoverageSource, Decoder, Frame};
+use tests::{text, xtask};
+
+fn boot(args: &[&str]) -> Option<Output> {
+    let mut all = vec!["boot", "--runner", "qemu", "--no-echo"];
+    all.extend_from_slice(args);
+    xtask(&all)
+}
+
+/// The run's stream file, from the "raw stream: PATH" line xtask prints.
+fn stream_path(out: &Output) -> PathBuf {
+    let all = text(out);
+    let p = all
+        .lines()
+        .find_map(|l| l.strip_prefix("raw stream: "))
+        .unwrap_or_else(|| panic!("no raw stream line in:\n{all}"));
+    PathBuf::from(p.trim())
+}
+
+#[derive(Default, Debug)]
+struct Workload {
+    remote: Vec<u64>,
+    overflow: bool,
+    chunks: usize,
+    status: Option<i32>,
+    error: Option<String>,
+    counters: BTreeMap<String, u64>,
+}
+
+#[derive(Default, Debug)]
+struct Stream {
+    handle: Option<u64>,
+    workloads: BTreeMap<String, Workload>,
+    errors: Vec<String>,
+    done: Option<i32>,
+}
+
+fn read_stream(path: &Path) -> Stream {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut dec = Decoder::new();
+    dec.feed(&bytes);
+    let mut s = Stream::default();
+    let mut order = 0;
+    while let Some(f) = dec.next_frame().expect("stream decodes") {
+        order += 1;
+        match f {
+            Frame::Hello(h) => {
+                assert_eq!(order, 1, "Hello comes first");
+                s.handle = Some(h.common_handle);
+            }
+            Frame::WorkloadStart(w) => {
+                s.workloads.insert(w.name, Workload::default());
+            }
+            Frame::CoverageChunk(c) => {
+                let w = s.workloads.get_mut(&c.workload).expect("chunk after start");
+                assert_eq!(c.source, CoverageSource::Remote);
+                assert_eq!(c.seq as usize, w.chunks, "chunks in sequence");
+                w.chunks += 1;
+                w.overflow |= c.overflow;
+                let step = c.mode.words_per_entry();
+                w.remote.extend(c.words.iter().skip(step - 1).step_by(step));
+            }
+            Frame::WorkloadResult(r) => {
+                let w = s.workloads.get_mut(&r.name).expect("result after start");
+                w.status = Some(r.status);
+                w.error = r.error;
+                w.counters = r.counters.into_iter().collect();
+            }
+            Frame::Error(e) => s.errors.push(e.message),
+            Frame::Done(d) => s.done = Some(d.status),
+        }
+    }
+    dec.finish().expect("stream ends at a frame boundary");
+    s
+}
+
+/// Function names of the unique PCs (PCs are return addresses: look up `pc - 1`).
+fn functions(vmlinux: &Vmlinux, pcs: &[u64]) -> BTreeSet<String> {
+    let unique: HashSet<u64> = pcs.iter().copied().collect();
+    unique
+        .into_iter()
+        .filter_map(|pc| vmlinux.symbols().lookup(pc - 1).map(|f| f.name.clone()))
+        .collect()
+}
+
+/// Unique PCs whose call site DWARF places in drivers/vhost/.
+fn vhost_source_pcs(vmlinux: &Vmlinux, pcs: &[u64]) -> usize {
+    let sym = Symbolizer::new(vmlinux).expect("symbolizer");
+    let mut unique: Vec<u64> = pcs.iter().map(|pc| pc - 1).collect();
+    unique.sort_unstable();
+    unique.dedup();
+    sym.symbolize_sorted(&unique)
+        .iter()
+        .filter(|frames| {
+            frames.iter().any(|f| {
+                f.file
+                    .as_deref()
+                    .is_some_and(|p| p.contains("drivers/vhost/"))
+            })
+        })
+        .count()
+}
+
+fn vmlinux() -> Option<Vmlinux> {
+    let path = tests::artifact("TESTBED_VMLINUX")?;
+    Some(Vmlinux::open(&path).expect("open vmlinux"))
+}
+
+#[test]
+fn agent_vhost_workloads_ship_remote_coverage() {
+    let Some(vmlinux) = vmlinux() else { return };
+    let Some(out) = boot(&[
+        "--workload",
+        "vhost-net-tx",
+        "--workload",
+        "vhost-net-rx",
+        "--workload",
+        "vhost-vsock",
+        "--param",
+        "frames=40",
+    ]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    for l in [
+        "vhost-net-tx   ok;",
+        "vhost-net-rx   ok;",
+        "vhost-vsock    ok;",
+        "done, agent status 0",
+    ] {
+        assert!(all.contains(l), "summary line {l:?} missing:\n{all}");
+    }
+    assert!(!all.contains("@@KCOV@@"), "stream lines must not be echoed");
+    let s = read_stream(&stream_path(&out));
+    assert_eq!(s.done, Some(0));
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    let handle = s.handle.expect("Hello");
+    assert!(
+        handle != 0 && handle >> 32 == 0,
+        "common handle {handle:#x}"
+    );
+
+    // Data integrity: every frame / message was checked byte-exact by the agent.
+    let tx = &s.workloads["vhost-net-tx"];
+    let rx = &s.workloads["vhost-net-rx"];
+    let vs = &s.workloads["vhost-vsock"];
+    for (name, w, counter) in [
+        ("tx", tx, "frames_tx"),
+        ("rx", rx, "frames_rx"),
+        ("vsock", vs, "messages_rx"),
+    ] {
+        assert_eq!(w.status, Some(0), "{name}: {:?}", w.error);
+        assert_eq!(
+            w.counters.get(counter),
+            Some(&40),
+            "{name}: {:?}",
+            w.counters
+        );
+        assert_eq!(w.counters.get("iterations"), Some(&40), "{name}");
+        assert!(!w.overflow, "{name} overflowed");
+        assert_eq!(w.counters.get("remote_pcs"), Some(&(w.remote.len() as u64)));
+    }
+    assert_eq!(tx.counters["frames_verified"], 40);
+    assert_eq!(rx.counters["frames_verified"], 40);
+    assert_eq!(vs.counters["messages_tx"], 40);
+    assert_eq!(vs.counters["bytes"], 40 * 2 * 256);
+
+    // Coverage: the vhost worker ran each workload's handlers under our handle.
+    let expect: [(&str, &Workload, &[&str]); 3] = [
+        (
+            "vhost-net-tx",
+            tx,
+            &["handle_tx_kick", "handle_tx_copy", "vhost_get_vq_desc"],
+        ),
+        ("vhost-net-rx", rx, &["handle_rx", "vhost_get_vq_desc"]),
+        (
+            "vhost-vsock",
+            vs,
+            &[
+                "vhost_transport_send_pkt_work",
+                "vhost_transport_do_send_pkt",
+                "vhost_vsock_handle_tx_kick",
+            ],
+        ),
+    ];
+    for (name, w, needed) in expect {
+        assert!(
+            w.remote.len() > 100,
+            "{name}: only {} remote PCs",
+            w.remote.len()
+        );
+        let funcs = functions(&vmlinux, &w.remote);
+        for f in needed {
+            // Compilers may rename static functions (handle_rx.isra.0, ...).
+            assert!(
+                funcs
+                    .iter()
+                    .any(|g| g == f || g.starts_with(&format!("{f}."))),
+                "{name}: no PC in {f}; functions hit: {funcs:?}"
+            );
+        }
+        let in_vhost = vhost_source_pcs(&vmlinux, &w.remote);
+        assert!(
+            in_vhost > 20,
+            "{name}: only {in_vhost} unique PCs in drivers/vhost"
+        );
+        eprintln!(
+            "{name}: {} remote PCs, {} functions, {in_vhost} unique PCs in drivers/vhost",
+            w.remote.len(),
+            funcs.len()
+        );
+        // Report (not assert) how far the coverage reaches beyond vhost: tun, the network
+        // stack run from the worker (BH disabled, still task context), softirq handlers.
+        let probes = [
+            "tun_sendmsg",
+            "tun_get_user",
+            "tun_recvmsg",
+            "tun_net_xmit",
+            "netif_receive_skb",
+            "__netif_receive_skb_core",
+            "packet_rcv",
+            "net_rx_action",
+            "process_backlog",
+            "virtio_transport_recv_pkt",
+            "virtio_transport_deliver_tap_pkt",
+        ];
+        let present: Vec<&str> = probes
+            .iter()
+            .copied()
+            .filter(|p| {
+                funcs
+                    .iter()
+                    .any(|g| g == p || g.starts_with(&format!("{p}.")))
+            })
+            .collect();
+        eprintln!("{name}: beyond vhost: {present:?}");
+    }
+}
+
+#[test]
+fn agent_cover_off_is_a_negative_control() {
+    let Some(out) = boot(&[
+        "--workload",
+        "vhost-net-tx",
+        "--cover",
+        "off",
+        "--param",
+        "frames=10",
+    ]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let s = read_stream(&stream_path(&out));
+    assert_eq!(s.handle, Some(0), "no common handle without coverage");
+    let w = &s.workloads["vhost-net-tx"];
+    assert_eq!(
+        w.status,
+        Some(0),
+        "the workload itself still runs: {:?}",
+        w.error
+    );
+    assert_eq!(w.counters["frames_verified"], 10);
+    assert_eq!(w.chunks, 0);
+    assert!(
+        w.remote.is_empty(),
+        "{} PCs without a remote enable",
+        w.remote.len()
+    );
+    assert!(all.contains("coverage off"), "{all}");
+}
+
+#[test]
+fn agent_tiny_area_reports_overflow() {
+    // One page (512 words): the smallest area kcov can mmap.
+    let Some(out) = boot(&[
+        "--workload",
+        "vhost-net-tx",
+        "--area",
+        "512",
+        "--param",
+        "frames=4",
+    ]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let s = read_stream(&stream_path(&out));
+    let w = &s.workloads["vhost-net-tx"];
+    assert!(
+        w.overflow,
+        "a 512-word area must overflow: {} PCs",
+        w.remote.len()
+    );
+    assert_eq!(w.remote.len(), 511, "the area holds 511 PCs");
+    assert_eq!(w.counters["overflow"], 1);
+    assert!(all.contains("OVERFLOW"), "{all}");
+}
+
+#[test]
+fn agent_rejects_unknown_workload() {
+    let Some(out) = boot(&["--workload", "vhost-net-tx", "--workload", "bogus"]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("unknown workload \"bogus\""), "{all}");
+    let s = read_stream(&stream_path(&out));
+    assert_eq!(s.done, Some(2));
+    assert!(s.workloads.is_empty());
+    assert_eq!(s.errors.len(), 1);
+    assert!(s.errors[0].contains("bogus"), "{:?}", s.errors);
+}
+
+#[test]
+fn agent_rejects_malformed_plan() {
+    let Some(out) = boot(&["--workload", "vhost-net-tx", "--param", "frames=lots"]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("agent error: bad plan"), "{all}");
+    assert!(all.contains("testbed.frames"), "{all}");
+}
+
+/// A static C program that is its own vhost-net owner: everything it opens reports under
+/// the handle the agent enabled before starting it.
+fn vhost_owner_program(dir: &Path) -> PathBuf {
+    let src = dir.join("owner.c");
+    std::fs::write(
+        &src,
+        r#"#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <linux/vhost.h>
+int main(void) {
+    int fd = open("/dev/vhost-net", O_RDWR);
+    if (fd < 0) { perror("open"); return 10; }
+    if (ioctl(fd, VHOST_SET_OWNER, 0) < 0) { perror("VHOST_SET_OWNER"); return 11; }
+    /* Release flushes the worker: a flush work item runs under the owner's handle. */
+    if (close(fd) < 0) { perror("close"); return 12; }
+    return 5;
+}
+"#,
+    )
+    .unwrap();
+    let bin = dir.join("owner");
+    let st = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("running gcc");
+    assert!(st.success(), "gcc -static failed");
+    bin
+}
+
+#[test]
+fn agent_cmd_workload_runs_under_the_handle() {
+    let Some(vmlinux) = vmlinux() else { return };
+    if tests::artifact("TESTBED_XTASK_BIN").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = vhost_owner_program(dir.path());
+    let include = format!("{}:/bin/owner", bin.display());
+    let out = boot(&[
+        "--include",
+        &include,
+        "--workload",
+        "cmd",
+        "--",
+        "/bin/owner",
+    ])
+    .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(5), "the command's status: {all}");
+    let s = read_stream(&stream_path(&out));
+    let w = &s.workloads["cmd"];
+    assert_eq!(w.status, Some(5));
+    assert_eq!(w.counters["exit_code"], 5);
+    let funcs = functions(&vmlinux, &w.remote);
+    assert!(
+        funcs.iter().any(|f| f.starts_with("vhost_flush_work")),
+        "flush work of the command's device under the handle: {funcs:?}"
+    );
+}
+
+#[test]
+fn agent_vsock_transport_ships_the_same_stream() {
+    let Some(out) = boot(&[
+        "--workload",
+        "vhost-net-tx",
+        "--workload",
+        "vhost-vsock",
+        "--transport",
+        "vsock",
+        "--param",
+        "frames=10",
+    ]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let serial = stream_path(&out).with_file_name("serial.log");
+    let log = std::fs::read_to_string(&serial).unwrap();
+    assert!(
+        !log.contains("@@KCOV@@"),
+        "vsock transport: no stream on the console"
+    );
+    let s = read_stream(&stream_path(&out));
+    assert_eq!(s.done, Some(0));
+    for name in ["vhost-net-tx", "vhost-vsock"] {
+        let w = &s.workloads[name];
+        assert_eq!(w.status, Some(0), "{name}: {:?}", w.error);
+        assert!(w.remote.len() > 100, "{name}: {} PCs", w.remote.len());
+    }
+}
