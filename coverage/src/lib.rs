@@ -4,10 +4,18 @@
 //! raw PCs → call sites ([`symbolizer::enumerate_sites`], [`symbolizer::map_pcs`]) → source frames
 //! ([`symbolizer::Symbolizer`], [`symbolizer::SiteTable`], cached per build-id by
 //! [`symbolizer::SymbolCache`]) → lines and functions ([`map::CoverageMap`]), which reports
-//! are made from.
+//! are made from. Around it: the collector and run store ([`store`]: kcov-wire stream → PC files),
+//! reports ([`report`]: terminal, lcov, JSON; [`html`]), run and patch diffs ([`diff`]) and
+//! golden coverage checks ([`golden`]).
 
+pub mod bench;
+pub mod diff;
 pub mod glob;
+pub mod golden;
+pub mod html;
 pub mod map;
+pub mod report;
+pub mod store;
 pub mod symbolizer;
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Stage 3: the data model reports are made from. Lines and functions with the instrumented sites
 //! that belong to them and which of those were hit.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::glob::{matches_any, PathGlob};
@@ -98,6 +98,20 @@ pub struct FunctionCoverage {
     pub sites: SiteSet,
     /// Smallest and largest line among its frames in its own file.
     pub lines: Option<(u32, u32)>,
+    /// Each line of its own file that its frames name, and whether one of its sites there was hit.
+    pub line_hits: BTreeMap<u32, bool>,
+}
+
+impl FunctionCoverage {
+    /// Lines of its own file with sites.
+    pub fn lines_total(&self) -> usize {
+        self.line_hits.len()
+    }
+
+    /// Those lines with a hit site.
+    pub fn lines_hit(&self) -> usize {
+        self.line_hits.values().filter(|h| **h).count()
+    }
 }
 
 /// Totals over a map.
@@ -117,6 +131,34 @@ pub struct Summary {
     pub sites_hit: usize,
 }
 
+/// Glob decisions per file, remembered by the file's `Arc` (paths are interned, so each file is
+/// matched once). Without globs every frame is admitted; with globs, frames whose file matches.
+struct FileFilter<'g> {
+    globs: Option<&'g [PathGlob]>,
+    seen: HashMap<*const u8, bool>,
+}
+
+impl<'g> FileFilter<'g> {
+    fn new(globs: Option<&'g [PathGlob]>) -> Self {
+        FileFilter {
+            globs,
+            seen: HashMap::new(),
+        }
+    }
+
+    fn admits(&mut self, file: Option<&Arc<str>>) -> bool {
+        let Some(globs) = self.globs else {
+            return true;
+        };
+        let Some(file) = file else { return false };
+        // The pointer is only a cache key; the Arc is alive in the table while we run.
+        *self
+            .seen
+            .entry(Arc::as_ptr(file) as *const u8)
+            .or_insert_with(|| matches_any(globs, file))
+    }
+}
+
 /// Coverage of every instrumented line and function.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CoverageMap {
@@ -132,22 +174,40 @@ pub struct CoverageMap {
 impl CoverageMap {
     /// Builds the map from every symbolized site and the set of hit call addresses.
     pub fn build(table: &SiteTable, hit: &dyn Fn(u64) -> bool, options: MapOptions) -> Self {
+        Self::build_filtered(table, hit, options, None)
+    }
+
+    /// [`CoverageMap::build`] restricted to files matching `globs` (when given): the same as
+    /// `build(..).filter(globs)`, without building the rest of the image's map.
+    pub fn build_filtered(
+        table: &SiteTable,
+        hit: &dyn Fn(u64) -> bool,
+        options: MapOptions,
+        globs: Option<&[PathGlob]>,
+    ) -> Self {
         let mut map = CoverageMap::default();
         let mut seen_lines: Vec<(&Arc<str>, u32)> = Vec::new();
         let mut seen_funcs: Vec<(Option<&Arc<str>>, &Arc<str>)> = Vec::new();
+        let mut files = FileFilter::new(globs);
         for (site, frames) in table.sites.iter().zip(&table.frames) {
             if site.kind != options.kind {
                 continue;
             }
-            let addr = site.call_addr;
-            let is_hit = hit(addr);
             let frames: &[Frame] = match options.attribution {
                 Attribution::AllFrames => frames,
                 Attribution::Innermost => &frames[..frames.len().min(1)],
             };
+            if globs.is_some() && !frames.iter().any(|f| files.admits(f.file.as_ref())) {
+                continue;
+            }
+            let addr = site.call_addr;
+            let is_hit = hit(addr);
             seen_lines.clear();
             seen_funcs.clear();
             for f in frames {
+                if !files.admits(f.file.as_ref()) {
+                    continue;
+                }
                 if let (Some(file), Some(line)) = (&f.file, f.line) {
                     if !seen_lines.contains(&(file, line)) {
                         seen_lines.push((file, line));
@@ -173,6 +233,7 @@ impl CoverageMap {
                             .or_default();
                         func.sites.add(addr, is_hit);
                         if let Some(l) = f.line {
+                            *func.line_hits.entry(l).or_insert(false) |= is_hit;
                             func.lines = Some(match func.lines {
                                 None => (l, l),
                                 Some((lo, hi)) => (lo.min(l), hi.max(l)),
@@ -181,7 +242,7 @@ impl CoverageMap {
                     }
                 }
             }
-            if seen_lines.is_empty() {
+            if seen_lines.is_empty() && globs.is_none() {
                 map.unattributed.add(addr, is_hit);
             }
         }
@@ -206,17 +267,19 @@ impl CoverageMap {
     /// Only lines and functions whose file matches one of `globs` (functions without a file and
     /// unattributed sites are dropped).
     pub fn filter(&self, globs: &[PathGlob]) -> Self {
+        let mut files = FileFilter::new(Some(globs));
+        let mut files2 = FileFilter::new(Some(globs));
         CoverageMap {
             lines: self
                 .lines
                 .iter()
-                .filter(|(k, _)| matches_any(globs, &k.file))
+                .filter(|(k, _)| files.admits(Some(&k.file)))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             functions: self
                 .functions
                 .iter()
-                .filter(|(k, _)| k.file.as_deref().is_some_and(|f| matches_any(globs, f)))
+                .filter(|(k, _)| files2.admits(k.file.as_ref()))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             unattributed: SiteSet::default(),
@@ -347,6 +410,11 @@ mod tests {
         assert_eq!(handle_tx.sites.sites, vec![0x10, 0x20]);
         assert_eq!(handle_tx.sites.hit, vec![0x20]);
         assert_eq!(handle_tx.lines, Some((100, 101)));
+        assert_eq!(
+            handle_tx.line_hits,
+            BTreeMap::from([(100, false), (101, true)])
+        );
+        assert_eq!((handle_tx.lines_total(), handle_tx.lines_hit()), (2, 1));
         assert_eq!(map.unattributed.sites, vec![0x50]);
         assert_eq!(
             map.summary(),
@@ -361,6 +429,13 @@ mod tests {
         );
 
         let net = map.filter(&[PathGlob::new("drivers/vhost/*.c")]);
+        let built = CoverageMap::build_filtered(
+            &t,
+            &|a| mapping.hits.contains_key(&a),
+            MapOptions::default(),
+            Some(&[PathGlob::new("drivers/vhost/*.c")]),
+        );
+        assert_eq!(built, net);
         assert_eq!(
             net.files().into_iter().collect::<Vec<_>>(),
             vec![

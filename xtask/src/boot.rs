@@ -605,7 +605,10 @@ mod stream_tests {
         let r = collect_stream(dir.path(), &log).unwrap().unwrap();
         assert_eq!(r.done, Some(4));
         assert_eq!(std::fs::read(dir.path().join(STREAM_FILE)).unwrap(), bytes);
+        // A run without any stream (neither console lines nor a vsock file).
+        let empty = tempfile::tempdir().unwrap();
+        let log = empty.path().join("serial.log");
         std::fs::write(&log, "no stream here\n").unwrap();
-        assert!(collect_stream(dir.path(), &log).unwrap().is_none());
+        assert!(collect_stream(empty.path(), &log).unwrap().is_none());
     }
 }

@@ -19,6 +19,9 @@ pub const KERNEL_BUILD_PACKAGES: &[&str] = &[
 pub const KERNEL_SOURCE_PACKAGE: &str = "linux-source-6.12";
 /// The qemu runner.
 pub const QEMU_PACKAGES: &[&str] = &["qemu-system-x86"];
+/// Checking coverage reports: `genhtml` reads our lcov tracefiles, headless Chromium renders
+/// our HTML (tests/tests/coverage_report.rs), binutils' `addr2line` is the symbolizer baseline.
+pub const REPORT_CHECK_PACKAGES: &[&str] = &["lcov", "chromium", "binutils"];
 
 fn is_installed(pkg: &str) -> bool {
     Command::new("dpkg-query")

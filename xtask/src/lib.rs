@@ -10,5 +10,6 @@ pub mod image;
 pub mod kernel;
 pub mod paths;
 pub mod progress;
+pub mod report;
 pub mod runner;
 pub mod test;

@@ -114,6 +114,12 @@ enum Cmd {
         #[arg(last = true)]
         cmd: Vec<String>,
     },
+    /// Coverage report of a run: terminal summary, lcov, HTML, JSON, patch coverage.
+    Report(xtask::report::ReportArgs),
+    /// Functions and lines one run covers that another does not.
+    Diff(xtask::report::DiffArgs),
+    /// Reproducible coverage: run workloads K times, check (or --update) goldens/.
+    Golden(xtask::report::GoldenArgs),
     /// Benchmarks, each against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -213,6 +219,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
+        Cmd::Report(args) => return xtask::report::report_cmd(&args),
+        Cmd::Diff(args) => return xtask::report::diff_cmd(&args),
+        Cmd::Golden(args) => return xtask::report::golden_cmd(&args),
         Cmd::Bench { which } => match which {
             BenchCmd::VmmStart { runs } => xtask::bench::vmm_start(runs)?,
         },

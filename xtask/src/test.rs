@@ -61,6 +61,10 @@ pub fn run(opts: &TestOpts) -> Result<()> {
     eprintln!("test: preparing the guest kernel and agent");
     let kernel = kernel::build(&KernelOpts::default())?;
     let agent = agent::build()?;
+    crate::deps::ensure_packages(
+        crate::deps::REPORT_CHECK_PACKAGES,
+        "the coverage report tests (genhtml, headless chromium, addr2line)",
+    )?;
     let xtask_bin = std::env::current_exe().context("locating the xtask binary")?;
     let mut cmd = cargo();
     if has_nextest() {

@@ -1,0 +1,525 @@
+//! Reports: stored PCs + a [`SiteTable`] → per file and function coverage, rendered as a
+//! terminal summary, an lcov tracefile, JSON, or HTML ([`crate::html`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kcov_wire::{CoverageSource, KcovMode};
+use serde::Serialize;
+
+use crate::glob::PathGlob;
+use crate::map::{Attribution, CoverageMap, MapOptions};
+use crate::store::PcCounts;
+use crate::symbolizer::{PcMapping, SiteKind, SiteTable};
+
+/// The filter reports use unless told otherwise.
+pub const DEFAULT_FILTER: &str = "drivers/vhost/*";
+
+/// Which coverage sources a report merges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SourceFilter {
+    /// Remote and local.
+    #[default]
+    All,
+    /// Remote only (the vhost workers under the common handle).
+    Remote,
+    /// Local only (the agent's own syscalls).
+    Local,
+}
+
+impl SourceFilter {
+    /// Parses `all`, `remote`, `local`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "all" => Some(SourceFilter::All),
+            "remote" => Some(SourceFilter::Remote),
+            "local" => Some(SourceFilter::Local),
+            _ => None,
+        }
+    }
+
+    fn admits(self, s: CoverageSource) -> bool {
+        match self {
+            SourceFilter::All => true,
+            SourceFilter::Remote => s == CoverageSource::Remote,
+            SourceFilter::Local => s == CoverageSource::Local,
+        }
+    }
+}
+
+/// Raw PCs mapped onto sites: what every report of one run is made from (with the same table).
+#[derive(Clone, Debug)]
+pub struct RunCoverage {
+    /// Frame attribution for maps.
+    pub attribution: Attribution,
+    /// Hit counts per site (call address).
+    pub counts: HashMap<u64, u64>,
+    /// Site kind that was counted.
+    pub kind: SiteKind,
+    /// Distinct PCs received.
+    pub distinct_pcs: usize,
+    /// Distinct PCs that are not the return address of any instrumented call (other image?).
+    pub unmatched_pcs: usize,
+    /// A kcov area overflowed: coverage was lost.
+    pub overflow: bool,
+}
+
+impl RunCoverage {
+    /// Merges the PC sets admitted by `sources` and maps them onto `table`.
+    pub fn build(
+        table: &SiteTable,
+        pcs: &[PcCounts],
+        sources: SourceFilter,
+        attribution: Attribution,
+    ) -> Self {
+        let admitted: Vec<&PcCounts> = pcs.iter().filter(|p| sources.admits(p.source)).collect();
+        // CMP-only runs count CMP sites; anything else counts PC sites.
+        let cmp_only = !admitted.is_empty() && admitted.iter().all(|p| p.mode == KcovMode::Cmp);
+        let (kind, mode) = if cmp_only {
+            (SiteKind::Cmp, KcovMode::Cmp)
+        } else {
+            (SiteKind::Pc, KcovMode::Pc)
+        };
+        let mut merged: HashMap<u64, u64> = HashMap::new();
+        let mut overflow = false;
+        for p in admitted.iter().filter(|p| p.mode == mode) {
+            overflow |= p.overflow;
+            for (pc, n) in p.iter() {
+                let e = merged.entry(pc).or_insert(0);
+                *e = e.saturating_add(n);
+            }
+        }
+        let mut mapping = PcMapping::default();
+        for (&pc, &n) in &merged {
+            match table.sites.binary_search_by_key(&pc, |s| s.ret_addr) {
+                Ok(i) => *mapping.hits.entry(table.sites[i].call_addr).or_default() += n,
+                Err(_) => *mapping.unmatched.entry(pc).or_default() += n,
+            }
+        }
+        RunCoverage {
+            attribution,
+            counts: mapping.hits.into_iter().collect(),
+            kind,
+            distinct_pcs: merged.len(),
+            unmatched_pcs: mapping.unmatched.len(),
+            overflow,
+        }
+    }
+
+    /// The coverage map of the files matching `filter` (`table` is the one given to `build`).
+    pub fn map(&self, table: &SiteTable, filter: &[PathGlob]) -> CoverageMap {
+        CoverageMap::build_filtered(
+            table,
+            &|a| self.counts.contains_key(&a),
+            MapOptions {
+                kind: self.kind,
+                attribution: self.attribution,
+            },
+            Some(filter),
+        )
+    }
+}
+
+/// A source line of a report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LineReport {
+    /// 1-based line.
+    pub line: u32,
+    /// Instrumented sites attributed to it.
+    pub sites: usize,
+    /// Of those, hit.
+    pub sites_hit: usize,
+    /// Highest hit count among its sites.
+    pub count: u64,
+}
+
+/// A function of a report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FunctionReport {
+    /// Name.
+    pub name: String,
+    /// First and last line with sites.
+    pub first_line: Option<u32>,
+    /// Last line with sites.
+    pub last_line: Option<u32>,
+    /// Lines of this function with sites.
+    pub lines_total: usize,
+    /// Of those, hit.
+    pub lines_hit: usize,
+    /// Sites.
+    pub sites: usize,
+    /// Hit sites.
+    pub sites_hit: usize,
+    /// Highest hit count among its sites.
+    pub count: u64,
+}
+
+/// A file of a report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileReport {
+    /// Normalised path (as in the kernel tree).
+    pub path: String,
+    /// Instrumented lines.
+    pub lines_total: usize,
+    /// Hit lines.
+    pub lines_hit: usize,
+    /// Functions with sites.
+    pub functions_total: usize,
+    /// Hit functions.
+    pub functions_hit: usize,
+    /// Functions by name.
+    pub functions: Vec<FunctionReport>,
+    /// Instrumented lines in order.
+    pub lines: Vec<LineReport>,
+}
+
+/// Totals of a report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Instrumented lines.
+    pub lines_total: usize,
+    /// Hit lines.
+    pub lines_hit: usize,
+    /// Functions.
+    pub functions_total: usize,
+    /// Hit functions.
+    pub functions_hit: usize,
+}
+
+/// PC statistics of a report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PcStats {
+    /// Distinct PCs received.
+    pub distinct: usize,
+    /// Distinct PCs that are no instrumented call's return address.
+    pub unmatched: usize,
+    /// Distinct sites hit (whole image).
+    pub sites_hit: usize,
+    /// A kcov area overflowed.
+    pub overflow: bool,
+}
+
+/// A filtered report: what every output format renders.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Title (run directory, workload).
+    pub title: String,
+    /// Kernel description (release, build-id).
+    pub kernel: String,
+    /// The filter globs.
+    pub filter: Vec<String>,
+    /// Totals over the files shown.
+    pub totals: Totals,
+    /// PC statistics.
+    pub pcs: PcStats,
+    /// Files by path.
+    pub files: Vec<FileReport>,
+}
+
+fn percent(hit: usize, total: usize) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        100.0 * hit as f64 / total as f64
+    }
+}
+
+impl Report {
+    /// Builds the report of `run` restricted to files matching `filter`.
+    pub fn new(
+        table: &SiteTable,
+        run: &RunCoverage,
+        filter: &[PathGlob],
+        title: &str,
+        kernel: &str,
+    ) -> Self {
+        let map = run.map(table, filter);
+        let max_count = |sites: &[u64]| {
+            sites
+                .iter()
+                .map(|s| run.counts.get(s).copied().unwrap_or(0))
+                .max()
+                .unwrap_or(0)
+        };
+        let mut files: BTreeMap<Arc<str>, FileReport> = BTreeMap::new();
+        let file_entry = |files: &mut BTreeMap<Arc<str>, FileReport>, f: &Arc<str>| {
+            files.entry(f.clone()).or_insert_with(|| FileReport {
+                path: f.to_string(),
+                lines_total: 0,
+                lines_hit: 0,
+                functions_total: 0,
+                functions_hit: 0,
+                functions: Vec::new(),
+                lines: Vec::new(),
+            });
+        };
+        for (k, s) in &map.lines {
+            file_entry(&mut files, &k.file);
+            let Some(f) = files.get_mut(&k.file) else {
+                continue;
+            };
+            f.lines_total += 1;
+            f.lines_hit += usize::from(s.is_hit());
+            f.lines.push(LineReport {
+                line: k.line,
+                sites: s.instrumented(),
+                sites_hit: s.hit_count(),
+                count: max_count(&s.hit),
+            });
+        }
+        for (k, fc) in &map.functions {
+            let Some(file) = &k.file else { continue };
+            file_entry(&mut files, file);
+            let Some(f) = files.get_mut(file) else {
+                continue;
+            };
+            f.functions_total += 1;
+            f.functions_hit += usize::from(fc.sites.is_hit());
+            f.functions.push(FunctionReport {
+                name: k.name.to_string(),
+                first_line: fc.lines.map(|l| l.0),
+                last_line: fc.lines.map(|l| l.1),
+                lines_total: fc.lines_total(),
+                lines_hit: fc.lines_hit(),
+                sites: fc.sites.instrumented(),
+                sites_hit: fc.sites.hit_count(),
+                count: max_count(&fc.sites.hit),
+            });
+        }
+        let files: Vec<FileReport> = files.into_values().collect();
+        let totals = files.iter().fold(Totals::default(), |t, f| Totals {
+            lines_total: t.lines_total + f.lines_total,
+            lines_hit: t.lines_hit + f.lines_hit,
+            functions_total: t.functions_total + f.functions_total,
+            functions_hit: t.functions_hit + f.functions_hit,
+        });
+        Report {
+            title: title.to_string(),
+            kernel: kernel.to_string(),
+            filter: filter.iter().map(|g| g.to_string()).collect(),
+            totals,
+            pcs: PcStats {
+                distinct: run.distinct_pcs,
+                unmatched: run.unmatched_pcs,
+                sites_hit: run.counts.len(),
+                overflow: run.overflow,
+            },
+            files,
+        }
+    }
+
+    /// The terminal summary: per file, then per function, hit/total lines.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "coverage: {}", self.title);
+        let _ = writeln!(s, "kernel:   {}", self.kernel);
+        let _ = writeln!(s, "filter:   {}", self.filter.join(" "));
+        let _ = writeln!(
+            s,
+            "PCs:      {} distinct, {} sites hit, {} unmatched (no hook call returns there: \
+             mostly hooks reached by tail jumps, credited to the caller){}",
+            self.pcs.distinct,
+            self.pcs.sites_hit,
+            self.pcs.unmatched,
+            if self.pcs.overflow {
+                "; WARNING: a kcov area overflowed, coverage was lost (raise the area size)"
+            } else {
+                ""
+            }
+        );
+        if self.pcs.distinct > 0 && self.pcs.unmatched * 2 > self.pcs.distinct {
+            let _ = writeln!(
+                s,
+                "WARNING: most PCs match no instrumented call: is this the run's vmlinux?"
+            );
+        }
+        let width = self
+            .files
+            .iter()
+            .flat_map(|f| {
+                std::iter::once(f.path.len()).chain(f.functions.iter().map(|g| g.name.len() + 2))
+            })
+            .max()
+            .unwrap_or(0)
+            .max(5);
+        let _ = writeln!(
+            s,
+            "{:<width$}  {:>13}  {:>7}  {:>9}",
+            "file / function", "lines hit/all", "", "functions"
+        );
+        for f in &self.files {
+            let _ = writeln!(
+                s,
+                "{:<width$}  {:>13}  {:>6.1}%  {:>9}",
+                f.path,
+                format!("{}/{}", f.lines_hit, f.lines_total),
+                percent(f.lines_hit, f.lines_total),
+                format!("{}/{}", f.functions_hit, f.functions_total),
+            );
+            for g in &f.functions {
+                let _ = writeln!(
+                    s,
+                    "  {:<w2$}  {:>13}  {:>6.1}%",
+                    g.name,
+                    format!("{}/{}", g.lines_hit, g.lines_total),
+                    percent(g.lines_hit, g.lines_total),
+                    w2 = width - 2
+                );
+            }
+        }
+        let t = &self.totals;
+        let _ = writeln!(
+            s,
+            "{:<width$}  {:>13}  {:>6.1}%  {:>9}",
+            "total",
+            format!("{}/{}", t.lines_hit, t.lines_total),
+            percent(t.lines_hit, t.lines_total),
+            format!("{}/{}", t.functions_hit, t.functions_total),
+        );
+        s
+    }
+
+    /// An lcov tracefile (`genhtml` input). `SF:` is the file under `source_root` when it exists
+    /// there, else the tree-relative path.
+    pub fn lcov(&self, test_name: &str, source_root: Option<&Path>) -> String {
+        let tn: String = test_name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut s = String::new();
+        for f in &self.files {
+            let _ = writeln!(s, "TN:{tn}");
+            let _ = writeln!(s, "SF:{}", source_path(source_root, &f.path).display());
+            let mut funcs: Vec<&FunctionReport> = f.functions.iter().collect();
+            funcs.sort_by_key(|g| (g.first_line, g.name.clone()));
+            for g in &funcs {
+                let _ = writeln!(s, "FN:{},{}", g.first_line.unwrap_or(1), g.name);
+            }
+            for g in &funcs {
+                let _ = writeln!(s, "FNDA:{},{}", g.count, g.name);
+            }
+            let _ = writeln!(s, "FNF:{}", f.functions_total);
+            let _ = writeln!(s, "FNH:{}", f.functions_hit);
+            for l in &f.lines {
+                let _ = writeln!(s, "DA:{},{}", l.line, l.count);
+            }
+            let _ = writeln!(s, "LF:{}", f.lines_total);
+            let _ = writeln!(s, "LH:{}", f.lines_hit);
+            let _ = writeln!(s, "end_of_record");
+        }
+        s
+    }
+
+    /// JSON for scripts.
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+/// `root/path` when that file exists, else `path`.
+pub fn source_path(root: Option<&Path>, path: &str) -> PathBuf {
+    if let Some(root) = root {
+        let p = root.join(path);
+        if p.is_file() {
+            return p;
+        }
+    }
+    PathBuf::from(path)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::symbolizer::{CallSite, Frame};
+    use std::collections::HashMap;
+
+    pub(crate) fn frame(func: &str, file: &str, line: u32) -> Frame {
+        Frame {
+            function: Some(Arc::from(func)),
+            file: Some(Arc::from(file)),
+            line: Some(line),
+        }
+    }
+
+    /// net.c: handle_tx lines 10 (0x10), 11 (0x20), 12 (0x30); vhost.c: vhost_poll 50 (0x40).
+    pub(crate) fn table() -> SiteTable {
+        let site = |a: u64| CallSite {
+            call_addr: a,
+            call_len: 5,
+            ret_addr: a + 5,
+            kind: SiteKind::Pc,
+        };
+        SiteTable {
+            sites: vec![site(0x10), site(0x20), site(0x30), site(0x40), site(0x50)],
+            frames: vec![
+                vec![frame("handle_tx", "drivers/vhost/net.c", 10)],
+                vec![frame("handle_tx", "drivers/vhost/net.c", 11)],
+                vec![frame("handle_tx", "drivers/vhost/net.c", 12)],
+                vec![frame("vhost_poll", "drivers/vhost/vhost.c", 50)],
+                vec![frame("kmalloc", "mm/slab.c", 5)],
+            ],
+            ..SiteTable::default()
+        }
+    }
+
+    pub(crate) fn pcs(pairs: &[(u64, u64)]) -> PcCounts {
+        let m: HashMap<u64, u64> = pairs.iter().copied().collect();
+        PcCounts::from_map(KcovMode::Pc, CoverageSource::Remote, false, &m)
+    }
+
+    #[test]
+    fn report_formats() {
+        let t = table();
+        let run = RunCoverage::build(
+            &t,
+            &[pcs(&[(0x15, 3), (0x25, 1), (0x55, 9), (0x999, 1)])],
+            SourceFilter::All,
+            Attribution::AllFrames,
+        );
+        assert_eq!(run.unmatched_pcs, 1);
+        assert_eq!(run.distinct_pcs, 4);
+        let r = Report::new(&t, &run, &[PathGlob::new(DEFAULT_FILTER)], "t", "k");
+        assert_eq!(r.files.len(), 2);
+        assert_eq!(
+            r.totals,
+            Totals {
+                lines_total: 4,
+                lines_hit: 2,
+                functions_total: 2,
+                functions_hit: 1
+            }
+        );
+        let net = &r.files[0];
+        assert_eq!(net.path, "drivers/vhost/net.c");
+        assert_eq!(
+            (net.functions[0].lines_hit, net.functions[0].lines_total),
+            (2, 3)
+        );
+        assert_eq!(net.functions[0].count, 3);
+        let text = r.text();
+        assert!(text.contains("drivers/vhost/net.c"), "{text}");
+        assert!(text.contains("2/3"), "{text}");
+        let lcov = r.lcov("run-1", None);
+        assert!(lcov.contains("TN:run_1\nSF:drivers/vhost/net.c\nFN:10,handle_tx\nFNDA:3,handle_tx\nFNF:1\nFNH:1\nDA:10,3\nDA:11,1\nDA:12,0\nLF:3\nLH:2\nend_of_record\n"), "{lcov}");
+        let json: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
+        assert_eq!(json["totals"]["lines_hit"], 2);
+        assert_eq!(json["files"][1]["path"], "drivers/vhost/vhost.c");
+
+        // Only local coverage: nothing.
+        let local = RunCoverage::build(
+            &t,
+            &[pcs(&[(0x15, 3)])],
+            SourceFilter::Local,
+            Attribution::AllFrames,
+        );
+        assert_eq!(local.counts.len(), 0);
+    }
+}

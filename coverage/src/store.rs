@@ -1,0 +1,1015 @@
+//! The collector and the run store: a kcov-wire stream (from a file, or any `io::Read` such as a
+//! Unix socket) → a directory of plain files that reports are made from.
+//!
+//! ```text
+//! <store>/meta.json                  kernel identity, agent Hello, workloads and results, errors
+//! <store>/w<N>-<name>.<source>.pcs   per workload and source: sorted unique PCs + hit counts
+//! <store>/COMPLETE                   written last, only after the agent's Done frame
+//! ```
+//!
+//! Every file is written atomically (temporary file in the same directory, fsync, rename), and
+//! `meta.json` is rewritten after each workload, so a collector killed at any point leaves a
+//! store that readers recognise as incomplete. A stream that ends without `Done`, fails to
+//! decode, or breaks the frame order gives a store marked incomplete (with the reason);
+//! [`Store::open`] refuses it, [`Store::open_partial`] reads what is there.
+//!
+//! PC file layout (little-endian):
+//! ```text
+//! "KCOVPCS\0"  u32:version  u8:mode  u8:source  u8:flags(bit0 overflow)  u8:0
+//! u64:n (distinct PCs)  u64:entries (PCs received, duplicates included)
+//! n × u64:pc (strictly increasing)   n × u64:hits
+//! u32:crc32 (IEEE) of every byte before it
+//! ```
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use kcov_wire::{CoverageSource, Frame, KcovMode, StreamError};
+use serde::{Deserialize, Serialize};
+
+/// Name of the store directory inside a run directory.
+pub const STORE_DIR: &str = "store";
+/// The raw stream `cargo xtask boot` writes into a run directory.
+pub const STREAM_FILE: &str = "coverage.kcw";
+/// Metadata file of a store.
+pub const META_FILE: &str = "meta.json";
+/// Written last, only when the stream ended with `Done`.
+pub const COMPLETE_MARKER: &str = "COMPLETE";
+/// Version of `meta.json` and of the PC files.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+/// Distinct PCs a collector keeps over the whole stream; more is refused as hostile (a kernel
+/// has a few hundred thousand instrumented sites).
+pub const MAX_DISTINCT_PCS: usize = 1 << 22;
+
+const PCS_MAGIC: &[u8; 8] = b"KCOVPCS\0";
+const PCS_HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8;
+
+/// What the store layer fails with. Each message names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The store exists but is not complete.
+    #[error("coverage store {} is incomplete: {reason}; the run did not finish streaming \
+             coverage, rerun it (or read it with the partial option)", dir.display())]
+    Incomplete {
+        /// The store.
+        dir: PathBuf,
+        /// Why (from `meta.json`, or a missing marker).
+        reason: String,
+    },
+    /// There is no store (no `meta.json`).
+    #[error("{}: no coverage store here (no {META_FILE})", dir.display())]
+    Missing {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A complete store is never collected into again.
+    #[error("coverage store {} is already complete; refusing to overwrite it", dir.display())]
+    AlreadyComplete {
+        /// The store.
+        dir: PathBuf,
+    },
+    /// `meta.json` cannot be parsed.
+    #[error("{}: bad store metadata: {reason}", path.display())]
+    BadMeta {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A PC file is truncated or corrupt.
+    #[error("{}: bad PC file: {reason}; the store is damaged, collect the run again", path.display())]
+    BadPcFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Which kernel the PCs belong to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelIdentity {
+    /// `uname -r` reported by the agent.
+    pub release: Option<String>,
+    /// GNU build-id of the vmlinux (hex), when the collector was told.
+    pub build_id: Option<String>,
+    /// The testbed's kernel cache key, when known.
+    pub kernel_key: Option<String>,
+    /// Hash of the kernel `.config`, when known.
+    pub config_hash: Option<String>,
+}
+
+/// The agent's Hello frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentHello {
+    /// Agent version.
+    pub agent_version: String,
+    /// Kernel release.
+    pub kernel_release: String,
+    /// `pc` or `cmp`.
+    pub kcov_mode: String,
+    /// kcov area size in words.
+    pub area_words: u32,
+    /// Common handle used for remote coverage.
+    pub common_handle: u64,
+}
+
+/// A workload's result frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadOutcome {
+    /// Exit status (0 = success).
+    pub status: i32,
+    /// Duration in microseconds.
+    pub duration_us: u64,
+    /// Workload counters.
+    pub counters: Vec<(String, u64)>,
+    /// Error message, when it failed.
+    pub error: Option<String>,
+}
+
+/// One PC file of a workload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PcFileMeta {
+    /// `remote` or `local`.
+    pub source: String,
+    /// `pc` or `cmp`.
+    pub mode: String,
+    /// File name inside the store.
+    pub file: String,
+    /// Distinct PCs.
+    pub distinct_pcs: u64,
+    /// PCs received (duplicates included).
+    pub entries: u64,
+    /// Chunks received.
+    pub chunks: u64,
+    /// An area overflowed: coverage was lost.
+    pub overflow: bool,
+}
+
+/// One workload of the run, in stream order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadMeta {
+    /// Name.
+    pub name: String,
+    /// The result frame; `None` if the stream ended before it.
+    pub result: Option<WorkloadOutcome>,
+    /// Coverage files.
+    pub coverage: Vec<PcFileMeta>,
+}
+
+/// `meta.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreMeta {
+    /// [`STORE_FORMAT_VERSION`].
+    pub format: u32,
+    /// The stream ended with `Done` and everything was stored.
+    pub complete: bool,
+    /// Why not, when not.
+    pub incomplete_reason: Option<String>,
+    /// Kernel identity.
+    pub kernel: KernelIdentity,
+    /// The Hello frame.
+    pub agent: Option<AgentHello>,
+    /// Workloads in stream order.
+    pub workloads: Vec<WorkloadMeta>,
+    /// Messages of the agent's Error frames.
+    pub errors: Vec<String>,
+    /// Status of the Done frame.
+    pub done_status: Option<i32>,
+    /// Frames received.
+    pub frames: u64,
+}
+
+impl StoreMeta {
+    /// The workloads named `name` (a stream may run one several times).
+    pub fn workload(&self, name: &str) -> Option<&WorkloadMeta> {
+        self.workloads.iter().find(|w| w.name == name)
+    }
+}
+
+fn mode_name(m: KcovMode) -> &'static str {
+    match m {
+        KcovMode::Pc => "pc",
+        KcovMode::Cmp => "cmp",
+    }
+}
+
+fn source_name(s: CoverageSource) -> &'static str {
+    match s {
+        CoverageSource::Remote => "remote",
+        CoverageSource::Local => "local",
+    }
+}
+
+/// Sorted unique PCs with hit counts, as stored per workload and source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PcCounts {
+    /// Trace mode.
+    pub mode: KcovMode,
+    /// Coverage source.
+    pub source: CoverageSource,
+    /// An area overflowed.
+    pub overflow: bool,
+    /// PCs received, duplicates included.
+    pub entries: u64,
+    /// Strictly increasing PCs.
+    pub pcs: Vec<u64>,
+    /// `hits[i]`: how often `pcs[i]` was received.
+    pub hits: Vec<u64>,
+}
+
+impl PcCounts {
+    /// Builds from an unordered (pc → hits) map.
+    pub fn from_map(
+        mode: KcovMode,
+        source: CoverageSource,
+        overflow: bool,
+        map: &HashMap<u64, u64>,
+    ) -> Self {
+        let mut pairs: Vec<(u64, u64)> = map.iter().map(|(&p, &h)| (p, h)).collect();
+        pairs.sort_unstable();
+        PcCounts {
+            mode,
+            source,
+            overflow,
+            entries: pairs.iter().fold(0u64, |a, p| a.saturating_add(p.1)),
+            pcs: pairs.iter().map(|p| p.0).collect(),
+            hits: pairs.iter().map(|p| p.1).collect(),
+        }
+    }
+
+    /// (pc, hits) pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.pcs.iter().copied().zip(self.hits.iter().copied())
+    }
+
+    /// The file bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(PCS_HEADER_LEN + 16 * self.pcs.len() + 4);
+        out.extend_from_slice(PCS_MAGIC);
+        out.extend_from_slice(&STORE_FORMAT_VERSION.to_le_bytes());
+        out.push(self.mode as u8);
+        out.push(self.source as u8);
+        out.push(u8::from(self.overflow));
+        out.push(0);
+        out.extend_from_slice(&(self.pcs.len() as u64).to_le_bytes());
+        out.extend_from_slice(&self.entries.to_le_bytes());
+        for p in &self.pcs {
+            out.extend_from_slice(&p.to_le_bytes());
+        }
+        for h in &self.hits {
+            out.extend_from_slice(&h.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Parses file bytes; every defect is a `reason` string (never a panic).
+    pub fn decode(buf: &[u8]) -> Result<Self, String> {
+        if buf.len() < PCS_HEADER_LEN + 4 {
+            return Err(format!(
+                "truncated: {} bytes, shorter than the {}-byte header and checksum",
+                buf.len(),
+                PCS_HEADER_LEN + 4
+            ));
+        }
+        if &buf[..8] != PCS_MAGIC {
+            return Err("bad magic (not a kcov-testbed PC file)".into());
+        }
+        let u32_at = |o: usize| u32::from_le_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
+        let u64_at = |o: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[o..o + 8]);
+            u64::from_le_bytes(b)
+        };
+        let version = u32_at(8);
+        if version != STORE_FORMAT_VERSION {
+            return Err(format!(
+                "format version {version}, this build reads {STORE_FORMAT_VERSION}"
+            ));
+        }
+        let mode = KcovMode::from_u8(buf[12]).ok_or("bad mode byte")?;
+        let source = CoverageSource::from_u8(buf[13]).ok_or("bad source byte")?;
+        if buf[14] > 1 || buf[15] != 0 {
+            return Err("bad flags".into());
+        }
+        let n = u64_at(16);
+        let entries = u64_at(24);
+        let expected = usize::try_from(n)
+            .ok()
+            .and_then(|n| n.checked_mul(16))
+            .and_then(|b| b.checked_add(PCS_HEADER_LEN + 4));
+        if expected != Some(buf.len()) {
+            return Err(format!(
+                "truncated or oversized: {} bytes, header says {n} PCs ({} bytes)",
+                buf.len(),
+                expected.map_or_else(|| "overflowing".to_string(), |e| e.to_string())
+            ));
+        }
+        let body = buf.len() - 4;
+        let crc = u32_at(body);
+        let computed = crc32fast::hash(&buf[..body]);
+        if crc != computed {
+            return Err(format!(
+                "checksum mismatch: stored {crc:#010x}, computed {computed:#010x}"
+            ));
+        }
+        let n = n as usize;
+        let pcs: Vec<u64> = (0..n).map(|i| u64_at(PCS_HEADER_LEN + 8 * i)).collect();
+        let hits: Vec<u64> = (0..n)
+            .map(|i| u64_at(PCS_HEADER_LEN + 8 * n + 8 * i))
+            .collect();
+        if pcs.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("PCs are not strictly increasing".into());
+        }
+        Ok(PcCounts {
+            mode,
+            source,
+            overflow: buf[14] == 1,
+            entries,
+            pcs,
+            hits,
+        })
+    }
+}
+
+/// Writes `bytes` to `path` atomically: temporary file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_err(path)(e)
+    })
+}
+
+/// Kept in a file name: ASCII letters, digits, `-`, `_`, `.`; the rest becomes `_`; at most 64.
+fn file_safe(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() {
+        "unnamed".into()
+    } else {
+        s
+    }
+}
+
+#[derive(Default)]
+struct Acc {
+    mode: Option<KcovMode>,
+    overflow: bool,
+    chunks: u64,
+    next_seq: u32,
+    counts: HashMap<u64, u64>,
+}
+
+/// What [`collect`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectSummary {
+    /// The store directory.
+    pub dir: PathBuf,
+    /// Done was received and everything stored.
+    pub complete: bool,
+    /// Why not.
+    pub incomplete_reason: Option<String>,
+    /// Frames received.
+    pub frames: u64,
+    /// Workloads seen.
+    pub workloads: usize,
+}
+
+/// Streaming collector: feed it frames, then [`Collector::finish`].
+pub struct Collector {
+    dir: PathBuf,
+    meta: StoreMeta,
+    /// Index into `meta.workloads` of the workload in progress, and its accumulators.
+    current: Option<(usize, [Acc; 2])>,
+    distinct: usize,
+    done: bool,
+    failed: Option<String>,
+}
+
+impl Collector {
+    /// A collector writing into `dir` (created if missing). Refuses a complete store; files of
+    /// an earlier incomplete collection are replaced.
+    pub fn create(dir: &Path, kernel: KernelIdentity) -> Result<Self, StoreError> {
+        if dir.join(COMPLETE_MARKER).exists() {
+            return Err(StoreError::AlreadyComplete {
+                dir: dir.to_path_buf(),
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let c = Collector {
+            dir: dir.to_path_buf(),
+            meta: StoreMeta {
+                format: STORE_FORMAT_VERSION,
+                complete: false,
+                incomplete_reason: Some("collection in progress (or the collector died)".into()),
+                kernel,
+                agent: None,
+                workloads: Vec::new(),
+                errors: Vec::new(),
+                done_status: None,
+                frames: 0,
+            },
+            current: None,
+            distinct: 0,
+            done: false,
+            failed: None,
+        };
+        c.write_meta()?;
+        Ok(c)
+    }
+
+    fn write_meta(&self) -> Result<(), StoreError> {
+        let path = self.dir.join(META_FILE);
+        let json = serde_json::to_vec_pretty(&self.meta).map_err(|e| StoreError::BadMeta {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&path, &json)
+    }
+
+    /// The first protocol error, if any (later frames are ignored after one).
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Takes one frame. A frame that breaks the protocol marks the collection failed (the store
+    /// will be incomplete with that reason); only store I/O errors are returned.
+    pub fn frame(&mut self, frame: Frame) -> Result<(), StoreError> {
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        self.meta.frames += 1;
+        if let Err(reason) = self.apply(frame) {
+            self.failed = Some(format!("frame {}: {reason}", self.meta.frames));
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, frame: Frame) -> Result<(), String> {
+        if self.done {
+            return Err("frame after Done".into());
+        }
+        if self.meta.agent.is_none() && !matches!(frame, Frame::Hello(_)) {
+            return Err(format!(
+                "stream starts with {:?}, not Hello",
+                frame.frame_type()
+            ));
+        }
+        match frame {
+            Frame::Hello(h) => {
+                if self.meta.agent.is_some() {
+                    return Err("second Hello".into());
+                }
+                if self.meta.kernel.release.is_none() {
+                    self.meta.kernel.release = Some(h.kernel_release.clone());
+                }
+                self.meta.agent = Some(AgentHello {
+                    agent_version: h.agent_version,
+                    kernel_release: h.kernel_release,
+                    kcov_mode: mode_name(h.kcov_mode).into(),
+                    area_words: h.area_words,
+                    common_handle: h.common_handle,
+                });
+            }
+            Frame::WorkloadStart(s) => {
+                if let Some((i, _)) = &self.current {
+                    return Err(format!(
+                        "workload {:?} started before {:?} ended",
+                        s.name, self.meta.workloads[*i].name
+                    ));
+                }
+                self.meta.workloads.push(WorkloadMeta {
+                    name: s.name,
+                    result: None,
+                    coverage: Vec::new(),
+                });
+                self.current = Some((self.meta.workloads.len() - 1, Default::default()));
+            }
+            Frame::CoverageChunk(c) => {
+                let Some((i, accs)) = &mut self.current else {
+                    return Err(format!(
+                        "coverage chunk for {:?} outside a workload",
+                        c.workload
+                    ));
+                };
+                if self.meta.workloads[*i].name != c.workload {
+                    return Err(format!(
+                        "coverage chunk for {:?} inside workload {:?}",
+                        c.workload, self.meta.workloads[*i].name
+                    ));
+                }
+                let acc = &mut accs[c.source as usize];
+                if acc.mode.is_some_and(|m| m != c.mode) {
+                    return Err("coverage chunks of one source change mode".into());
+                }
+                if c.seq != acc.next_seq {
+                    return Err(format!(
+                        "coverage chunk seq {} for {:?}/{}, expected {} (a chunk was lost)",
+                        c.seq,
+                        c.workload,
+                        source_name(c.source),
+                        acc.next_seq
+                    ));
+                }
+                acc.next_seq = acc.next_seq.wrapping_add(1);
+                acc.mode = Some(c.mode);
+                acc.overflow |= c.overflow;
+                acc.chunks += 1;
+                let (skip, step) = match c.mode {
+                    KcovMode::Pc => (0, 1),
+                    KcovMode::Cmp => (3, 4),
+                };
+                for pc in c.words.iter().copied().skip(skip).step_by(step) {
+                    let before = acc.counts.len();
+                    let n = acc.counts.entry(pc).or_insert(0);
+                    *n = n.saturating_add(1);
+                    if acc.counts.len() > before {
+                        self.distinct += 1;
+                        if self.distinct > MAX_DISTINCT_PCS {
+                            return Err(format!(
+                                "more than {MAX_DISTINCT_PCS} distinct PCs: refusing the stream"
+                            ));
+                        }
+                    }
+                }
+            }
+            Frame::WorkloadResult(r) => {
+                let Some((i, _)) = &self.current else {
+                    return Err(format!("result for {:?} outside a workload", r.name));
+                };
+                if self.meta.workloads[*i].name != r.name {
+                    return Err(format!(
+                        "result for {:?} inside workload {:?}",
+                        r.name, self.meta.workloads[*i].name
+                    ));
+                }
+                let i = *i;
+                self.meta.workloads[i].result = Some(WorkloadOutcome {
+                    status: r.status,
+                    duration_us: r.duration_us,
+                    counters: r.counters,
+                    error: r.error,
+                });
+            }
+            Frame::Error(e) => self.meta.errors.push(e.message),
+            Frame::Done(d) => {
+                if let Some((i, _)) = &self.current {
+                    if self.meta.workloads[*i].result.is_none() {
+                        return Err(format!(
+                            "Done inside workload {:?}",
+                            self.meta.workloads[*i].name
+                        ));
+                    }
+                }
+                self.meta.done_status = Some(d.status);
+                self.done = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the PC files of the workload in progress once its result arrived (or at the end).
+    fn flush_current(&mut self, force: bool) -> Result<(), StoreError> {
+        let ready = match &self.current {
+            Some((i, _)) => force || self.meta.workloads[*i].result.is_some(),
+            None => false,
+        };
+        if !ready {
+            return Ok(());
+        }
+        let Some((i, accs)) = self.current.take() else {
+            return Ok(());
+        };
+        let name = file_safe(&self.meta.workloads[i].name);
+        for (source, acc) in [CoverageSource::Remote, CoverageSource::Local]
+            .into_iter()
+            .zip(accs)
+        {
+            let Some(mode) = acc.mode else { continue };
+            let pcs = PcCounts::from_map(mode, source, acc.overflow, &acc.counts);
+            let file = format!("w{i}-{name}.{}.pcs", source_name(source));
+            write_atomic(&self.dir.join(&file), &pcs.encode())?;
+            self.meta.workloads[i].coverage.push(PcFileMeta {
+                source: source_name(source).into(),
+                mode: mode_name(mode).into(),
+                file,
+                distinct_pcs: pcs.pcs.len() as u64,
+                entries: pcs.entries,
+                chunks: acc.chunks,
+                overflow: acc.overflow,
+            });
+        }
+        self.write_meta()
+    }
+
+    /// Called after each frame by [`collect`]: writes finished workloads.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.flush_current(false)
+    }
+
+    /// Ends the collection. `stream_error` is why the stream stopped early, if it did. Writes
+    /// what was received, `meta.json`, and the completion marker when the stream was complete.
+    pub fn finish(mut self, stream_error: Option<String>) -> Result<CollectSummary, StoreError> {
+        self.flush_current(true)?;
+        let reason = self.failed.clone().or(stream_error).or_else(|| {
+            (!self.done).then(|| {
+                "the stream ended without a Done frame (the agent died or the stream was cut)"
+                    .to_string()
+            })
+        });
+        self.meta.complete = reason.is_none();
+        self.meta.incomplete_reason = reason.clone();
+        self.write_meta()?;
+        if self.meta.complete {
+            write_atomic(&self.dir.join(COMPLETE_MARKER), b"complete\n")?;
+        }
+        Ok(CollectSummary {
+            dir: self.dir,
+            complete: self.meta.complete,
+            incomplete_reason: reason,
+            frames: self.meta.frames,
+            workloads: self.meta.workloads.len(),
+        })
+    }
+}
+
+/// Reads a whole stream from `reader` into the store `dir`. Returns the summary also when the
+/// store came out incomplete (check [`CollectSummary::complete`]); errors are store I/O only.
+pub fn collect<R: Read>(
+    reader: R,
+    dir: &Path,
+    kernel: KernelIdentity,
+) -> Result<CollectSummary, StoreError> {
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
+    let mut c = Collector::create(dir, kernel)?;
+    let stream_error = loop {
+        match kcov_wire::read_frame(&mut reader) {
+            Ok(Some(frame)) => {
+                c.frame(frame)?;
+                c.checkpoint()?;
+                if c.failed().is_some() {
+                    break None;
+                }
+            }
+            Ok(None) => break None,
+            Err(StreamError::UnexpectedEof { buffered }) => {
+                break Some(format!(
+                    "the stream ends inside a frame ({buffered} bytes of it received): truncated"
+                ))
+            }
+            Err(e) => break Some(e.to_string()),
+        }
+    };
+    c.finish(stream_error)
+}
+
+/// [`collect`] from a file.
+pub fn collect_file(
+    stream: &Path,
+    dir: &Path,
+    kernel: KernelIdentity,
+) -> Result<CollectSummary, StoreError> {
+    let f = std::fs::File::open(stream).map_err(io_err(stream))?;
+    collect(f, dir, kernel)
+}
+
+/// A store on disk.
+#[derive(Clone, Debug)]
+pub struct Store {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// `meta.json`.
+    pub meta: StoreMeta,
+}
+
+impl Store {
+    /// Opens a complete store; an incomplete one is [`StoreError::Incomplete`].
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let store = Self::open_partial(dir)?;
+        if !store.meta.complete {
+            return Err(StoreError::Incomplete {
+                dir: dir.to_path_buf(),
+                reason: store
+                    .meta
+                    .incomplete_reason
+                    .clone()
+                    .unwrap_or_else(|| "not marked complete".into()),
+            });
+        }
+        if !dir.join(COMPLETE_MARKER).exists() {
+            return Err(StoreError::Incomplete {
+                dir: dir.to_path_buf(),
+                reason: format!("no {COMPLETE_MARKER} marker"),
+            });
+        }
+        Ok(store)
+    }
+
+    /// Opens a store whether complete or not (for diagnostics and partial reports).
+    pub fn open_partial(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(META_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing {
+                    dir: dir.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let meta: StoreMeta = serde_json::from_slice(&bytes).map_err(|e| StoreError::BadMeta {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if meta.format != STORE_FORMAT_VERSION {
+            return Err(StoreError::BadMeta {
+                path,
+                reason: format!(
+                    "format {}, this build reads {STORE_FORMAT_VERSION}",
+                    meta.format
+                ),
+            });
+        }
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            meta,
+        })
+    }
+
+    /// Reads one PC file.
+    pub fn read_pcs(&self, file: &PcFileMeta) -> Result<PcCounts, StoreError> {
+        // File names come from meta.json: never follow one out of the store.
+        if file.file.contains('/') || file.file.contains('\\') || file.file.starts_with('.') {
+            return Err(StoreError::BadMeta {
+                path: self.dir.join(META_FILE),
+                reason: format!("PC file name {:?} is not a plain name", file.file),
+            });
+        }
+        let path = self.dir.join(&file.file);
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        PcCounts::decode(&bytes).map_err(|reason| StoreError::BadPcFile { path, reason })
+    }
+
+    /// Every PC file of the store (all workloads, or those named `workload`), checked.
+    pub fn all_pcs(&self, workload: Option<&str>) -> Result<Vec<(String, PcCounts)>, StoreError> {
+        let mut out = Vec::new();
+        for w in &self.meta.workloads {
+            if workload.is_some_and(|n| n != w.name) {
+                continue;
+            }
+            for f in &w.coverage {
+                out.push((w.name.clone(), self.read_pcs(f)?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kcov_wire::{
+        encode, CoverageChunk, Done, ErrorReport, Hello, WorkloadResult, WorkloadStart,
+    };
+
+    fn hello() -> Frame {
+        Frame::Hello(Hello {
+            agent_version: "t".into(),
+            kernel_release: "6.12.117".into(),
+            kcov_mode: KcovMode::Pc,
+            area_words: 1 << 16,
+            common_handle: 0x42,
+        })
+    }
+
+    fn chunk(w: &str, seq: u32, words: &[u64]) -> Frame {
+        Frame::CoverageChunk(CoverageChunk {
+            workload: w.into(),
+            source: CoverageSource::Remote,
+            mode: KcovMode::Pc,
+            seq,
+            overflow: false,
+            words: words.to_vec(),
+        })
+    }
+
+    fn result(w: &str) -> Frame {
+        Frame::WorkloadResult(WorkloadResult {
+            name: w.into(),
+            status: 0,
+            duration_us: 5,
+            counters: vec![("n".into(), 1)],
+            error: None,
+        })
+    }
+
+    fn stream(frames: &[Frame]) -> Vec<u8> {
+        frames.iter().flat_map(|f| encode(f).unwrap()).collect()
+    }
+
+    fn good() -> Vec<Frame> {
+        vec![
+            hello(),
+            Frame::WorkloadStart(WorkloadStart { name: "a/b".into() }),
+            chunk("a/b", 0, &[3, 1, 3]),
+            chunk("a/b", 1, &[2, 3]),
+            result("a/b"),
+            Frame::Error(ErrorReport {
+                message: "unknown workload x".into(),
+            }),
+            Frame::Done(Done { status: 0 }),
+        ]
+    }
+
+    #[test]
+    fn pc_file_roundtrip_and_damage() {
+        let mut m = HashMap::new();
+        m.insert(7u64, 2u64);
+        m.insert(3, 1);
+        let p = PcCounts::from_map(KcovMode::Pc, CoverageSource::Local, true, &m);
+        assert_eq!(p.pcs, [3, 7]);
+        assert_eq!(p.hits, [1, 2]);
+        assert_eq!(p.entries, 3);
+        let bytes = p.encode();
+        assert_eq!(PcCounts::decode(&bytes).unwrap(), p);
+        for cut in 0..bytes.len() {
+            let e = PcCounts::decode(&bytes[..cut]).unwrap_err();
+            assert!(e.contains("truncated"), "{cut}: {e}");
+        }
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            assert!(PcCounts::decode(&b).is_err(), "flip at {i} accepted");
+        }
+        // A huge count never allocates.
+        let mut b = bytes.clone();
+        b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(PcCounts::decode(&b).unwrap_err().contains("truncated"));
+    }
+
+    #[test]
+    fn collect_complete_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = collect(
+            &stream(&good())[..],
+            dir.path(),
+            KernelIdentity {
+                build_id: Some("ab".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(s.complete, "{s:?}");
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.meta.kernel.release.as_deref(), Some("6.12.117"));
+        assert_eq!(store.meta.kernel.build_id.as_deref(), Some("ab"));
+        assert_eq!(store.meta.errors, ["unknown workload x"]);
+        assert_eq!(store.meta.done_status, Some(0));
+        let w = store.meta.workload("a/b").unwrap();
+        assert_eq!(w.result.as_ref().unwrap().counters, [("n".to_string(), 1)]);
+        assert_eq!(w.coverage[0].file, "w0-a_b.remote.pcs");
+        let pcs = store.all_pcs(None).unwrap();
+        assert_eq!(pcs.len(), 1);
+        assert_eq!(pcs[0].1.pcs, [1, 2, 3]);
+        assert_eq!(pcs[0].1.hits, [1, 1, 3]);
+        // Never collected into again.
+        assert!(matches!(
+            collect(&stream(&good())[..], dir.path(), KernelIdentity::default()),
+            Err(StoreError::AlreadyComplete { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_and_bad_streams_are_incomplete() {
+        let full = stream(&good());
+        // Cut at every byte: never a panic, complete only for the whole stream.
+        for cut in 0..full.len() {
+            let dir = tempfile::tempdir().unwrap();
+            let s = collect(&full[..cut], dir.path(), KernelIdentity::default()).unwrap();
+            assert!(!s.complete, "cut {cut}");
+            let e = Store::open(dir.path()).unwrap_err();
+            assert!(matches!(e, StoreError::Incomplete { .. }), "{e}");
+            assert!(!dir.path().join(COMPLETE_MARKER).exists());
+            // What was received is readable.
+            let partial = Store::open_partial(dir.path()).unwrap();
+            partial.all_pcs(None).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cut = full.len() - 3;
+        collect(&full[..cut], dir.path(), KernelIdentity::default()).unwrap();
+        let e = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("incomplete") && e.contains("truncated"), "{e}");
+
+        // Protocol violations.
+        let cases: Vec<(Vec<Frame>, &str)> = vec![
+            (vec![chunk("a", 0, &[1])], "not Hello"),
+            (
+                vec![
+                    hello(),
+                    Frame::WorkloadStart(WorkloadStart { name: "a".into() }),
+                    chunk("a", 1, &[1]),
+                ],
+                "a chunk was lost",
+            ),
+            (
+                vec![
+                    hello(),
+                    Frame::WorkloadStart(WorkloadStart { name: "a".into() }),
+                    chunk("b", 0, &[1]),
+                ],
+                "inside workload",
+            ),
+            (
+                vec![hello(), Frame::Done(Done { status: 0 }), hello()],
+                "after Done",
+            ),
+        ];
+        for (frames, want) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let s = collect(&stream(&frames)[..], dir.path(), KernelIdentity::default()).unwrap();
+            let reason = s.incomplete_reason.unwrap();
+            assert!(reason.contains(want), "{reason} vs {want}");
+        }
+        // A flipped byte (checksum error) makes it incomplete too.
+        let mut bad = full.clone();
+        bad[40] ^= 1;
+        let dir = tempfile::tempdir().unwrap();
+        let s = collect(&bad[..], dir.path(), KernelIdentity::default()).unwrap();
+        assert!(s.incomplete_reason.unwrap().contains("checksum"));
+    }
+
+    #[test]
+    fn collect_from_a_unix_socket() {
+        let (mut tx, rx) = std::os::unix::net::UnixStream::pair().unwrap();
+        let bytes = stream(&good());
+        let writer = std::thread::spawn(move || {
+            // Dribble the stream in odd pieces, as a socket may deliver it.
+            for piece in bytes.chunks(7) {
+                tx.write_all(piece).unwrap();
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let s = collect(rx, dir.path(), KernelIdentity::default()).unwrap();
+        writer.join().unwrap();
+        assert!(s.complete, "{s:?}");
+        assert_eq!(s.frames, 7);
+        assert_eq!(
+            Store::open(dir.path()).unwrap().all_pcs(None).unwrap()[0]
+                .1
+                .pcs,
+            [1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn damaged_pc_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        collect(&stream(&good())[..], dir.path(), KernelIdentity::default()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let f = dir.path().join(&store.meta.workloads[0].coverage[0].file);
+        let bytes = std::fs::read(&f).unwrap();
+        std::fs::write(&f, &bytes[..bytes.len() - 5]).unwrap();
+        let e = store.all_pcs(None).unwrap_err().to_string();
+        assert!(e.contains("bad PC file") && e.contains("truncated"), "{e}");
+    }
+}
