@@ -17,7 +17,7 @@
 //! | `testbed.mrg_rxbuf=on\|off` | negotiate VIRTIO_NET_F_MRG_RXBUF | `on` |
 //! | `testbed.vsock_cid=<CID>` | guest CID given to the vhost-vsock device (not the CID of our own virtio-vsock) | 100 |
 //! | `testbed.settle_ms=<ms>` | wait before draining the kcov area | 50 |
-//! | `testbed.timeout_ms=<ms>` | per-step timeout inside a workload | 5000 |
+//! | `testbed.timeout_ms=<ms>` | per-step timeout inside a workload | 30000 (generous: TCG guests on a loaded host are slow) |
 //!
 //! Anything else under `testbed.` is an error, as is a bad value: the agent reports it in an
 //! Error frame and exits non-zero.
@@ -124,7 +124,7 @@ impl Default for Params {
             event_idx: true,
             mrg_rxbuf: true,
             vsock_cid: 100,
-            timeout_ms: 5000,
+            timeout_ms: 30_000,
         }
     }
 }

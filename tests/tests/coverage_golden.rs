@@ -3,7 +3,7 @@
 //! `coverage_golden_machinery`: the golden runner on synthetic runs (real vmlinux, PCs of real
 //! call sites): `--update` writes the stable items, a check passes with flaky items reported,
 //! fails with a readable diff when a golden line is missing, skips when the agent does not know
-//! the workload, and refuses a golden of another kernel.
+//! the workload, and compares only functions with a golden of another kernel.
 //!
 //! `coverage_golden_<workload>`: the real workloads, K=3 boots each through the xtask boot
 //! library, checked against `goldens/<workload>.txt`; they skip with the printed reason while
@@ -149,16 +149,35 @@ fn coverage_golden_machinery() {
         o => panic!("{o:?}"),
     }
 
-    // A golden recorded on another kernel.
+    // A golden recorded on another kernel (other key and build-id): functions only.
     let mut other = golden.clone();
     other.build_id = Some("11".repeat(20));
+    other.kernel_key = Some("22".repeat(12));
     std::fs::write(&path, other.render()).unwrap();
     let out = golden_workload("synthetic-wl", &opts(false), &mut |_| {
         Ok(boot_with(&run_sites, &[], true))
     })
     .unwrap();
     match out {
-        GoldenOutcome::Failed(r) => assert!(r.contains("recorded on kernel build-id"), "{r}"),
+        GoldenOutcome::Passed(r) => {
+            assert!(r.contains("recorded on kernel key"), "{r}");
+            assert!(r.contains("compared functions only"), "{r}");
+        }
+        o => panic!("{o:?}"),
+    }
+    // ... and a function the runs no longer cover still fails there.
+    let mut gone = other.clone();
+    gone.items.insert(coverage::golden::Item::Function {
+        file: "drivers/vhost/net.c".into(),
+        name: "no_such_function".into(),
+    });
+    std::fs::write(&path, gone.render()).unwrap();
+    let out = golden_workload("synthetic-wl", &opts(false), &mut |_| {
+        Ok(boot_with(&run_sites, &[], true))
+    })
+    .unwrap();
+    match out {
+        GoldenOutcome::Failed(r) => assert!(r.contains("no_such_function"), "{r}"),
         o => panic!("{o:?}"),
     }
 }

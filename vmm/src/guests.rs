@@ -66,6 +66,11 @@ guest!(
     "virtio_echo.elf",
     "virtio-mmio driver for the echo device: handshake, two virtqueues, echo check (see virtio_echo.c)."
 );
+guest!(
+    VSOCK_STREAM,
+    "vsock_stream.elf",
+    "virtio-vsock driver: a guest-initiated stream to CID 2 and/or an echoed host-initiated one, with credit flow control (see vsock_stream.c)."
+);
 
 /// Write guest `bytes` to `dir/name` and return the path.
 pub fn write_guest(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
@@ -111,6 +116,7 @@ mod tests {
             SMP,
             PVH,
             VIRTIO_ECHO,
+            VSOCK_STREAM,
         ] {
             assert_eq!(&g[..4], b"\x7fELF");
             assert_eq!(u16::from_le_bytes([g[18], g[19]]), 62);

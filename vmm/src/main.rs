@@ -23,8 +23,10 @@ Exit status:
 On a host whose KVM is PVM (no vmx/svm), only PVM-aware kernels boot; others
 are refused at once with a hint to use the QEMU runner (`cargo xtask boot --runner qemu`).
 
-Example:
-  vmm --kernel bzImage --initrd initramfs.cpio --mem 512 --vcpus 2 --timeout 60";
+Examples:
+  vmm --kernel bzImage --initrd initramfs.cpio --mem 512 --vcpus 2 --timeout 60
+  vmm --kernel bzImage --initrd initramfs.cpio --vsock-uds /tmp/v.sock --guest-cid 3
+    (guest connects to CID 2 port 52 reach a listener on /tmp/v.sock_52)";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Boot {
@@ -74,6 +76,15 @@ struct Args {
     /// Print debug messages (unclaimed I/O, exits) on stderr
     #[arg(long, short)]
     verbose: bool,
+    /// Give the guest a virtio-vsock device whose host side is the Unix socket
+    /// PATH (Firecracker hybrid vsock: the guest's connects to CID 2 port P
+    /// reach a listener on PATH_P; a host process connects to PATH and writes
+    /// "CONNECT <port>\n" to reach a guest listener)
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock CID (3 or more; 0, 1 and 2 are reserved)
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "vsock_uds")]
+    guest_cid: u64,
 }
 
 fn main() -> ExitCode {
@@ -112,6 +123,30 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The vsock device binds its socket now: a bad CID or path fails before
+    // the kernel is even read.
+    let mut virtio_devices = Vec::new();
+    if let Some(uds) = &args.vsock_uds {
+        let vcfg = vmm::devices::virtio::vsock::VsockConfig::new(uds, args.guest_cid);
+        match vmm::devices::virtio::vsock::VsockDevice::new(&vcfg) {
+            Ok(dev) => virtio_devices.push(vmm::devices::virtio::VirtioMmioDevice::new(
+                std::sync::Arc::new(std::sync::Mutex::new(dev)),
+            )),
+            Err(e) => {
+                use vmm::devices::virtio::vsock::VsockDeviceError::Backend;
+                match e {
+                    Backend(vsock::Error::InvalidGuestCid(c)) => {
+                        eprintln!("vmm: --guest-cid {c}: {e}")
+                    }
+                    _ => eprintln!("vmm: --vsock-uds {}: {e}", uds.display()),
+                }
+                return ExitCode::from(1);
+            }
+        }
+        if args.verbose {
+            vsock::log_to_stderr(vsock::LevelFilter::Debug);
+        }
+    }
     let cfg = VmConfig {
         kernel: args.kernel,
         initrd: args.initrd,
@@ -127,6 +162,7 @@ fn main() -> ExitCode {
             Boot::Pvh => BootProtocol::Pvh,
         },
         skip_host_check: args.no_host_check,
+        virtio_devices,
         ..Default::default()
     };
     match vmm::run(&cfg) {

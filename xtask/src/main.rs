@@ -144,6 +144,20 @@ enum BenchCmd {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// vsock throughput: qemu runner (real kernel), our VMM's device, the core; vs a Unix socket pair.
+    Vsock,
+    /// Symbolize every instrumented site of the vmlinux vs binutils addr2line; report generation.
+    Symbolize {
+        /// vmlinux (default: the cached kernel's).
+        #[arg(long)]
+        vmlinux: Option<PathBuf>,
+    },
+    /// vhost workloads with coverage on vs off, and PCs/s shipped over vsock vs console.
+    Workload {
+        /// Frames/messages per workload.
+        #[arg(long, default_value_t = 300)]
+        frames: u32,
+    },
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -224,6 +238,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Golden(args) => return xtask::report::golden_cmd(&args),
         Cmd::Bench { which } => match which {
             BenchCmd::VmmStart { runs } => xtask::bench::vmm_start(runs)?,
+            BenchCmd::Vsock => xtask::bench::vsock()?,
+            BenchCmd::Symbolize { vmlinux } => xtask::report::bench(vmlinux.as_deref())?,
+            BenchCmd::Workload { frames } => xtask::bench::workload(frames)?,
         },
         Cmd::Test { no_lint, args } => test::run(&test::TestOpts {
             lint: !no_lint,

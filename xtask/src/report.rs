@@ -614,11 +614,17 @@ pub fn golden_workload(
         Err(e) => return Err(anyhow!(e).context(format!("reading {}", path.display()))),
     };
     let golden = Golden::parse(&text).with_context(|| path.display().to_string())?;
-    if let Err(reason) = golden.check_kernel(identity.0.as_deref(), identity.1.as_deref()) {
-        return Ok(GoldenOutcome::Failed(reason));
-    }
+    // On another kernel (e.g. a newer Debian kernel package on a fresh machine) line numbers
+    // move but function names hold: compare functions only and say so.
+    let (golden, note) = match golden.check_kernel(identity.0.as_deref(), identity.1.as_deref()) {
+        Ok(()) => (golden, String::new()),
+        Err(reason) => (
+            golden.functions_only(),
+            format!("note: {reason}; compared functions only\n"),
+        ),
+    };
     let check = GoldenCheck::new(&golden, &stability);
-    let rendered = check.render(workload);
+    let rendered = format!("{note}{}", check.render(workload));
     Ok(if check.passed() {
         GoldenOutcome::Passed(rendered)
     } else {

@@ -3,9 +3,11 @@
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use crossbeam_channel::Sender;
 use vmm::devices::serial::SerialSink;
+use vmm::devices::virtio::vsock::{VsockConfig, VsockDevice};
+use vmm::devices::virtio::VirtioMmioDevice;
 use vmm::VmConfig;
 
 use super::{watch, BootOutcome, BootSpec, RunnerKind, VmEvent};
@@ -66,6 +68,19 @@ fn boot_checked(spec: &BootSpec, skip_host_check: bool) -> Result<BootOutcome> {
         buf: Vec::new(),
         tx: tx.clone(),
     };
+    // The vsock device binds `<uds>` now, before the guest boots, so a host
+    // peer may connect at once; it goes away with the VM.
+    let mut virtio_devices = Vec::new();
+    if let Some(v) = &spec.vsock {
+        let dev = VsockDevice::new(&VsockConfig::new(&v.uds, v.guest_cid)).with_context(|| {
+            format!(
+                "starting the vsock device (guest CID {}, host sockets {})",
+                v.guest_cid,
+                v.uds.display()
+            )
+        })?;
+        virtio_devices.push(VirtioMmioDevice::new(Arc::new(Mutex::new(dev))));
+    }
     let cfg = VmConfig {
         kernel: spec.bzimage.clone(),
         initrd: Some(spec.initramfs.clone()),
@@ -78,6 +93,7 @@ fn boot_checked(spec: &BootSpec, skip_host_check: bool) -> Result<BootOutcome> {
         serial_sink: Some(SerialSink(Arc::new(Mutex::new(sink)))),
         stop: Some(stop_rx),
         skip_host_check,
+        virtio_devices,
         ..VmConfig::default()
     };
     let vm_thread = std::thread::Builder::new()
@@ -101,7 +117,9 @@ fn boot_checked(spec: &BootSpec, skip_host_check: bool) -> Result<BootOutcome> {
     );
     let _ = stop_tx.try_send(());
     let _ = vm_thread.join();
-    outcome
+    let mut outcome = outcome?;
+    outcome.vsock_uds = spec.vsock.as_ref().map(|v| v.uds.clone());
+    Ok(outcome)
 }
 
 #[cfg(test)]
@@ -187,6 +205,55 @@ mod tests {
             "the VM was not stopped: {:?}",
             out.total
         );
+    }
+
+    /// With `spec.vsock`, the VM gets our virtio-vsock device on `uds`: the
+    /// VMM's vsock test guest reaches a host listener on `<uds>_5000`.
+    #[test]
+    fn kvm_runner_gives_the_guest_a_vsock_device() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = 100_000usize;
+        let Some(mut spec) = guest_spec(
+            dir.path(),
+            vmm::guests::VSOCK_STREAM,
+            &format!("vsock.out=5000 vsock.bytes={bytes}"),
+            Duration::from_secs(20),
+        ) else {
+            return;
+        };
+        let uds = dir.path().join("vsock.sock");
+        spec.vsock = Some(crate::runner::VsockSpec {
+            guest_cid: 2,
+            uds: uds.clone(),
+            vhost_socket: dir.path().join("unused"),
+        });
+        let e = boot_checked(&spec, true).unwrap_err();
+        assert!(format!("{e:#}").contains("guest CID 2"), "{e:#}");
+        spec.vsock.as_mut().unwrap().guest_cid = 3;
+        let l = std::os::unix::net::UnixListener::bind(vsock::muxer::listener_path(&uds, 5000))
+            .unwrap();
+        let sink = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut v = Vec::new();
+            s.read_to_end(&mut v).unwrap();
+            v
+        });
+        let out = boot_checked(&spec, true).unwrap();
+        // The test guest prints no console markers; it resets when done.
+        assert!(
+            matches!(out.status, GuestStatus::NoStatus(_)),
+            "{:?}",
+            out.status
+        );
+        assert_eq!(out.vsock_uds.as_deref(), Some(uds.as_path()));
+        let got = sink.join().unwrap();
+        assert_eq!(got.len(), bytes);
+        let bad = got
+            .iter()
+            .enumerate()
+            .position(|(i, b)| *b != vmm::devices::virtio::vsock::stream_pattern(i as u64));
+        assert_eq!(bad, None);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 pub mod echo;
 pub mod mmio;
+pub mod vsock;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
