@@ -197,7 +197,13 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
     if !opts.kernel_log {
         cmdline.push_str(" quiet");
     }
-    for word in opts.plan.cmdline_words().iter().chain(&opts.append) {
+    // Every run has a virtio-vsock device, so the agent streams over vsock unless told
+    // otherwise (the console transport is the fallback for guests without one).
+    let mut plan = opts.plan.clone();
+    if plan.transport.is_none() && (!plan.workloads.is_empty() || !opts.cmd.is_empty()) {
+        plan.transport = Some("vsock".into());
+    }
+    for word in plan.cmdline_words().iter().chain(&opts.append) {
         cmdline.push(' ');
         cmdline.push_str(word);
     }
@@ -216,11 +222,11 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
         kernel.meta.release,
         run_dir.display()
     );
-    let receiver = match opts.plan.transport.as_deref() {
+    let receiver = match plan.transport.as_deref() {
         Some("vsock") => spec
             .vsock
             .as_ref()
-            .map(|v| VsockReceiver::start(&v.uds, opts.plan.vsock_port(), &run_dir))
+            .map(|v| VsockReceiver::start(&v.uds, plan.vsock_port(), &run_dir))
             .transpose()?,
         _ => None,
     };

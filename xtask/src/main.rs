@@ -104,7 +104,7 @@ enum Cmd {
         /// kcov area size in u64 words.
         #[arg(long, value_name = "WORDS")]
         area: Option<u64>,
-        /// Where the agent streams coverage: console (marker lines) or vsock.
+        /// Where the agent streams coverage: vsock (default) or console (marker lines).
         #[arg(long, value_name = "console|vsock")]
         transport: Option<String>,
         /// Workload parameter, e.g. frames=100, size=1514, indirect=on (repeatable; testbed.KEY=VALUE).
