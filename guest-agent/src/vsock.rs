@@ -169,31 +169,38 @@ pub fn message(who: u8, i: u32, size: usize) -> Vec<u8> {
         .collect()
 }
 
-/// The client: connects to `cid:port`, sends `count` messages, checks each answer.
-fn client(cid: u32, port: u32, count: u32, size: usize, timeout: Duration) -> Result<u64, String> {
+/// A fresh AF_VSOCK stream socket (close-on-exec); the error names the call.
+pub fn stream_socket() -> Result<OwnedFd, String> {
     // SAFETY: plain socket(2) call.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(format!("socket(AF_VSOCK): {}", io::Error::last_os_error()));
     }
     // SAFETY: fd is fresh and ours.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets the socket timeout option `opt` (`SO_RCVTIMEO` or `SO_SNDTIMEO`) of `fd`;
+/// best effort, like the callers always had it (a failure leaves no timeout).
+pub fn set_socket_timeout(fd: &OwnedFd, opt: libc::c_int, timeout: Duration) {
     let tv = libc::timeval {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_usec: timeout.subsec_micros() as libc::suseconds_t,
     };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: valid timeval option.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-        }
+    // SAFETY: setsockopt with a valid timeval option on a socket we own.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
     }
+}
+
+/// Connects the AF_VSOCK socket `fd` to `cid:port`.
+pub fn connect(fd: &OwnedFd, cid: u32, port: u32) -> io::Result<()> {
     // SAFETY: sockaddr_vm is plain data.
     let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
     addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
@@ -208,11 +215,18 @@ fn client(cid: u32, port: u32, count: u32, size: usize, timeout: Duration) -> Re
         )
     };
     if r < 0 {
-        return Err(format!(
-            "connect to CID {cid} port {port}: {}",
-            io::Error::last_os_error()
-        ));
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// The client: connects to `cid:port`, sends `count` messages, checks each answer.
+fn client(cid: u32, port: u32, count: u32, size: usize, timeout: Duration) -> Result<u64, String> {
+    let fd = stream_socket()?;
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        set_socket_timeout(&fd, opt, timeout);
+    }
+    connect(&fd, cid, port).map_err(|e| format!("connect to CID {cid} port {port}: {e}"))?;
     let mut sock = std::fs::File::from(fd);
     let mut got = vec![0u8; size];
     let mut bytes = 0u64;
@@ -416,11 +430,16 @@ pub fn run(params: &Params) -> Result<Counters, VsockError> {
         .map_err(|e| VsockError::Client(format!("spawning the client thread: {e}")))?;
 
     let start = Instant::now();
-    let result = serve(&mut d, params, size, timeout, &done_rx);
+    let mut client_done = None;
+    let result = serve(&mut d, params, size, timeout, &done_rx, &mut client_done);
     let _ = dev.stop();
-    let client_result = match done_rx.recv_timeout(timeout) {
-        Ok(r) => r,
-        Err(_) => Err("the client did not finish".into()),
+    // The client may have finished while serve() was still waiting for the close.
+    let client_result = match client_done {
+        Some(r) => r,
+        None => match done_rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(_) => Err("the client did not finish".into()),
+        },
     };
     let _ = client_thread.join();
     let (served, answers) = result?;
@@ -453,6 +472,7 @@ fn serve(
     size: usize,
     timeout: Duration,
     done: &mpsc::Receiver<Result<u64, String>>,
+    client_done: &mut Option<Result<u64, String>>,
 ) -> Result<(u64, u64), VsockError> {
     let mut conn: Option<Conn> = None;
     let mut inbuf: Vec<u8> = Vec::new();
@@ -467,8 +487,11 @@ fn serve(
                     conn.is_some()
                 )));
             }
-            if let Ok(Err(e)) = done.try_recv() {
-                return Err(VsockError::Client(e));
+            match done.try_recv() {
+                Ok(Err(e)) => return Err(VsockError::Client(e)),
+                // Keep a finished client's result: the channel yields it only once.
+                Ok(Ok(bytes)) => *client_done = Some(Ok(bytes)),
+                Err(_) => {}
             }
             poll_readable(
                 &[d.rx.call.as_raw_fd(), d.tx.call.as_raw_fd()],
