@@ -50,6 +50,7 @@ fn main() {
     let out = Path::new(&out).join("guests");
     std::fs::create_dir_all(&out).expect("create OUT_DIR/guests");
     let src = Path::new("guests");
+    // The whole directory: the guests and the headers they include (abi.h, virtio_guest.h).
     println!("cargo:rerun-if-changed=guests");
     let target = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let sources = GUESTS

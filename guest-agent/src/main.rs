@@ -8,7 +8,7 @@
 
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -168,8 +168,8 @@ const CHUNK_WORDS: usize = 4096;
 
 type Sink = Box<dyn Write>;
 
-/// Seconds a vsock stream write may block before the run fails.
-const STREAM_SEND_TIMEOUT_S: libc::time_t = 30;
+/// How long a vsock stream write may block before the run fails.
+const STREAM_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn send(sink: &mut Sink, frame: Frame) -> Result<(), String> {
     kcov_wire::write_frame(sink, &frame).map_err(|e| format!("sending the stream: {e}"))
@@ -213,51 +213,14 @@ fn open_sink(transport: Transport, port: u32) -> Result<Sink, String> {
             Ok(Box::new(LineWriter::new(file)))
         }
         Transport::Vsock => {
-            // SAFETY: plain socket(2) call.
-            let fd =
-                unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-            if fd < 0 {
-                return Err(format!(
-                    "socket(AF_VSOCK): {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-            // SAFETY: fd is fresh and ours.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // SAFETY: sockaddr_vm is plain data.
-            let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-            addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-            addr.svm_cid = libc::VMADDR_CID_HOST;
-            addr.svm_port = port;
-            // SAFETY: addr is a valid sockaddr_vm of the size passed.
-            let r = unsafe {
-                libc::connect(
-                    fd.as_raw_fd(),
-                    (&addr as *const libc::sockaddr_vm).cast(),
-                    std::mem::size_of::<libc::sockaddr_vm>() as u32,
+            let fd = vsock::stream_socket()?;
+            vsock::connect(&fd, libc::VMADDR_CID_HOST, port).map_err(|e| {
+                format!(
+                    "connecting AF_VSOCK to the host (CID 2) port {port}: {e} (is the host collector listening? else use testbed.transport=console)"
                 )
-            };
-            if r < 0 {
-                return Err(format!(
-                    "connecting AF_VSOCK to the host (CID 2) port {port}: {} (is the host collector listening? else use testbed.transport=console)",
-                    std::io::Error::last_os_error()
-                ));
-            }
+            })?;
             // A host that stops reading must fail the run, not hang it.
-            let tv = libc::timeval {
-                tv_sec: STREAM_SEND_TIMEOUT_S,
-                tv_usec: 0,
-            };
-            // SAFETY: setsockopt with a valid timeval option on our socket.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_SNDTIMEO,
-                    (&tv as *const libc::timeval).cast(),
-                    std::mem::size_of::<libc::timeval>() as u32,
-                );
-            }
+            vsock::set_socket_timeout(&fd, libc::SO_SNDTIMEO, STREAM_SEND_TIMEOUT);
             Ok(Box::new(std::io::BufWriter::with_capacity(
                 1 << 16,
                 std::fs::File::from(fd),

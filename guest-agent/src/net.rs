@@ -438,6 +438,98 @@ impl Device {
     }
 }
 
+/// One direction of the frame tests: the test frames it moves and how its errors say so.
+struct Direction {
+    /// "TX" or "RX".
+    label: &'static str,
+    /// The direction byte of its test frames (`test_frame`).
+    kind: u8,
+    /// Where a frame is checked, and where it came from.
+    seen: &'static str,
+    origin: &'static str,
+    /// The counter of frames moved.
+    moved_key: &'static str,
+}
+
+const TX: Direction = Direction {
+    label: "TX",
+    kind: b'T',
+    seen: "out of the tap",
+    origin: "put on the ring",
+    moved_key: "frames_tx",
+};
+
+const RX: Direction = Direction {
+    label: "RX",
+    kind: b'R',
+    seen: "in the ring",
+    origin: "injected",
+    moved_key: "frames_rx",
+};
+
+/// The frames a TX or RX run has checked on the far side.
+#[derive(Default)]
+struct Tally {
+    verified: u32,
+    bytes: u64,
+    foreign: u64,
+}
+
+impl Tally {
+    /// Checks one frame that came out on the far side: test frame `*want` of `dir`,
+    /// byte-exact, advances `*want`; a frame that is no test frame of `dir` counts as
+    /// foreign; another test frame of `dir`, or one whose bytes differ, is an error.
+    fn check(
+        &mut self,
+        dir: &Direction,
+        frame: &[u8],
+        want: &mut u32,
+        size: usize,
+    ) -> Result<(), NetError> {
+        match frame_id(frame) {
+            Some((kind, seq)) if kind == dir.kind && seq == *want => {
+                let expect = test_frame(dir.kind, seq, size);
+                if frame != expect {
+                    return Err(NetError::Mismatch(format!(
+                        "{} frame {seq}: {} bytes {} differ from the {} {}",
+                        dir.label,
+                        frame.len(),
+                        dir.seen,
+                        expect.len(),
+                        dir.origin
+                    )));
+                }
+                self.verified += 1;
+                self.bytes += frame.len() as u64;
+                *want += 1;
+            }
+            Some((kind, seq)) if kind == dir.kind => {
+                return Err(NetError::Mismatch(format!(
+                    "{} frame {seq} where {want} was expected",
+                    dir.label
+                )))
+            }
+            _ => self.foreign += 1,
+        }
+        Ok(())
+    }
+
+    /// Detaches `dev` and returns the run's counters: `moved` frames, `elapsed` looping.
+    fn finish(self, dev: &Device, dir: &Direction, moved: u32, elapsed: Duration) -> Counters {
+        dev.detach();
+        let mut c: Counters = vec![
+            (dir.moved_key.into(), u64::from(moved)),
+            ("frames_verified".into(), u64::from(self.verified)),
+            ("bytes".into(), self.bytes),
+            ("foreign_frames".into(), self.foreign),
+            ("iterations".into(), u64::from(self.verified)),
+            ("loop_us".into(), elapsed.as_micros() as u64),
+        ];
+        dev.counters(&mut c);
+        c
+    }
+}
+
 fn arena_for(params: &Params) -> Result<Arena, NetError> {
     let q = usize::from(params.queue);
     let rings = 2 * (3 * 4096 + 16 * q + 6 + 2 * q + 6 + 8 * q + 16 * 4 * q);
@@ -458,7 +550,8 @@ pub fn run_tx(params: &Params, size: usize) -> Result<Counters, NetError> {
         .map(|_| arena.alloc((NET_HDR_LEN + size) as u64, 64))
         .collect::<Result<_, _>>()?;
     let total = params.frames;
-    let (mut sent, mut verified, mut bytes, mut foreign) = (0u32, 0u32, 0u64, 0u64);
+    let mut sent = 0u32;
+    let mut tally = Tally::default();
     let start = Instant::now();
     while sent < total {
         let n = (total - sent).min(batch as u32);
@@ -494,42 +587,11 @@ pub fn run_tx(params: &Params, size: usize) -> Result<Counters, NetError> {
             let frame = sock.recv(timeout)?.ok_or_else(|| {
                 NetError::Timeout(format!("frame {want} never came out of {}", dev.tap.name))
             })?;
-            match frame_id(&frame) {
-                Some((b'T', seq)) if seq == want => {
-                    let expect = test_frame(b'T', seq, size);
-                    if frame != expect {
-                        return Err(NetError::Mismatch(format!(
-                            "TX frame {seq}: {} bytes out of the tap differ from the {} put on the ring",
-                            frame.len(),
-                            expect.len()
-                        )));
-                    }
-                    verified += 1;
-                    bytes += frame.len() as u64;
-                    want += 1;
-                }
-                Some((b'T', seq)) => {
-                    return Err(NetError::Mismatch(format!(
-                        "TX frame {seq} where {want} was expected"
-                    )))
-                }
-                _ => foreign += 1,
-            }
+            tally.check(&TX, &frame, &mut want, size)?;
         }
         sent += n;
     }
-    let elapsed = start.elapsed();
-    dev.detach();
-    let mut c: Counters = vec![
-        ("frames_tx".into(), u64::from(sent)),
-        ("frames_verified".into(), u64::from(verified)),
-        ("bytes".into(), bytes),
-        ("foreign_frames".into(), foreign),
-        ("iterations".into(), u64::from(verified)),
-        ("loop_us".into(), elapsed.as_micros() as u64),
-    ];
-    dev.counters(&mut c);
-    Ok(c)
+    Ok(tally.finish(&dev, &TX, sent, start.elapsed()))
 }
 
 /// RX: `params.frames` frames injected through AF_PACKET, received from the RX ring.
@@ -567,7 +629,8 @@ pub fn run_rx(params: &Params, size: usize) -> Result<Counters, NetError> {
     dev.attach()?;
     let batch = nbufs.min(64) as u32;
     let total = params.frames;
-    let (mut injected, mut verified, mut bytes, mut foreign) = (0u32, 0u32, 0u64, 0u64);
+    let mut injected = 0u32;
+    let mut tally = Tally::default();
     let start = Instant::now();
     while injected < total {
         let n = (total - injected).min(batch);
@@ -598,47 +661,45 @@ pub fn run_rx(params: &Params, size: usize) -> Result<Counters, NetError> {
             arena.read(slots[slot] + NET_HDR_LEN as u64, &mut got)?;
             post(&mut dev.rx, slot)?;
             dev.rx.publish()?;
-            match frame_id(&got) {
-                Some((b'R', seq)) if seq == want => {
-                    let expect = test_frame(b'R', seq, size);
-                    if got != expect {
-                        return Err(NetError::Mismatch(format!(
-                            "RX frame {seq}: {} bytes in the ring differ from the {} injected",
-                            got.len(),
-                            expect.len()
-                        )));
-                    }
-                    verified += 1;
-                    bytes += got.len() as u64;
-                    want += 1;
-                }
-                Some((b'R', seq)) => {
-                    return Err(NetError::Mismatch(format!(
-                        "RX frame {seq} where {want} was expected"
-                    )))
-                }
-                _ => foreign += 1,
-            }
+            tally.check(&RX, &got, &mut want, size)?;
         }
         injected += n;
     }
-    let elapsed = start.elapsed();
-    dev.detach();
-    let mut c: Counters = vec![
-        ("frames_rx".into(), u64::from(injected)),
-        ("frames_verified".into(), u64::from(verified)),
-        ("bytes".into(), bytes),
-        ("foreign_frames".into(), foreign),
-        ("iterations".into(), u64::from(verified)),
-        ("loop_us".into(), elapsed.as_micros() as u64),
-    ];
-    dev.counters(&mut c);
-    Ok(c)
+    Ok(tally.finish(&dev, &RX, injected, start.elapsed()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tally_checks_order_bytes_and_foreign_frames() {
+        let mut t = Tally::default();
+        let mut want = 0;
+        t.check(&TX, &test_frame(b'T', 0, 100), &mut want, 100)
+            .unwrap();
+        // An RX frame on the TX side, or no test frame at all: foreign.
+        t.check(&TX, &test_frame(b'R', 1, 100), &mut want, 100)
+            .unwrap();
+        t.check(&TX, &[0u8; 60], &mut want, 100).unwrap();
+        assert_eq!((want, t.verified, t.bytes, t.foreign), (1, 1, 100, 2));
+        let e = t
+            .check(&TX, &test_frame(b'T', 5, 100), &mut want, 100)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("TX frame 5 where 1 was expected"),
+            "{e}"
+        );
+        let mut bad = test_frame(b'R', 1, 100);
+        *bad.last_mut().unwrap() ^= 1;
+        let e = t.check(&RX, &bad, &mut want, 100).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("RX frame 1: 100 bytes in the ring differ from the 100 injected"),
+            "{e}"
+        );
+        assert_eq!((want, t.verified), (1, 1));
+    }
 
     #[test]
     fn test_frames_are_distinct_and_identifiable() {

@@ -26,73 +26,14 @@
  * Command-line words steering it: `vtest=nover1` (do not accept VERSION_1),
  * `vtest=unoffered` (also accept feature bit 23, which the device does not offer).
  */
-#include <stdint.h>
-#include "abi.h"
-
 #define QSZ 16
+#include "virtio_guest.h"
+
 #define NMSG 6
 #define KEY 0x5a
 #define RXBUF 256
 #define POLL_LIMIT 200000000UL
 
-/* Registers (virtio 1.2, 4.2.2). */
-#define R_MAGIC 0x000
-#define R_VERSION 0x004
-#define R_DEVICE_ID 0x008
-#define R_VENDOR_ID 0x00c
-#define R_DEV_FEAT 0x010
-#define R_DEV_FEAT_SEL 0x014
-#define R_DRV_FEAT 0x020
-#define R_DRV_FEAT_SEL 0x024
-#define R_QUEUE_SEL 0x030
-#define R_QUEUE_NUM_MAX 0x034
-#define R_QUEUE_NUM 0x038
-#define R_QUEUE_READY 0x044
-#define R_QUEUE_NOTIFY 0x050
-#define R_INT_STATUS 0x060
-#define R_INT_ACK 0x064
-#define R_STATUS 0x070
-#define R_DESC_LO 0x080
-#define R_DESC_HI 0x084
-#define R_AVAIL_LO 0x090
-#define R_AVAIL_HI 0x094
-#define R_USED_LO 0x0a0
-#define R_USED_HI 0x0a4
-#define R_CONFIG_GEN 0x0fc
-#define R_CONFIG 0x100
-
-#define S_ACK 1
-#define S_DRIVER 2
-#define S_DRIVER_OK 4
-#define S_FEATURES_OK 8
-#define S_FAILED 0x80
-
-#define F_VERSION_1_HI 1u /* bit 32 = bit 0 of word 1 */
-#define DESC_F_NEXT 1
-#define DESC_F_WRITE 2
-
-struct desc {
-	uint64_t addr;
-	uint32_t len;
-	uint16_t flags;
-	uint16_t next;
-};
-struct avail {
-	uint16_t flags;
-	uint16_t idx;
-	uint16_t ring[QSZ];
-	uint16_t used_event;
-};
-struct used_elem {
-	uint32_t id;
-	uint32_t len;
-};
-struct used {
-	uint16_t flags;
-	uint16_t idx;
-	struct used_elem ring[QSZ];
-	uint16_t avail_event;
-};
 struct vq {
 	struct desc desc[QSZ];
 	struct avail avail __attribute__((aligned(64)));
@@ -104,93 +45,6 @@ static struct vq vqs[2] __attribute__((aligned(4096)));
 static uint8_t txbuf[NMSG][RXBUF];
 static uint8_t rxbuf[NMSG][RXBUF];
 static const uint16_t msg_len[NMSG] = {1, 16, 100, 255, 128, 200};
-uint8_t guest_stack[16384] __attribute__((aligned(16)));
-
-void guest_main(const uint8_t *zero_page);
-
-__asm__(".text\n"
-	".globl _start\n"
-	"_start:\n"
-	"	lea guest_stack+16384(%rip), %rsp\n"
-	"	mov %rsi, %rdi\n"
-	"	call guest_main\n"
-	"1:	pause\n"
-	"	jmp 1b\n");
-
-static inline void outl(uint16_t port, uint32_t v)
-{
-	__asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port));
-}
-static inline void outb(uint16_t port, uint8_t v)
-{
-	__asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
-}
-static void report(uint32_t v)
-{
-	outl(REPORT_PORT, v);
-}
-static __attribute__((noreturn)) void end(void)
-{
-	report(END_MAGIC);
-	outb(I8042_CMD, I8042_RESET);
-	for (;;)
-		__asm__ volatile("pause");
-}
-static inline void barrier(void)
-{
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-}
-
-static uint64_t base;
-static uint32_t rd(uint32_t off)
-{
-	return *(volatile uint32_t *)(base + off);
-}
-static void wr(uint32_t off, uint32_t v)
-{
-	*(volatile uint32_t *)(base + off) = v;
-}
-
-static const char *find(const char *s, const char *pat)
-{
-	for (; *s; s++) {
-		const char *a = s, *b = pat;
-		while (*b && *a == *b)
-			a++, b++;
-		if (!*b)
-			return s;
-	}
-	return 0;
-}
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-static uint64_t number(const char **p)
-{
-	const char *s = *p;
-	uint64_t v = 0;
-	if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
-		s += 2;
-		while (hexval(*s) >= 0)
-			v = v * 16 + (uint64_t)hexval(*s++);
-	} else {
-		while (*s >= '0' && *s <= '9')
-			v = v * 10 + (uint64_t)(*s++ - '0');
-	}
-	if (*s == 'K' || *s == 'k')
-		v <<= 10, s++;
-	else if (*s == 'M' || *s == 'm')
-		v <<= 20, s++;
-	*p = s;
-	return v;
-}
 
 static uint8_t msg_byte(int i, int j)
 {
@@ -223,37 +77,14 @@ static void setup_queue(uint32_t i)
 	wr(R_QUEUE_SEL, i);
 	report(rd(R_QUEUE_READY));
 	report(rd(R_QUEUE_NUM_MAX));
-	wr(R_QUEUE_NUM, QSZ);
-	uint64_t d = (uint64_t)(uintptr_t)q->desc, a = (uint64_t)(uintptr_t)&q->avail,
-		 u = (uint64_t)(uintptr_t)&q->used;
-	wr(R_DESC_LO, (uint32_t)d);
-	wr(R_DESC_HI, (uint32_t)(d >> 32));
-	wr(R_AVAIL_LO, (uint32_t)a);
-	wr(R_AVAIL_HI, (uint32_t)(a >> 32));
-	wr(R_USED_LO, (uint32_t)u);
-	wr(R_USED_HI, (uint32_t)(u >> 32));
-	wr(R_QUEUE_READY, 1);
+	queue_activate(QSZ, q->desc, &q->avail, &q->used);
 	report(rd(R_QUEUE_READY));
 }
 
 void guest_main(const uint8_t *zero_page)
 {
-	report(BOOT_MAGIC);
-	const char *cmdline = (const char *)(uintptr_t) * (const uint32_t *)(zero_page + 0x228);
-	const char *p = find(cmdline, "virtio_mmio.device=");
-	if (!p)
-		end();
-	p += 19;
-	uint64_t size = number(&p);
-	uint64_t irq = 0;
-	if (*p == '@') {
-		p++;
-		base = number(&p);
-	}
-	if (*p == ':') {
-		p++;
-		irq = number(&p);
-	}
+	uint64_t size, irq;
+	const char *cmdline = guest_start(zero_page, &size, &irq);
 	report((uint32_t)size);
 	report((uint32_t)base);
 	report((uint32_t)(base >> 32));
@@ -272,20 +103,13 @@ void guest_main(const uint8_t *zero_page)
 	wr(R_STATUS, S_ACK);
 	wr(R_STATUS, S_ACK | S_DRIVER);
 	report(rd(R_STATUS));
-	wr(R_DEV_FEAT_SEL, 0);
-	uint32_t f0 = rd(R_DEV_FEAT);
-	wr(R_DEV_FEAT_SEL, 1);
-	uint32_t f1 = rd(R_DEV_FEAT);
+	uint32_t f0, f1;
+	device_features(&f0, &f1);
 	report(f0);
 	report(f1);
 	uint32_t want0 = unoffered ? (1u << 23) : 0;
 	uint32_t want1 = nover1 ? 0 : (f1 & F_VERSION_1_HI);
-	wr(R_DRV_FEAT_SEL, 0);
-	wr(R_DRV_FEAT, want0);
-	wr(R_DRV_FEAT_SEL, 1);
-	wr(R_DRV_FEAT, want1);
-	wr(R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
-	uint32_t st = rd(R_STATUS);
+	uint32_t st = driver_features(want0, want1);
 	report(st);
 	if (!(st & S_FEATURES_OK)) {
 		wr(R_STATUS, st | S_FAILED);
@@ -373,21 +197,4 @@ void guest_main(const uint8_t *zero_page)
 	wr(R_QUEUE_SEL, 0);
 	report(rd(R_QUEUE_READY));
 	end();
-}
-
-/* The compiler may emit calls to these even in freestanding code. */
-void *memset(void *d, int c, unsigned long n)
-{
-	uint8_t *p = d;
-	while (n--)
-		*p++ = (uint8_t)c;
-	return d;
-}
-void *memcpy(void *d, const void *s, unsigned long n)
-{
-	uint8_t *p = d;
-	const uint8_t *q = s;
-	while (n--)
-		*p++ = *q++;
-	return d;
 }

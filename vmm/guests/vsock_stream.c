@@ -35,10 +35,9 @@
  * error, 4 credit violation by the host, 0xffff not run.
  * TEXT_PORT gets progress lines.
  */
-#include <stdint.h>
-#include "abi.h"
-
 #define QSZ 64
+#include "virtio_guest.h"
+
 #define EVQSZ 4
 #define HDR 44
 #define RXDATA 4096
@@ -51,35 +50,7 @@
 #define IDLE_LIMIT 400000000UL
 #define HOST_CID 2
 
-#define R_MAGIC 0x000
-#define R_DEVICE_ID 0x008
-#define R_DEV_FEAT 0x010
-#define R_DEV_FEAT_SEL 0x014
-#define R_DRV_FEAT 0x020
-#define R_DRV_FEAT_SEL 0x024
-#define R_QUEUE_SEL 0x030
-#define R_QUEUE_NUM_MAX 0x034
-#define R_QUEUE_NUM 0x038
-#define R_QUEUE_READY 0x044
-#define R_QUEUE_NOTIFY 0x050
-#define R_STATUS 0x070
-#define R_DESC_LO 0x080
-#define R_DESC_HI 0x084
-#define R_AVAIL_LO 0x090
-#define R_AVAIL_HI 0x094
-#define R_USED_LO 0x0a0
-#define R_USED_HI 0x0a4
-#define R_CONFIG 0x100
-
-#define S_ACK 1
-#define S_DRIVER 2
-#define S_DRIVER_OK 4
-#define S_FEATURES_OK 8
-#define S_FAILED 0x80
 #define F_EVENT_IDX (1u << 29)
-#define F_VERSION_1_HI 1u
-#define DESC_F_NEXT 1
-#define DESC_F_WRITE 2
 
 #define OP_REQUEST 1
 #define OP_RESPONSE 2
@@ -105,28 +76,6 @@ struct __attribute__((packed)) hdr {
 };
 _Static_assert(sizeof(struct hdr) == HDR, "virtio_vsock_hdr is 44 bytes");
 
-struct desc {
-	uint64_t addr;
-	uint32_t len;
-	uint16_t flags;
-	uint16_t next;
-};
-struct avail {
-	uint16_t flags;
-	uint16_t idx;
-	uint16_t ring[QSZ];
-	uint16_t used_event;
-};
-struct used_elem {
-	uint32_t id;
-	uint32_t len;
-};
-struct used {
-	uint16_t flags;
-	uint16_t idx;
-	struct used_elem ring[QSZ];
-	uint16_t avail_event;
-};
 struct vq {
 	struct desc desc[QSZ];
 	struct avail avail __attribute__((aligned(64)));
@@ -143,31 +92,7 @@ static uint8_t evbufs[EVQSZ][8];
 static uint8_t echo_buf[ECHO_CAP];
 static uint16_t free_slots[TXSLOTS];
 static int nfree;
-uint8_t guest_stack[16384] __attribute__((aligned(16)));
 
-void guest_main(const uint8_t *zero_page);
-
-__asm__(".text\n"
-	".globl _start\n"
-	"_start:\n"
-	"	lea guest_stack+16384(%rip), %rsp\n"
-	"	mov %rsi, %rdi\n"
-	"	call guest_main\n"
-	"1:	pause\n"
-	"	jmp 1b\n");
-
-static inline void outl(uint16_t port, uint32_t v)
-{
-	__asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port));
-}
-static inline void outb(uint16_t port, uint8_t v)
-{
-	__asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
-}
-static void report(uint32_t v)
-{
-	outl(REPORT_PORT, v);
-}
 static void print(const char *s)
 {
 	while (*s)
@@ -184,72 +109,12 @@ static void print_num(uint64_t v)
 	} while (v && i > 0);
 	print(&b[i]);
 }
-static __attribute__((noreturn)) void end(void)
-{
-	report(END_MAGIC);
-	outb(I8042_CMD, I8042_RESET);
-	for (;;)
-		__asm__ volatile("pause");
-}
-static inline void barrier(void)
-{
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-}
+
 static inline void cpu_relax(void)
 {
 	__asm__ volatile("pause" ::: "memory");
 }
 
-static uint64_t base;
-static uint32_t rd(uint32_t off)
-{
-	return *(volatile uint32_t *)(base + off);
-}
-static void wr(uint32_t off, uint32_t v)
-{
-	*(volatile uint32_t *)(base + off) = v;
-}
-
-static const char *find(const char *s, const char *pat)
-{
-	for (; *s; s++) {
-		const char *a = s, *b = pat;
-		while (*b && *a == *b)
-			a++, b++;
-		if (!*b)
-			return s;
-	}
-	return 0;
-}
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-static uint64_t number(const char **p)
-{
-	const char *s = *p;
-	uint64_t v = 0;
-	if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
-		s += 2;
-		while (hexval(*s) >= 0)
-			v = v * 16 + (uint64_t)hexval(*s++);
-	} else {
-		while (*s >= '0' && *s <= '9')
-			v = v * 10 + (uint64_t)(*s++ - '0');
-	}
-	if (*s == 'K' || *s == 'k')
-		v <<= 10, s++;
-	else if (*s == 'M' || *s == 'm')
-		v <<= 20, s++;
-	*p = s;
-	return v;
-}
 /* The number after `key` on the command line, or dflt. */
 static uint64_t param(const char *cmdline, const char *key, uint64_t dflt)
 {
@@ -306,16 +171,7 @@ static void setup_queue(uint32_t i, uint16_t size)
 	struct vq *q = &vqs[i];
 	q->size = size;
 	wr(R_QUEUE_SEL, i);
-	wr(R_QUEUE_NUM, size);
-	uint64_t d = (uint64_t)(uintptr_t)q->desc, a = (uint64_t)(uintptr_t)&q->avail,
-		 u = (uint64_t)(uintptr_t)&q->used;
-	wr(R_DESC_LO, (uint32_t)d);
-	wr(R_DESC_HI, (uint32_t)(d >> 32));
-	wr(R_AVAIL_LO, (uint32_t)a);
-	wr(R_AVAIL_HI, (uint32_t)(a >> 32));
-	wr(R_USED_LO, (uint32_t)u);
-	wr(R_USED_HI, (uint32_t)(u >> 32));
-	wr(R_QUEUE_READY, 1);
+	queue_activate(size, q->desc, &q->avail, &q->used);
 }
 
 /* Counters. */
@@ -738,17 +594,8 @@ static void report_conn_in(void)
 
 void guest_main(const uint8_t *zero_page)
 {
-	report(BOOT_MAGIC);
-	const char *cmdline = (const char *)(uintptr_t) * (const uint32_t *)(zero_page + 0x228);
-	const char *p = find(cmdline, "virtio_mmio.device=");
-	if (!p)
-		end();
-	p += 19;
-	(void)number(&p);
-	if (*p == '@') {
-		p++;
-		base = number(&p);
-	}
+	uint64_t size, irq;
+	const char *cmdline = guest_start(zero_page, &size, &irq);
 	if (!base)
 		end();
 	int want_event_idx = find(cmdline, "vsock.eventidx") != 0;
@@ -766,19 +613,12 @@ void guest_main(const uint8_t *zero_page)
 	wr(R_STATUS, 0);
 	wr(R_STATUS, S_ACK);
 	wr(R_STATUS, S_ACK | S_DRIVER);
-	wr(R_DEV_FEAT_SEL, 0);
-	uint32_t f0 = rd(R_DEV_FEAT);
-	wr(R_DEV_FEAT_SEL, 1);
-	uint32_t f1 = rd(R_DEV_FEAT);
+	uint32_t f0, f1;
+	device_features(&f0, &f1);
 	report(f0);
 	report(f1);
 	event_idx = want_event_idx && (f0 & F_EVENT_IDX);
-	wr(R_DRV_FEAT_SEL, 0);
-	wr(R_DRV_FEAT, event_idx ? F_EVENT_IDX : 0);
-	wr(R_DRV_FEAT_SEL, 1);
-	wr(R_DRV_FEAT, f1 & F_VERSION_1_HI);
-	wr(R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
-	uint32_t st = rd(R_STATUS);
+	uint32_t st = driver_features(event_idx ? F_EVENT_IDX : 0, f1 & F_VERSION_1_HI);
 	report(st);
 	if (!(st & S_FEATURES_OK)) {
 		wr(R_STATUS, st | S_FAILED);
@@ -866,20 +706,4 @@ void guest_main(const uint8_t *zero_page)
 	wr(R_STATUS, 0);
 	report(rd(R_STATUS));
 	end();
-}
-
-void *memset(void *d, int c, unsigned long n)
-{
-	uint8_t *p = d;
-	while (n--)
-		*p++ = (uint8_t)c;
-	return d;
-}
-void *memcpy(void *d, const void *s, unsigned long n)
-{
-	uint8_t *p = d;
-	const uint8_t *q = s;
-	while (n--)
-		*p++ = *q++;
-	return d;
 }

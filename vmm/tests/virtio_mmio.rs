@@ -56,37 +56,6 @@ fn run_echo(cmdline: &str, ioeventfd: bool) -> (RunOutcome, Vec<u32>, EchoHandle
     (o, p.reports(), h)
 }
 
-/// A cursor over the guest's reports with named expectations.
-struct Reports {
-    r: Vec<u32>,
-    i: usize,
-}
-
-impl Reports {
-    fn next(&mut self, what: &str) -> u32 {
-        let v = *self
-            .r
-            .get(self.i)
-            .unwrap_or_else(|| panic!("missing report #{}: {what}; got {:#x?}", self.i, self.r));
-        self.i += 1;
-        v
-    }
-    fn expect(&mut self, what: &str, want: u32) {
-        let v = self.next(what);
-        assert_eq!(
-            v,
-            want,
-            "{what} (report #{}); all: {:#x?}",
-            self.i - 1,
-            self.r
-        );
-    }
-    fn end(&mut self) {
-        self.expect("end", END_MAGIC);
-        assert_eq!(self.i, self.r.len(), "extra reports: {:#x?}", self.r);
-    }
-}
-
 /// The reports every run starts with, up to the status after FEATURES_OK.
 fn expect_handshake(r: &mut Reports) {
     let slot = MmioSlot::nth(0).unwrap();
@@ -106,7 +75,7 @@ fn expect_handshake(r: &mut Reports) {
 }
 
 fn check_full_run(o: &RunOutcome, reports: Vec<u32>, h: &EchoHandle) {
-    let mut r = Reports { r: reports, i: 0 };
+    let mut r = Reports::new(reports);
     expect_handshake(&mut r);
     r.expect("status after FEATURES_OK", STATUS_FEATURES_OK);
     r.expect("ConfigGeneration before", 0);
@@ -202,7 +171,7 @@ fn features_ok_refused_without_version_1_or_with_unoffered_bits() {
     }
     for mode in ["vtest=nover1", "vtest=unoffered"] {
         let (o, reports, h) = run_echo(mode, true);
-        let mut r = Reports { r: reports, i: 0 };
+        let mut r = Reports::new(reports);
         expect_handshake(&mut r);
         r.expect(
             &format!("{mode}: status after FEATURES_OK"),

@@ -1,7 +1,6 @@
 //! Builds the guest agent as a static x86_64 binary (`-C target-feature=+crt-static`).
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
@@ -16,22 +15,12 @@ pub fn build() -> Result<PathBuf> {
     deps::ensure_packages(&["libc6-dev"], "linking the static guest agent")?;
     let root = paths::workspace_root();
     let target_dir = root.join("target").join("guest");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--package",
-            "guest-agent",
-            "--target",
-            GUEST_TARGET,
-        ])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .status()
-        .context("running cargo to build the guest agent")?;
+    let status =
+        paths::cargo_build_release(&["--package", "guest-agent", "--target", GUEST_TARGET])
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .status()
+            .context("running cargo to build the guest agent")?;
     if !status.success() {
         bail!("building the guest agent failed (see cargo's output above)");
     }

@@ -22,18 +22,7 @@ fn ms(d: Duration) -> String {
 /// Builds the release `vmm` binary and returns its path.
 fn build_vmm_release() -> Result<PathBuf> {
     let root = paths::workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--package",
-            "vmm",
-            "--bin",
-            "vmm",
-        ])
+    let status = paths::cargo_build_release(&["--package", "vmm", "--bin", "vmm"])
         .status()
         .context("running cargo build for the vmm binary")?;
     if !status.success() {

@@ -1,7 +1,24 @@
-//! Where things live: the workspace, the cache outside the checkout, run directories.
+//! Where things live: the workspace (and the cargo that builds in it), the cache outside
+//! the checkout, run directories.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The cargo that runs xtask (`$CARGO`, else `cargo` on PATH), in the workspace root.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+/// `cargo build --quiet --release` in the workspace root, for the packages and
+/// targets `args` select.
+pub fn cargo_build_release(args: &[&str]) -> Command {
+    let mut c = cargo();
+    c.args(["build", "--quiet", "--release"]).args(args);
+    c
+}
 
 /// The workspace root (the directory holding the top-level Cargo.toml).
 pub fn workspace_root() -> PathBuf {

@@ -8,12 +8,6 @@ use anyhow::{bail, Context, Result};
 use crate::kernel::{self, KernelOpts};
 use crate::{agent, paths};
 
-fn cargo() -> Command {
-    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    c.current_dir(paths::workspace_root());
-    c
-}
-
 fn step(name: &str, cmd: &mut Command) -> Result<()> {
     eprintln!("test: {name}");
     let status = cmd.status().with_context(|| format!("running {name}"))?;
@@ -24,7 +18,7 @@ fn step(name: &str, cmd: &mut Command) -> Result<()> {
 }
 
 fn has_nextest() -> bool {
-    cargo()
+    paths::cargo()
         .args(["nextest", "--version"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -43,11 +37,11 @@ pub fn run(opts: &TestOpts) -> Result<()> {
     if opts.lint {
         step(
             "cargo fmt --check",
-            cargo().args(["fmt", "--all", "--", "--check"]),
+            paths::cargo().args(["fmt", "--all", "--", "--check"]),
         )?;
         step(
             "cargo clippy -D warnings",
-            cargo().args([
+            paths::cargo().args([
                 "clippy",
                 "--workspace",
                 "--all-targets",
@@ -66,7 +60,7 @@ pub fn run(opts: &TestOpts) -> Result<()> {
         "the coverage report tests (genhtml, headless chromium, addr2line)",
     )?;
     let xtask_bin = std::env::current_exe().context("locating the xtask binary")?;
-    let mut cmd = cargo();
+    let mut cmd = paths::cargo();
     if has_nextest() {
         cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
     } else {

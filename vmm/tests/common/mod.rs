@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use vmm::devices::BusDevice;
-use vmm::guests::{REPORT_PORT, TESTDEV_MMIO, TEXT_PORT};
+use vmm::guests::{END_MAGIC, REPORT_PORT, TESTDEV_MMIO, TEXT_PORT};
 use vmm::{BusKind, ExtraDevice};
 
 /// Value the test MMIO device returns for a read at +8.
@@ -87,6 +87,46 @@ impl Probes {
     }
     pub fn text(&self) -> Vec<u8> {
         self.recorder.lock().unwrap().text.clone()
+    }
+}
+
+/// A cursor over a guest's reports with named expectations.
+pub struct Reports {
+    r: Vec<u32>,
+    i: usize,
+}
+
+impl Reports {
+    pub fn new(reports: Vec<u32>) -> Self {
+        Reports { r: reports, i: 0 }
+    }
+    pub fn next(&mut self, what: &str) -> u32 {
+        let v = *self
+            .r
+            .get(self.i)
+            .unwrap_or_else(|| panic!("missing report #{}: {what}; got {:#x?}", self.i, self.r));
+        self.i += 1;
+        v
+    }
+    pub fn expect(&mut self, what: &str, want: u32) {
+        let v = self.next(what);
+        assert_eq!(
+            v,
+            want,
+            "{what} (report #{}); all: {:#x?}",
+            self.i - 1,
+            self.r
+        );
+    }
+    /// A 64-bit value reported as two words, low first.
+    pub fn u64(&mut self, what: &str) -> u64 {
+        let lo = self.next(what);
+        u64::from(lo) | u64::from(self.next(what)) << 32
+    }
+    /// END_MAGIC, and nothing after it.
+    pub fn end(&mut self) {
+        self.expect("end", END_MAGIC);
+        assert_eq!(self.i, self.r.len(), "extra reports: {:#x?}", self.r);
     }
 }
 

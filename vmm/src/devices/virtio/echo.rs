@@ -18,13 +18,13 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::worker::{check_queue_count, epoll_wait, read_config_bytes, WorkerThread};
 use super::{device_type, features, ActivateContext, ActivateError, Interrupt, VirtioDevice};
 use crate::log::debug;
 
@@ -93,15 +93,10 @@ impl EchoHandle {
     }
 }
 
-struct Running {
-    kill: EventFd,
-    thread: JoinHandle<()>,
-}
-
 /// The echo test device ([module docs](self)).
 pub struct EchoDevice {
     shared: Arc<Shared>,
-    running: Option<Running>,
+    running: Option<WorkerThread>,
     queue_sizes: [u16; 2],
 }
 
@@ -136,12 +131,7 @@ impl EchoDevice {
 
     fn stop(&mut self) {
         if let Some(r) = self.running.take() {
-            if let Err(e) = r.kill.write(1) {
-                debug(format_args!("echo: cannot signal the worker to stop: {e}"));
-            }
-            if r.thread.join().is_err() {
-                self.shared.worker_panics.fetch_add(1, Ordering::SeqCst);
-            }
+            r.stop("echo", &self.shared.worker_panics);
         }
     }
 }
@@ -166,14 +156,7 @@ impl VirtioDevice for EchoDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| c.get(usize::try_from(o).ok()?))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -204,12 +187,7 @@ impl VirtioDevice for EchoDevice {
             interrupt,
             ..
         } = ctx;
-        if queues.len() != 2 || queue_evts.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                got: queues.len().min(queue_evts.len()),
-            });
-        }
+        check_queue_count(&queues, &queue_evts, 2)?;
         if let Some(i) = queues.iter().position(|q| !q.ready()) {
             return Err(ActivateError::QueueNotReady(i));
         }
@@ -246,7 +224,7 @@ impl VirtioDevice for EchoDevice {
             .spawn(move || worker.run())
             .map_err(w)?;
         self.shared.activations.fetch_add(1, Ordering::SeqCst);
-        self.running = Some(Running { kill, thread });
+        self.running = Some(WorkerThread { kill, thread });
         Ok(())
     }
 
@@ -274,13 +252,8 @@ impl Worker {
         let mut events = [EpollEvent::default(); 3];
         self.process();
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    debug(format_args!("echo: epoll_wait: {e}; worker stops"));
-                    return;
-                }
+            let Some(n) = epoll_wait(&self.epoll, &mut events, "echo") else {
+                return;
             };
             for ev in &events[..n] {
                 match usize::try_from(ev.data())

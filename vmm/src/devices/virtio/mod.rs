@@ -19,6 +19,7 @@
 pub mod echo;
 pub mod mmio;
 pub mod vsock;
+mod worker;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -22,7 +22,6 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use ::vsock::device::{self as core, EVQ, MAX_QUEUE_SIZE, NUM_QUEUES, RXQ, TXQ};
 use ::vsock::muxer::Muxer;
@@ -32,6 +31,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::worker::{check_queue_count, epoll_wait, read_config_bytes, WorkerThread};
 use super::{device_type, features, ActivateContext, ActivateError, Interrupt, VirtioDevice};
 use crate::log::debug;
 
@@ -133,11 +133,6 @@ impl VsockHandle {
 /// Builds a backend (again after each reset).
 pub type BackendFactory<B> = Box<dyn FnMut() -> ::vsock::Result<B> + Send>;
 
-struct Running {
-    kill: EventFd,
-    thread: JoinHandle<()>,
-}
-
 /// The virtio-vsock device ([module docs](self)).
 pub struct VsockDevice<B: VsockBackend + 'static = Muxer> {
     guest_cid: u64,
@@ -145,7 +140,7 @@ pub struct VsockDevice<B: VsockBackend + 'static = Muxer> {
     /// The backend the next activation gets (`None` once a worker took it).
     backend: Option<B>,
     factory: BackendFactory<B>,
-    running: Option<Running>,
+    running: Option<WorkerThread>,
     shared: Arc<Shared>,
 }
 
@@ -200,12 +195,7 @@ impl<B: VsockBackend + 'static> VsockDevice<B> {
 
     fn stop(&mut self) {
         if let Some(r) = self.running.take() {
-            if let Err(e) = r.kill.write(1) {
-                debug(format_args!("vsock: cannot signal the worker to stop: {e}"));
-            }
-            if r.thread.join().is_err() {
-                self.shared.worker_panics.fetch_add(1, Ordering::SeqCst);
-            }
+            r.stop("vsock", &self.shared.worker_panics);
         }
     }
 }
@@ -232,14 +222,7 @@ impl<B: VsockBackend + 'static> VirtioDevice for VsockDevice<B> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.guest_cid.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| c.get(usize::try_from(o).ok()?))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -260,12 +243,7 @@ impl<B: VsockBackend + 'static> VirtioDevice for VsockDevice<B> {
             queue_evts,
             interrupt,
         } = ctx;
-        if queues.len() != NUM_QUEUES || queue_evts.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: queues.len().min(queue_evts.len()),
-            });
-        }
+        check_queue_count(&queues, &queue_evts, NUM_QUEUES)?;
         // The event queue is never used; the driver may leave it disabled.
         for i in [RXQ, TXQ] {
             if !queues[i].ready() {
@@ -318,7 +296,7 @@ impl<B: VsockBackend + 'static> VirtioDevice for VsockDevice<B> {
             .spawn(move || worker.run())
             .map_err(w)?;
         self.shared.activations.fetch_add(1, Ordering::SeqCst);
-        self.running = Some(Running { kill, thread });
+        self.running = Some(WorkerThread { kill, thread });
         Ok(())
     }
 
@@ -348,13 +326,8 @@ impl<B: VsockBackend> Worker<B> {
         let mut events = [EpollEvent::default(); NUM_QUEUES + 2];
         self.process();
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    debug(format_args!("vsock: epoll_wait: {e}; worker stops"));
-                    return;
-                }
+            let Some(n) = epoll_wait(&self.epoll, &mut events, "vsock") else {
+                return;
             };
             self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
             for ev in &events[..n] {
