@@ -72,6 +72,12 @@ guest!(
     "virtio-vsock driver: a guest-initiated stream to CID 2 and/or an echoed host-initiated one, with credit flow control (see vsock_stream.c)."
 );
 
+guest!(
+    NET_TAP,
+    "net_tap.elf",
+    "virtio-net driver: sends 8 patterned frames, receives 6 frames of ethertype 0x88b5 and reports their lengths and hashes (see net_tap.c)."
+);
+
 /// Write guest `bytes` to `dir/name` and return the path.
 pub fn write_guest(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
     let p = dir.join(name);

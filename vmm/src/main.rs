@@ -26,7 +26,9 @@ are refused at once with a hint to use the QEMU runner (`cargo xtask boot --runn
 Examples:
   vmm --kernel bzImage --initrd initramfs.cpio --mem 512 --vcpus 2 --timeout 60
   vmm --kernel bzImage --initrd initramfs.cpio --vsock-uds /tmp/v.sock --guest-cid 3
-    (guest connects to CID 2 port 52 reach a listener on /tmp/v.sock_52)";
+    (guest connects to CID 2 port 52 reach a listener on /tmp/v.sock_52)
+  vmm --kernel bzImage --initrd initramfs.cpio --net tap=tap0
+    (virtio-net on the tap tap0, MAC 52:54:00:12:34:56)";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Boot {
@@ -85,6 +87,12 @@ struct Args {
     /// The guest's vsock CID (3 or more; 0, 1 and 2 are reserved)
     #[arg(long, value_name = "N", default_value_t = 3, requires = "vsock_uds")]
     guest_cid: u64,
+    /// Give the guest a virtio-net device backed by the tap NAME (created
+    /// when absent, attached to when it is a persistent tap; it must be up for
+    /// frames to flow; needs CAP_NET_ADMIN); the MAC defaults to
+    /// 52:54:00:12:34:56
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    net: Option<vmm::devices::virtio::net::NetSpec>,
 }
 
 fn main() -> ExitCode {
@@ -145,6 +153,21 @@ fn main() -> ExitCode {
         }
         if args.verbose {
             vsock::log_to_stderr(vsock::LevelFilter::Debug);
+        }
+    }
+    if let Some(spec) = &args.net {
+        use vmm::devices::virtio::{net::NetDevice, tap::Tap};
+        match Tap::open(&spec.tap) {
+            Ok(tap) => virtio_devices.push(vmm::devices::virtio::VirtioMmioDevice::new(
+                std::sync::Arc::new(std::sync::Mutex::new(NetDevice::new(
+                    Box::new(tap),
+                    spec.mac,
+                ))),
+            )),
+            Err(e) => {
+                eprintln!("vmm: --net: {e}");
+                return ExitCode::from(1);
+            }
         }
     }
     let cfg = VmConfig {

@@ -18,6 +18,8 @@
 
 pub mod echo;
 pub mod mmio;
+pub mod net;
+pub mod tap;
 pub mod vsock;
 mod worker;
 
