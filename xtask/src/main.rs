@@ -239,13 +239,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Bench { .. } if cfg!(debug_assertions) => {
             // Benchmarks measure optimized code: re-run this command from a release build.
             eprintln!("bench: rebuilding xtask in release mode");
-            let status = std::process::Command::new(
-                std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()),
-            )
-            .current_dir(xtask::paths::workspace_root())
-            .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
-            .args(std::env::args_os().skip(1))
-            .status()?;
+            let status = xtask::paths::cargo()
+                .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
+                .args(std::env::args_os().skip(1))
+                .status()?;
             return Ok(ExitCode::from(
                 u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
             ));
