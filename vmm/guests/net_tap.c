@@ -81,14 +81,8 @@ void guest_main(const uint8_t *zero_page)
 	uint32_t rxlen = mrg ? MRG_RXBUF_LEN : RXBUF;
 	if (!base)
 		end();
-	report(rd(R_DEVICE_ID));
-	wr(R_STATUS, 0);
-	wr(R_STATUS, S_ACK);
-	wr(R_STATUS, S_ACK | S_DRIVER);
 	uint32_t f0, f1;
-	device_features(&f0, &f1);
-	report(f0);
-	report(f1);
+	driver_begin(&f0, &f1);
 	uint32_t st = driver_features(f0 & (F_MAC | F_STATUS | (mrg ? F_MRG_RXBUF : 0)),
 				      f1 & F_VERSION_1_HI);
 	report(st);

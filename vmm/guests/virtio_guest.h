@@ -213,6 +213,18 @@ static inline void device_features(uint32_t *f0, uint32_t *f1)
 	wr(R_DEV_FEAT_SEL, 1);
 	*f1 = rd(R_DEV_FEAT);
 }
+/* Start of the driver handshake for guests that report the same way: device
+ * id; reset, ACKNOWLEDGE, DRIVER; DeviceFeatures words 0 and 1 (reported). */
+static inline void driver_begin(uint32_t *f0, uint32_t *f1)
+{
+	report(rd(R_DEVICE_ID));
+	wr(R_STATUS, 0);
+	wr(R_STATUS, S_ACK);
+	wr(R_STATUS, S_ACK | S_DRIVER);
+	device_features(f0, f1);
+	report(*f0);
+	report(*f1);
+}
 /* Writes DriverFeatures words 0 and 1, then sets FEATURES_OK (on top of
  * ACKNOWLEDGE|DRIVER); returns the status read back. */
 static inline uint32_t driver_features(uint32_t w0, uint32_t w1)

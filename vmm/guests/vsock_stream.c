@@ -609,14 +609,8 @@ void guest_main(const uint8_t *zero_page)
 	if (pkt == 0 || pkt > PKTMAX)
 		pkt = 32768;
 
-	report(rd(R_DEVICE_ID));
-	wr(R_STATUS, 0);
-	wr(R_STATUS, S_ACK);
-	wr(R_STATUS, S_ACK | S_DRIVER);
 	uint32_t f0, f1;
-	device_features(&f0, &f1);
-	report(f0);
-	report(f1);
+	driver_begin(&f0, &f1);
 	event_idx = want_event_idx && (f0 & F_EVENT_IDX);
 	uint32_t st = driver_features(event_idx ? F_EVENT_IDX : 0, f1 & F_VERSION_1_HI);
 	report(st);
