@@ -24,7 +24,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{check_queue_count, epoll_wait, read_config_bytes, WorkerThread};
+use super::worker::{check_queues, epoll_wait, read_config_bytes, WorkerThread};
 use super::{device_type, features, ActivateContext, ActivateError, Interrupt, VirtioDevice};
 use crate::log::debug;
 
@@ -187,10 +187,7 @@ impl VirtioDevice for EchoDevice {
             interrupt,
             ..
         } = ctx;
-        check_queue_count(&queues, &queue_evts, 2)?;
-        if let Some(i) = queues.iter().position(|q| !q.ready()) {
-            return Err(ActivateError::QueueNotReady(i));
-        }
+        check_queues(&queues, &queue_evts, 2, &[0, 1])?;
         let w = |e: std::io::Error| ActivateError::Worker(e.to_string());
         let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(w)?;
         let epoll = Epoll::new().map_err(w)?;

@@ -31,7 +31,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{check_queue_count, epoll_wait, read_config_bytes, WorkerThread};
+use super::worker::{check_queues, epoll_wait, read_config_bytes, WorkerThread};
 use super::{device_type, features, ActivateContext, ActivateError, Interrupt, VirtioDevice};
 use crate::log::debug;
 
@@ -243,13 +243,8 @@ impl<B: VsockBackend + 'static> VirtioDevice for VsockDevice<B> {
             queue_evts,
             interrupt,
         } = ctx;
-        check_queue_count(&queues, &queue_evts, NUM_QUEUES)?;
         // The event queue is never used; the driver may leave it disabled.
-        for i in [RXQ, TXQ] {
-            if !queues[i].ready() {
-                return Err(ActivateError::QueueNotReady(i));
-            }
-        }
+        check_queues(&queues, &queue_evts, NUM_QUEUES, &[RXQ, TXQ])?;
         let w = |e: std::io::Error| ActivateError::Worker(e.to_string());
         let backend = match self.backend.take() {
             Some(b) => b,

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::{Epoll, EpollEvent};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -43,11 +43,13 @@ pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
-/// Activation needs `expected` queues and as many queue eventfds.
-pub(crate) fn check_queue_count(
+/// Activation needs `expected` queues and as many queue eventfds, and the
+/// queues the device uses (`must_be_ready`, indices) ready.
+pub(crate) fn check_queues(
     queues: &[Queue],
     queue_evts: &[EventFd],
     expected: usize,
+    must_be_ready: &[usize],
 ) -> Result<(), ActivateError> {
     if queues.len() != expected || queue_evts.len() != expected {
         return Err(ActivateError::QueueCount {
@@ -55,7 +57,13 @@ pub(crate) fn check_queue_count(
             got: queues.len().min(queue_evts.len()),
         });
     }
-    Ok(())
+    match must_be_ready
+        .iter()
+        .find(|&&i| !queues.get(i).is_some_and(|q| q.ready()))
+    {
+        Some(&i) => Err(ActivateError::QueueNotReady(i)),
+        None => Ok(()),
+    }
 }
 
 /// Waits for events (retrying when interrupted); `None` when epoll fails,
@@ -75,7 +83,6 @@ pub(crate) fn epoll_wait(epoll: &Epoll, events: &mut [EpollEvent], dev: &str) ->
 
 #[cfg(test)]
 mod tests {
-    use virtio_queue::QueueT;
 
     use super::*;
 
@@ -96,13 +103,25 @@ mod tests {
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
             .collect();
         let queues: Vec<Queue> = (0..2).map(|_| Queue::new(16).unwrap()).collect();
-        assert_eq!(check_queue_count(&queues, &evts, 2), Ok(()));
+        assert_eq!(check_queues(&queues, &evts, 2, &[]), Ok(()));
         assert_eq!(
-            check_queue_count(&queues, &evts[..1], 2),
+            check_queues(&queues, &evts[..1], 2, &[]),
             Err(ActivateError::QueueCount {
                 expected: 2,
                 got: 1
             })
         );
+        // Fresh queues are not ready: only the ones the device needs count.
+        let mut queues = queues;
+        assert_eq!(
+            check_queues(&queues, &evts, 2, &[0, 1]),
+            Err(ActivateError::QueueNotReady(0))
+        );
+        queues[0].set_ready(true);
+        assert_eq!(
+            check_queues(&queues, &evts, 2, &[0, 1]),
+            Err(ActivateError::QueueNotReady(1))
+        );
+        assert_eq!(check_queues(&queues, &evts, 2, &[0]), Ok(()));
     }
 }
