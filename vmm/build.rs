@@ -17,7 +17,7 @@ const GUESTS: &[&str] = &[
 ];
 
 /// Guests written in C (freestanding, no libc; `_start` is in the file).
-const C_GUESTS: &[&str] = &["virtio_echo", "vsock_stream", "net_tap"];
+const C_GUESTS: &[&str] = &["virtio_echo", "vsock_stream", "net_tap", "net_bench"];
 
 /// How the C guests are compiled: freestanding 64-bit code at a fixed address,
 /// no red zone (no interrupts could use it anyway), no SSE (the guest does not

@@ -1,5 +1,9 @@
 //! Reports: stored PCs + a [`SiteTable`] → per file and function coverage, rendered as a
 //! terminal summary, an lcov tracefile, JSON, or HTML ([`crate::html`]).
+//!
+//! Host kernel coverage (source `host`, [`crate::store::Store::host_pcs`]) belongs to another
+//! kernel: [`RunCoverage::build`] never merges it, whatever the [`SourceFilter`]; a report only
+//! counts it ([`HostCoverageReport`], [`Report::with_host`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -11,13 +15,13 @@ use serde::Serialize;
 
 use crate::glob::PathGlob;
 use crate::map::{Attribution, CoverageMap, MapOptions};
-use crate::store::PcCounts;
+use crate::store::{HostCoverageMeta, PcCounts, Store, StoreError};
 use crate::symbolizer::{PcMapping, SiteKind, SiteTable};
 
 /// The filter reports use unless told otherwise.
 pub const DEFAULT_FILTER: &str = "drivers/vhost/*";
 
-/// Which coverage sources a report merges.
+/// Which guest coverage sources a report merges (host coverage never is).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SourceFilter {
     /// Remote and local.
@@ -41,10 +45,13 @@ impl SourceFilter {
     }
 
     fn admits(self, s: CoverageSource) -> bool {
-        match self {
-            SourceFilter::All => true,
-            SourceFilter::Remote => s == CoverageSource::Remote,
-            SourceFilter::Local => s == CoverageSource::Local,
+        match (self, s) {
+            // PCs of the host's kernel: symbolizing them against the guest vmlinux would credit
+            // whatever guest code happens to sit at those addresses.
+            (_, CoverageSource::Host) => false,
+            (SourceFilter::All, _) => true,
+            (SourceFilter::Remote, s) => s == CoverageSource::Remote,
+            (SourceFilter::Local, s) => s == CoverageSource::Local,
         }
     }
 }
@@ -67,7 +74,8 @@ pub struct RunCoverage {
 }
 
 impl RunCoverage {
-    /// Merges the PC sets admitted by `sources` and maps them onto `table`.
+    /// Merges the PC sets admitted by `sources` and maps them onto `table`. PC sets of source
+    /// `host` are never admitted.
     pub fn build(
         table: &SiteTable,
         pcs: &[PcCounts],
@@ -201,6 +209,59 @@ pub struct PcStats {
     pub overflow: bool,
 }
 
+/// Host kernel coverage in a report: counted, never symbolized against the guest vmlinux.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HostCoverageReport {
+    /// Distinct PCs in its file.
+    pub distinct_pcs: usize,
+    /// PCs received, duplicates included.
+    pub entries: u64,
+    /// The host kcov area overflowed.
+    pub overflow: bool,
+    /// The store's entry (name, host kernel, common handle, file).
+    pub meta: HostCoverageMeta,
+}
+
+impl HostCoverageReport {
+    /// From a store entry and its PCs.
+    pub fn new(meta: &HostCoverageMeta, pcs: &PcCounts) -> Self {
+        HostCoverageReport {
+            distinct_pcs: pcs.pcs.len(),
+            entries: pcs.entries,
+            overflow: pcs.overflow,
+            meta: meta.clone(),
+        }
+    }
+
+    /// Every host entry of `store`, its PC files read and checked.
+    pub fn from_store(store: &Store) -> Result<Vec<Self>, StoreError> {
+        Ok(store
+            .host_pcs()?
+            .iter()
+            .map(|(m, p)| Self::new(m, p))
+            .collect())
+    }
+
+    /// Its line in [`Report::text`].
+    pub fn text_line(&self) -> String {
+        format!(
+            "host coverage {} (host kernel {}): {} distinct PCs, not symbolized against the \
+             guest vmlinux{}",
+            self.meta.name,
+            self.meta
+                .kernel_release
+                .as_deref()
+                .unwrap_or("of unknown release"),
+            self.distinct_pcs,
+            if self.overflow {
+                "; WARNING: the host kcov area overflowed, coverage was lost"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
 /// A filtered report: what every output format renders.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -216,6 +277,9 @@ pub struct Report {
     pub pcs: PcStats,
     /// Files by path.
     pub files: Vec<FileReport>,
+    /// Host kernel coverage of the run, counted only (not in JSON when there is none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host: Vec<HostCoverageReport>,
 }
 
 fn percent(hit: usize, total: usize) -> f64 {
@@ -307,7 +371,15 @@ impl Report {
                 overflow: run.overflow,
             },
             files,
+            host: Vec::new(),
         }
+    }
+
+    /// The report with the run's host kernel coverage listed (text: one line each; JSON:
+    /// `host`). Its PCs stay out of every file, line and function count.
+    pub fn with_host(mut self, host: Vec<HostCoverageReport>) -> Self {
+        self.host = host;
+        self
     }
 
     /// The terminal summary: per file, then per function, hit/total lines.
@@ -334,6 +406,9 @@ impl Report {
                 s,
                 "WARNING: most PCs match no instrumented call: is this the run's vmlinux?"
             );
+        }
+        for h in &self.host {
+            let _ = writeln!(s, "{}", h.text_line());
         }
         let width = self
             .files
@@ -521,5 +596,109 @@ pub(crate) mod tests {
             Attribution::AllFrames,
         );
         assert_eq!(local.counts.len(), 0);
+    }
+
+    fn host_meta(release: Option<&str>) -> HostCoverageMeta {
+        HostCoverageMeta {
+            name: "vhost-net".into(),
+            kernel_release: release.map(str::to_string),
+            kernel_build_id: None,
+            common_handle: 0x0100_0000_0000_0007,
+            coverage: crate::store::PcFileMeta {
+                source: "host".into(),
+                mode: "pc".into(),
+                file: "h-vhost-net.host.pcs".into(),
+                distinct_pcs: 2,
+                entries: 5,
+                chunks: 1,
+                overflow: false,
+            },
+        }
+    }
+
+    #[test]
+    fn host_pcs_are_never_symbolized() {
+        let t = table();
+        // Host PCs at return addresses of guest sites: merged, they would hit net.c lines 11
+        // and 12 and vhost.c line 50.
+        let m: HashMap<u64, u64> = [(0x25, 4), (0x35, 1), (0x45, 1)].into_iter().collect();
+        let host = PcCounts::from_map(KcovMode::Pc, CoverageSource::Host, true, &m);
+        let guest = pcs(&[(0x15, 3)]);
+        for f in [SourceFilter::All, SourceFilter::Remote, SourceFilter::Local] {
+            let run = RunCoverage::build(
+                &t,
+                &[guest.clone(), host.clone()],
+                f,
+                Attribution::AllFrames,
+            );
+            let alone =
+                RunCoverage::build(&t, std::slice::from_ref(&guest), f, Attribution::AllFrames);
+            assert_eq!(run.counts, alone.counts, "{f:?}");
+            assert_eq!(run.distinct_pcs, alone.distinct_pcs, "{f:?}");
+            // The host set's overflow is not the guest's either.
+            assert!(!run.overflow, "{f:?}");
+        }
+        let host_only = RunCoverage::build(
+            &t,
+            std::slice::from_ref(&host),
+            SourceFilter::All,
+            Attribution::AllFrames,
+        );
+        assert!(host_only.counts.is_empty());
+        assert_eq!(host_only.distinct_pcs, 0);
+
+        let run = RunCoverage::build(
+            &t,
+            &[guest, host.clone()],
+            SourceFilter::All,
+            Attribution::AllFrames,
+        );
+        let plain = Report::new(&t, &run, &[PathGlob::new(DEFAULT_FILTER)], "t", "k");
+        assert_eq!(plain.totals.lines_hit, 1);
+        let h = HostCoverageReport::new(&host_meta(Some("6.8.0-host")), &host);
+        assert_eq!((h.distinct_pcs, h.entries, h.overflow), (3, 6, true));
+        let r = plain.clone().with_host(vec![h]);
+        // Files, lines, functions and PC statistics are the guest's alone.
+        assert_eq!(
+            (&r.files, r.totals, r.pcs),
+            (&plain.files, plain.totals, plain.pcs)
+        );
+
+        // Text: the guest report plus one line per host entry.
+        let line = "host coverage vhost-net (host kernel 6.8.0-host): 3 distinct PCs, not \
+                    symbolized against the guest vmlinux; WARNING: the host kcov area \
+                    overflowed, coverage was lost\n";
+        let text = r.text();
+        assert!(text.contains(line), "{text}");
+        assert_eq!(text.replacen(line, "", 1), plain.text());
+        assert!(!plain.text().contains("host coverage"));
+
+        // JSON: the entry raw (counts + store metadata); no `host` key when there is none.
+        let v: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
+        let hv = &v["host"][0];
+        assert_eq!(hv["distinct_pcs"], 3);
+        assert_eq!(hv["entries"], 6);
+        assert_eq!(hv["overflow"], true);
+        assert_eq!(hv["meta"]["name"], "vhost-net");
+        assert_eq!(hv["meta"]["kernel_release"], "6.8.0-host");
+        assert_eq!(hv["meta"]["common_handle"], 0x0100_0000_0000_0007u64);
+        assert_eq!(hv["meta"]["coverage"]["source"], "host");
+        let pv: serde_json::Value = serde_json::from_str(&plain.json()).unwrap();
+        assert!(pv.get("host").is_none());
+        let mut without = v.clone();
+        without.as_object_mut().unwrap().remove("host");
+        assert_eq!(without, pv);
+        assert_eq!(plain.json(), plain.clone().with_host(Vec::new()).json());
+
+        // Unknown release, no overflow.
+        let h = HostCoverageReport::new(
+            &host_meta(None),
+            &PcCounts::from_map(KcovMode::Pc, CoverageSource::Host, false, &m),
+        );
+        assert_eq!(
+            h.text_line(),
+            "host coverage vhost-net (host kernel of unknown release): 3 distinct PCs, not \
+             symbolized against the guest vmlinux"
+        );
     }
 }

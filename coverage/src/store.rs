@@ -4,8 +4,15 @@
 //! ```text
 //! <store>/meta.json                  kernel identity, agent Hello, workloads and results, errors
 //! <store>/w<N>-<name>.<source>.pcs   per workload and source: sorted unique PCs + hit counts
+//! <store>/h-<name>.host.pcs          host kernel coverage the VMM added (source `host`)
 //! <store>/COMPLETE                   written last, only after the agent's Done frame
 //! ```
+//!
+//! Host coverage ([`Collector::add_host_coverage`] while collecting, [`add_host_coverage`] on a
+//! store already written) holds PCs of the *host* kernel: it is listed apart from the workloads
+//! (`host` in `meta.json`), read with [`Store::host_pcs`], and never returned by
+//! [`Store::all_pcs`], so nothing symbolizes it against the guest's vmlinux. A guest stream
+//! cannot claim that source: a chunk labelled `host` fails the collection as hostile.
 //!
 //! Every file is written atomically (temporary file in the same directory, fsync, rename), and
 //! `meta.json` is rewritten after each workload, so a collector killed at any point leaves a
@@ -23,6 +30,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use kcov_wire::{CoverageSource, Frame, KcovMode, StreamError};
@@ -41,6 +49,15 @@ pub const STORE_FORMAT_VERSION: u32 = 1;
 /// Distinct PCs a collector keeps over the whole stream; more is refused as hostile (a kernel
 /// has a few hundred thousand instrumented sites).
 pub const MAX_DISTINCT_PCS: usize = 1 << 22;
+/// Host coverage entries one store holds at most; their distinct PCs together are bounded by
+/// [`MAX_DISTINCT_PCS`] as well.
+pub const MAX_HOST_ENTRIES: usize = 64;
+/// Longest host coverage name; names are ASCII letters, digits, `-` and `_` (they name a file).
+pub const MAX_HOST_NAME_LEN: usize = 64;
+/// Longest host kernel release or build-id string kept in `meta.json`.
+pub const MAX_HOST_IDENT_LEN: usize = 256;
+/// Lock file: held (`flock`) by a [`Collector`] for its lifetime and by [`add_host_coverage`].
+pub const LOCK_FILE: &str = ".lock";
 
 const PCS_MAGIC: &[u8; 8] = b"KCOVPCS\0";
 const PCS_HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8;
@@ -93,6 +110,24 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// Another writer holds the store's lock.
+    #[error("coverage store {} is being written by another collector or host-coverage writer; \
+             wait for it to finish (while a Collector writes the store, add host coverage \
+             through that Collector)", dir.display())]
+    Busy {
+        /// The store.
+        dir: PathBuf,
+    },
+    /// Host coverage that cannot be added.
+    #[error("coverage store {}: refusing host coverage {name:?}: {reason}", dir.display())]
+    HostCoverage {
+        /// The store.
+        dir: PathBuf,
+        /// The entry's name (cut to [`MAX_HOST_NAME_LEN`] characters).
+        name: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -143,10 +178,10 @@ pub struct WorkloadOutcome {
     pub error: Option<String>,
 }
 
-/// One PC file of a workload.
+/// One PC file of a workload (or of a host coverage entry).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PcFileMeta {
-    /// `remote` or `local`.
+    /// `remote` or `local` (`host` for a [`HostCoverageMeta`]).
     pub source: String,
     /// `pc` or `cmp`.
     pub mode: String,
@@ -156,7 +191,7 @@ pub struct PcFileMeta {
     pub distinct_pcs: u64,
     /// PCs received (duplicates included).
     pub entries: u64,
-    /// Chunks received.
+    /// Chunks received (1 for host coverage: one add).
     pub chunks: u64,
     /// An area overflowed: coverage was lost.
     pub overflow: bool,
@@ -194,6 +229,41 @@ pub struct StoreMeta {
     pub done_status: Option<i32>,
     /// Frames received.
     pub frames: u64,
+    /// Host kernel coverage added by the VMM, in the order added. Never symbolized against the
+    /// guest vmlinux. Absent (empty) in stores without host coverage, and in older stores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host: Vec<HostCoverageMeta>,
+}
+
+/// What the VMM tells the store about host coverage it adds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostCoverageInfo {
+    /// `uname -r` of the host kernel.
+    pub kernel_release: Option<String>,
+    /// GNU build-id (hex) of the host kernel, when known (e.g. from `/sys/kernel/notes`).
+    pub kernel_build_id: Option<String>,
+    /// The common handle the VMM passed to `KCOV_REMOTE_ENABLE`.
+    pub common_handle: u64,
+    /// Trace mode of the VMM's kcov area. The PCs given are one per entry (in CMP mode each
+    /// entry's pc word).
+    pub mode: KcovMode,
+    /// The VMM's kcov area overflowed: coverage was lost.
+    pub overflow: bool,
+}
+
+/// One host coverage entry of `meta.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCoverageMeta {
+    /// Name (unique in the store; the file is `h-<name>.host.pcs`).
+    pub name: String,
+    /// `uname -r` of the host kernel.
+    pub kernel_release: Option<String>,
+    /// Build-id of the host kernel.
+    pub kernel_build_id: Option<String>,
+    /// The VMM's common handle.
+    pub common_handle: u64,
+    /// The PC file (source `host`).
+    pub coverage: PcFileMeta,
 }
 
 impl StoreMeta {
@@ -207,13 +277,6 @@ fn mode_name(m: KcovMode) -> &'static str {
     match m {
         KcovMode::Pc => "pc",
         KcovMode::Cmp => "cmp",
-    }
-}
-
-fn source_name(s: CoverageSource) -> &'static str {
-    match s {
-        CoverageSource::Remote => "remote",
-        CoverageSource::Local => "local",
     }
 }
 
@@ -390,6 +453,159 @@ fn file_safe(name: &str) -> String {
     }
 }
 
+/// Takes the store's lock without waiting; [`StoreError::Busy`] when another writer holds it.
+/// The lock is released when the returned file is closed.
+fn lock_store(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    // SAFETY: flock on a valid open fd that `file` owns; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
+            StoreError::Busy {
+                dir: dir.to_path_buf(),
+            }
+        } else {
+            io_err(&path)(e)
+        });
+    }
+    Ok(file)
+}
+
+fn write_meta_file(dir: &Path, meta: &StoreMeta) -> Result<(), StoreError> {
+    let path = dir.join(META_FILE);
+    let json = serde_json::to_vec_pretty(meta).map_err(|e| StoreError::BadMeta {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(&path, &json)
+}
+
+/// Checks a host kernel release or build-id: what the text report prints on one line.
+fn check_host_ident(what: &str, v: Option<&str>) -> Result<(), String> {
+    match v {
+        Some(s)
+            if s.is_empty() || s.len() > MAX_HOST_IDENT_LEN || s.chars().any(char::is_control) =>
+        {
+            Err(format!(
+                "the host kernel {what} must be 1 to {MAX_HOST_IDENT_LEN} bytes without control \
+                 characters (got {} bytes: {:?}...)",
+                s.len(),
+                s.chars().take(32).collect::<String>()
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Validates one host coverage entry against `meta`, counts its PCs (bounded) and writes its PC
+/// file atomically; the caller records the returned entry in `meta.host` and rewrites
+/// `meta.json` (the PC file is written first, so a crash in between leaves an unlisted file,
+/// never a listed file that is missing).
+fn write_host_pcs(
+    dir: &Path,
+    meta: &StoreMeta,
+    name: &str,
+    info: HostCoverageInfo,
+    pcs: impl IntoIterator<Item = u64>,
+) -> Result<HostCoverageMeta, StoreError> {
+    let refuse = |reason: String| StoreError::HostCoverage {
+        dir: dir.to_path_buf(),
+        name: name.chars().take(MAX_HOST_NAME_LEN).collect(),
+        reason,
+    };
+    if name.is_empty()
+        || name.len() > MAX_HOST_NAME_LEN
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(refuse(format!(
+            "a host coverage name is 1 to {MAX_HOST_NAME_LEN} ASCII letters, digits, '-' or '_'"
+        )));
+    }
+    check_host_ident("release", info.kernel_release.as_deref()).map_err(refuse)?;
+    check_host_ident("build-id", info.kernel_build_id.as_deref()).map_err(refuse)?;
+    if meta.host.iter().any(|h| h.name == name) {
+        return Err(refuse(
+            "the store already has host coverage of that name (add each name once, with all \
+             of its PCs)"
+                .into(),
+        ));
+    }
+    if meta.host.len() >= MAX_HOST_ENTRIES {
+        return Err(refuse(format!(
+            "the store already has {MAX_HOST_ENTRIES} host coverage entries, the most it holds"
+        )));
+    }
+    let used = meta
+        .host
+        .iter()
+        .fold(0u64, |a, h| a.saturating_add(h.coverage.distinct_pcs));
+    let budget = MAX_DISTINCT_PCS.saturating_sub(usize::try_from(used).unwrap_or(usize::MAX));
+    let mut counts: HashMap<u64, u64> = HashMap::new();
+    for pc in pcs {
+        let n = counts.entry(pc).or_insert(0);
+        *n = n.saturating_add(1);
+        if counts.len() > budget {
+            return Err(refuse(format!(
+                "more than {MAX_DISTINCT_PCS} distinct host PCs in one store ({used} already \
+                 stored)"
+            )));
+        }
+    }
+    let p = PcCounts::from_map(info.mode, CoverageSource::Host, info.overflow, &counts);
+    let file = format!("h-{name}.{}.pcs", CoverageSource::Host.name());
+    write_atomic(&dir.join(&file), &p.encode())?;
+    Ok(HostCoverageMeta {
+        name: name.to_string(),
+        kernel_release: info.kernel_release,
+        kernel_build_id: info.kernel_build_id,
+        common_handle: info.common_handle,
+        coverage: PcFileMeta {
+            source: CoverageSource::Host.name().into(),
+            mode: mode_name(info.mode).into(),
+            file,
+            distinct_pcs: p.pcs.len() as u64,
+            entries: p.entries,
+            chunks: 1,
+            overflow: info.overflow,
+        },
+    })
+}
+
+/// Adds host kernel coverage to the store in `dir` after its collection ended (complete or
+/// not; completeness and the `COMPLETE` marker are left as they are): writes
+/// `h-<name>.host.pcs` (source `host`) and lists it under `host` in `meta.json`, both
+/// atomically. While a [`Collector`] is writing `dir` this is [`StoreError::Busy`]; use
+/// [`Collector::add_host_coverage`] then. `name` is unique per store (1 to
+/// [`MAX_HOST_NAME_LEN`] ASCII letters, digits, `-`, `_`); PCs are bounded like the guest's
+/// ([`MAX_DISTINCT_PCS`] distinct over all host entries).
+pub fn add_host_coverage(
+    dir: &Path,
+    name: &str,
+    info: HostCoverageInfo,
+    pcs: impl IntoIterator<Item = u64>,
+) -> Result<HostCoverageMeta, StoreError> {
+    if !dir.join(META_FILE).is_file() {
+        return Err(StoreError::Missing {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let _lock = lock_store(dir)?;
+    // Read under the lock: the metadata is current.
+    let mut store = Store::open_partial(dir)?;
+    let h = write_host_pcs(dir, &store.meta, name, info, pcs)?;
+    store.meta.host.push(h.clone());
+    write_meta_file(dir, &store.meta)?;
+    Ok(h)
+}
+
 #[derive(Default)]
 struct Acc {
     mode: Option<KcovMode>,
@@ -417,6 +633,8 @@ pub struct CollectSummary {
 /// Streaming collector: feed it frames, then [`Collector::finish`].
 pub struct Collector {
     dir: PathBuf,
+    /// The store's lock, held until the collector is finished or dropped.
+    _lock: std::fs::File,
     meta: StoreMeta,
     /// Index into `meta.workloads` of the workload in progress, and its accumulators.
     current: Option<(usize, [Acc; 2])>,
@@ -426,8 +644,9 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// A collector writing into `dir` (created if missing). Refuses a complete store; files of
-    /// an earlier incomplete collection are replaced.
+    /// A collector writing into `dir` (created if missing). Refuses a complete store, and a
+    /// store another writer holds ([`StoreError::Busy`]); files of an earlier incomplete
+    /// collection are replaced.
     pub fn create(dir: &Path, kernel: KernelIdentity) -> Result<Self, StoreError> {
         if dir.join(COMPLETE_MARKER).exists() {
             return Err(StoreError::AlreadyComplete {
@@ -435,8 +654,16 @@ impl Collector {
             });
         }
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock = lock_store(dir)?;
+        // A collector that held the lock until now may have completed the store: check again.
+        if dir.join(COMPLETE_MARKER).exists() {
+            return Err(StoreError::AlreadyComplete {
+                dir: dir.to_path_buf(),
+            });
+        }
         let c = Collector {
             dir: dir.to_path_buf(),
+            _lock: lock,
             meta: StoreMeta {
                 format: STORE_FORMAT_VERSION,
                 complete: false,
@@ -447,6 +674,7 @@ impl Collector {
                 errors: Vec::new(),
                 done_status: None,
                 frames: 0,
+                host: Vec::new(),
             },
             current: None,
             distinct: 0,
@@ -458,12 +686,22 @@ impl Collector {
     }
 
     fn write_meta(&self) -> Result<(), StoreError> {
-        let path = self.dir.join(META_FILE);
-        let json = serde_json::to_vec_pretty(&self.meta).map_err(|e| StoreError::BadMeta {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        write_atomic(&path, &json)
+        write_meta_file(&self.dir, &self.meta)
+    }
+
+    /// Adds host kernel coverage while collecting (see [`add_host_coverage`] for a store whose
+    /// collection ended): writes `h-<name>.host.pcs` and lists it in `meta.json` now, whatever
+    /// state the guest stream is in. Same rules as [`add_host_coverage`].
+    pub fn add_host_coverage(
+        &mut self,
+        name: &str,
+        info: HostCoverageInfo,
+        pcs: impl IntoIterator<Item = u64>,
+    ) -> Result<HostCoverageMeta, StoreError> {
+        let h = write_host_pcs(&self.dir, &self.meta, name, info, pcs)?;
+        self.meta.host.push(h.clone());
+        self.write_meta()?;
+        Ok(h)
     }
 
     /// The first protocol error, if any (later frames are ignored after one).
@@ -526,6 +764,18 @@ impl Collector {
                 self.current = Some((self.meta.workloads.len() - 1, Default::default()));
             }
             Frame::CoverageChunk(c) => {
+                let slot = match c.source {
+                    CoverageSource::Remote => 0,
+                    CoverageSource::Local => 1,
+                    CoverageSource::Host => {
+                        return Err(format!(
+                            "coverage chunk for {:?} claims source=host: host kernel coverage \
+                             is recorded by the VMM, never taken from the guest's stream \
+                             (hostile or broken agent); refusing the stream",
+                            c.workload
+                        ))
+                    }
+                };
                 let Some((i, accs)) = &mut self.current else {
                     return Err(format!(
                         "coverage chunk for {:?} outside a workload",
@@ -538,7 +788,7 @@ impl Collector {
                         c.workload, self.meta.workloads[*i].name
                     ));
                 }
-                let acc = &mut accs[c.source as usize];
+                let acc = &mut accs[slot];
                 if acc.mode.is_some_and(|m| m != c.mode) {
                     return Err("coverage chunks of one source change mode".into());
                 }
@@ -547,7 +797,7 @@ impl Collector {
                         "coverage chunk seq {} for {:?}/{}, expected {} (a chunk was lost)",
                         c.seq,
                         c.workload,
-                        source_name(c.source),
+                        c.source.name(),
                         acc.next_seq
                     ));
                 }
@@ -627,10 +877,10 @@ impl Collector {
         {
             let Some(mode) = acc.mode else { continue };
             let pcs = PcCounts::from_map(mode, source, acc.overflow, &acc.counts);
-            let file = format!("w{i}-{name}.{}.pcs", source_name(source));
+            let file = format!("w{i}-{name}.{}.pcs", source.name());
             write_atomic(&self.dir.join(&file), &pcs.encode())?;
             self.meta.workloads[i].coverage.push(PcFileMeta {
-                source: source_name(source).into(),
+                source: source.name().into(),
                 mode: mode_name(mode).into(),
                 file,
                 distinct_pcs: pcs.pcs.len() as u64,
@@ -790,7 +1040,9 @@ impl Store {
         PcCounts::decode(&bytes).map_err(|reason| StoreError::BadPcFile { path, reason })
     }
 
-    /// Every PC file of the store (all workloads, or those named `workload`), checked.
+    /// Every guest PC file of the store (all workloads, or those named `workload`), checked.
+    /// Never host coverage (see [`Store::host_pcs`]): a workload file whose PCs are labelled
+    /// `host` is refused, so host PCs cannot reach a guest report.
     pub fn all_pcs(&self, workload: Option<&str>) -> Result<Vec<(String, PcCounts)>, StoreError> {
         let mut out = Vec::new();
         for w in &self.meta.workloads {
@@ -798,8 +1050,40 @@ impl Store {
                 continue;
             }
             for f in &w.coverage {
-                out.push((w.name.clone(), self.read_pcs(f)?));
+                let pcs = self.read_pcs(f)?;
+                if pcs.source == CoverageSource::Host {
+                    return Err(StoreError::BadPcFile {
+                        path: self.dir.join(&f.file),
+                        reason: format!(
+                            "workload {:?} lists a file of host kernel coverage; host PCs are \
+                             never merged into the guest's",
+                            w.name
+                        ),
+                    });
+                }
+                out.push((w.name.clone(), pcs));
             }
+        }
+        Ok(out)
+    }
+
+    /// The host kernel coverage entries (`meta.json` `host`) with their PCs, checked: each file
+    /// must hold PCs labelled `host`. These are PCs of the host's kernel, not the guest's.
+    pub fn host_pcs(&self) -> Result<Vec<(HostCoverageMeta, PcCounts)>, StoreError> {
+        let mut out = Vec::with_capacity(self.meta.host.len());
+        for h in &self.meta.host {
+            let pcs = self.read_pcs(&h.coverage)?;
+            if pcs.source != CoverageSource::Host {
+                return Err(StoreError::BadPcFile {
+                    path: self.dir.join(&h.coverage.file),
+                    reason: format!(
+                        "host coverage {:?} points at a file of {} (guest) coverage",
+                        h.name,
+                        pcs.source.name()
+                    ),
+                });
+            }
+            out.push((h.clone(), pcs));
         }
         Ok(out)
     }
@@ -812,7 +1096,7 @@ mod tests {
         encode, CoverageChunk, Done, ErrorReport, Hello, WorkloadResult, WorkloadStart,
     };
 
-    fn hello() -> Frame {
+    pub(super) fn hello() -> Frame {
         Frame::Hello(Hello {
             agent_version: "t".into(),
             kernel_release: "6.12.117".into(),
@@ -833,7 +1117,7 @@ mod tests {
         })
     }
 
-    fn result(w: &str) -> Frame {
+    pub(super) fn result(w: &str) -> Frame {
         Frame::WorkloadResult(WorkloadResult {
             name: w.into(),
             status: 0,
@@ -843,11 +1127,11 @@ mod tests {
         })
     }
 
-    fn stream(frames: &[Frame]) -> Vec<u8> {
+    pub(super) fn stream(frames: &[Frame]) -> Vec<u8> {
         frames.iter().flat_map(|f| encode(f).unwrap()).collect()
     }
 
-    fn good() -> Vec<Frame> {
+    pub(super) fn good() -> Vec<Frame> {
         vec![
             hello(),
             Frame::WorkloadStart(WorkloadStart { name: "a/b".into() }),
@@ -1011,5 +1295,438 @@ mod tests {
         std::fs::write(&f, &bytes[..bytes.len() - 5]).unwrap();
         let e = store.all_pcs(None).unwrap_err().to_string();
         assert!(e.contains("bad PC file") && e.contains("truncated"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::tests::{good, hello, result, stream};
+    use super::*;
+    use kcov_wire::{CoverageChunk, Done, WorkloadStart};
+
+    const HOST_PCS: [u64; 5] = [
+        0xffff_ffff_a000_0030,
+        0xffff_ffff_a000_0010,
+        0xffff_ffff_a000_0030,
+        0xffff_ffff_a000_0020,
+        0xffff_ffff_a000_0030,
+    ];
+
+    fn host_info() -> HostCoverageInfo {
+        HostCoverageInfo {
+            kernel_release: Some("6.8.0-host".into()),
+            kernel_build_id: Some("abcdef01".into()),
+            common_handle: 0x0100_0000_0000_0007,
+            mode: KcovMode::Pc,
+            overflow: false,
+        }
+    }
+
+    fn host_chunk(w: &str) -> Frame {
+        Frame::CoverageChunk(CoverageChunk {
+            workload: w.into(),
+            source: CoverageSource::Host,
+            mode: KcovMode::Pc,
+            seq: 0,
+            overflow: false,
+            words: vec![0x10, 0x20],
+        })
+    }
+
+    fn host_files(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("h-") || n.contains("host"))
+            .collect()
+    }
+
+    fn meta_json(dir: &Path) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join(META_FILE)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn host_coverage_added_to_a_finished_store_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert!(
+            collect(&stream(&good())[..], d, KernelIdentity::default())
+                .unwrap()
+                .complete
+        );
+        let meta_before = meta_json(d);
+        // A store without host coverage has no `host` field: meta.json is as it always was.
+        assert!(meta_before.get("host").is_none(), "{meta_before}");
+        let guest_before = Store::open(d).unwrap().all_pcs(None).unwrap();
+
+        let h = add_host_coverage(d, "vhost-net", host_info(), HOST_PCS).unwrap();
+        assert_eq!(h.name, "vhost-net");
+        assert_eq!(h.coverage.file, "h-vhost-net.host.pcs");
+        assert_eq!(h.coverage.source, "host");
+        assert_eq!(h.coverage.mode, "pc");
+        assert_eq!((h.coverage.distinct_pcs, h.coverage.entries), (3, 5));
+
+        // Still complete, reopened from disk.
+        assert!(d.join(COMPLETE_MARKER).exists());
+        let store = Store::open(d).unwrap();
+        assert_eq!(store.meta.host, std::slice::from_ref(&h));
+        let host = store.host_pcs().unwrap();
+        assert_eq!(host.len(), 1);
+        let (m, p) = &host[0];
+        assert_eq!(m, &h);
+        assert_eq!(p.source, CoverageSource::Host);
+        assert_eq!(p.mode, KcovMode::Pc);
+        assert!(!p.overflow);
+        let mut want: Vec<u64> = HOST_PCS.to_vec();
+        want.sort_unstable();
+        want.dedup();
+        assert_eq!(p.pcs, want);
+        assert_eq!(p.hits, [1, 1, 3]);
+        assert_eq!(p.entries, 5);
+        assert_eq!(
+            (m.kernel_release.as_deref(), m.kernel_build_id.as_deref()),
+            (Some("6.8.0-host"), Some("abcdef01"))
+        );
+        assert_eq!(m.common_handle, 0x0100_0000_0000_0007);
+
+        // The guest's coverage is untouched and holds none of the host's PCs.
+        let guest = store.all_pcs(None).unwrap();
+        assert_eq!(guest, guest_before);
+        assert!(guest
+            .iter()
+            .all(|(_, p)| p.source != CoverageSource::Host
+                && p.pcs.iter().all(|pc| !want.contains(pc))));
+
+        // Everything in meta.json but `host` is as before.
+        let mut after = meta_json(d);
+        let host_json = after.as_object_mut().unwrap().remove("host").unwrap();
+        assert_eq!(after, meta_before);
+        assert_eq!(host_json[0]["coverage"]["source"], "host");
+        assert_eq!(host_json[0]["kernel_release"], "6.8.0-host");
+
+        // A second entry: CMP, overflowed, no PCs, unknown release; order is kept.
+        let info = HostCoverageInfo {
+            kernel_release: None,
+            kernel_build_id: None,
+            mode: KcovMode::Cmp,
+            overflow: true,
+            ..host_info()
+        };
+        add_host_coverage(d, "vhost_vsock-1", info, []).unwrap();
+        let host = Store::open(d).unwrap().host_pcs().unwrap();
+        assert_eq!(host.len(), 2);
+        assert_eq!(host[0].1.pcs, want);
+        let (m, p) = &host[1];
+        assert_eq!(
+            (m.name.as_str(), m.kernel_release.as_deref()),
+            ("vhost_vsock-1", None)
+        );
+        assert_eq!((p.mode, p.overflow, p.pcs.len()), (KcovMode::Cmp, true, 0));
+        assert!(m.coverage.overflow);
+
+        // A name is added once; the refused call changes nothing.
+        let before = std::fs::read(d.join(META_FILE)).unwrap();
+        let e = add_host_coverage(d, "vhost-net", host_info(), [1u64]).unwrap_err();
+        assert!(
+            matches!(e, StoreError::HostCoverage { .. }) && e.to_string().contains("already has"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(d.join(META_FILE)).unwrap(), before);
+        assert_eq!(Store::open(d).unwrap().host_pcs().unwrap()[0].1.pcs, want);
+    }
+
+    #[test]
+    fn host_coverage_through_the_collector_before_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let frames = good();
+        let mut c = Collector::create(d, KernelIdentity::default()).unwrap();
+        for f in frames[..3].iter().cloned() {
+            c.frame(f).unwrap();
+            c.checkpoint().unwrap();
+        }
+        // While the collector holds the store, nobody else writes it.
+        let e = add_host_coverage(d, "other", host_info(), [1u64]).unwrap_err();
+        assert!(matches!(e, StoreError::Busy { .. }), "{e}");
+        assert!(e.to_string().contains("through that Collector"), "{e}");
+        assert!(matches!(
+            Collector::create(d, KernelIdentity::default()),
+            Err(StoreError::Busy { .. })
+        ));
+
+        let h = c
+            .add_host_coverage("vhost-net", host_info(), HOST_PCS)
+            .unwrap();
+        // Listed at once: a collector killed now leaves it readable.
+        let partial = Store::open_partial(d).unwrap();
+        assert_eq!(partial.meta.host, std::slice::from_ref(&h));
+        assert_eq!(partial.host_pcs().unwrap()[0].1.pcs.len(), 3);
+        assert!(c
+            .add_host_coverage("vhost-net", host_info(), [1u64])
+            .is_err());
+
+        for f in frames[3..].iter().cloned() {
+            c.frame(f).unwrap();
+            c.checkpoint().unwrap();
+        }
+        let s = c.finish(None).unwrap();
+        assert!(s.complete, "{s:?}");
+        let store = Store::open(d).unwrap();
+        assert_eq!(store.meta.host, [h]);
+        let guest = store.all_pcs(None).unwrap();
+        assert_eq!(guest.len(), 1);
+        assert_eq!(guest[0].1.pcs, [1, 2, 3]);
+        assert_eq!(guest[0].1.source, CoverageSource::Remote);
+
+        // The lock went with the collector: the VMM can add after the guest's Done.
+        add_host_coverage(d, "vhost-vsock", host_info(), [5u64]).unwrap();
+        let store = Store::open(d).unwrap();
+        assert_eq!(store.host_pcs().unwrap().len(), 2);
+        assert_eq!(store.all_pcs(None).unwrap(), guest);
+    }
+
+    #[test]
+    fn guest_chunk_claiming_host_is_refused() {
+        let start = |w: &str| Frame::WorkloadStart(WorkloadStart { name: w.into() });
+        let cases = [
+            vec![
+                hello(),
+                start("a"),
+                host_chunk("a"),
+                result("a"),
+                Frame::Done(Done { status: 0 }),
+            ],
+            // Outside any workload, too.
+            vec![hello(), host_chunk("a"), Frame::Done(Done { status: 0 })],
+        ];
+        for frames in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            let s = collect(&stream(&frames)[..], d, KernelIdentity::default()).unwrap();
+            assert!(!s.complete);
+            let reason = s.incomplete_reason.unwrap();
+            assert!(
+                reason.starts_with("frame ")
+                    && reason.contains("claims source=host")
+                    && reason.contains("hostile"),
+                "{reason}"
+            );
+            let e = Store::open(d).unwrap_err();
+            assert!(matches!(e, StoreError::Incomplete { .. }), "{e}");
+            assert!(e.to_string().contains("claims source=host"), "{e}");
+            let partial = Store::open_partial(d).unwrap();
+            assert!(partial.meta.host.is_empty());
+            assert!(partial.host_pcs().unwrap().is_empty());
+            assert!(partial.all_pcs(None).unwrap().is_empty());
+            assert!(host_files(d).is_empty(), "{:?}", host_files(d));
+        }
+
+        // The VMM's own host coverage is still taken after the guest's stream failed.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut c = Collector::create(d, KernelIdentity::default()).unwrap();
+        for f in [hello(), start("a"), host_chunk("a")] {
+            c.frame(f).unwrap();
+        }
+        assert!(c.failed().unwrap().contains("source=host"));
+        c.add_host_coverage("vhost-net", host_info(), [1u64])
+            .unwrap();
+        assert!(!c.finish(None).unwrap().complete);
+        let partial = Store::open_partial(d).unwrap();
+        assert_eq!(partial.host_pcs().unwrap()[0].1.pcs, [1]);
+        assert!(partial.all_pcs(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn old_meta_without_host_loads() {
+        // meta.json as stores were written before host coverage existed.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let old = r#"{
+  "format": 1,
+  "complete": true,
+  "incomplete_reason": null,
+  "kernel": {
+    "release": "6.12.117",
+    "build_id": "ab",
+    "kernel_key": null,
+    "config_hash": null
+  },
+  "agent": {
+    "agent_version": "t",
+    "kernel_release": "6.12.117",
+    "kcov_mode": "pc",
+    "area_words": 65536,
+    "common_handle": 66
+  },
+  "workloads": [
+    {
+      "name": "a",
+      "result": {
+        "status": 0,
+        "duration_us": 5,
+        "counters": [["n", 1]],
+        "error": null
+      },
+      "coverage": [
+        {
+          "source": "remote",
+          "mode": "pc",
+          "file": "w0-a.remote.pcs",
+          "distinct_pcs": 2,
+          "entries": 3,
+          "chunks": 1,
+          "overflow": false
+        }
+      ]
+    }
+  ],
+  "errors": [],
+  "done_status": 0,
+  "frames": 5
+}"#;
+        std::fs::write(d.join(META_FILE), old).unwrap();
+        let m: HashMap<u64, u64> = [(0x15, 2), (0x25, 1)].into_iter().collect();
+        let pcs = PcCounts::from_map(KcovMode::Pc, CoverageSource::Remote, false, &m);
+        std::fs::write(d.join("w0-a.remote.pcs"), pcs.encode()).unwrap();
+        std::fs::write(d.join(COMPLETE_MARKER), b"complete\n").unwrap();
+
+        let store = Store::open(d).unwrap();
+        assert!(store.meta.host.is_empty());
+        assert!(store.host_pcs().unwrap().is_empty());
+        assert_eq!(
+            store.all_pcs(None).unwrap(),
+            [("a".to_string(), pcs.clone())]
+        );
+
+        // Host coverage can be added to it; the old fields come back unchanged.
+        add_host_coverage(d, "vhost-net", host_info(), [7u64]).unwrap();
+        let mut v = meta_json(d);
+        assert_eq!(v["host"][0]["name"], "vhost-net");
+        v.as_object_mut().unwrap().remove("host");
+        assert_eq!(v, serde_json::from_str::<serde_json::Value>(old).unwrap());
+        let store = Store::open(d).unwrap();
+        assert_eq!(store.host_pcs().unwrap()[0].1.pcs, [7]);
+        assert_eq!(store.all_pcs(None).unwrap(), [("a".to_string(), pcs)]);
+    }
+
+    #[test]
+    fn host_coverage_is_validated_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        collect(&stream(&good())[..], d, KernelIdentity::default()).unwrap();
+        let long = "x".repeat(MAX_HOST_NAME_LEN + 1);
+        for name in [
+            "",
+            "a/b",
+            "..",
+            ".hidden",
+            "a b",
+            "vhost\n",
+            "é",
+            long.as_str(),
+        ] {
+            let e = add_host_coverage(d, name, host_info(), [1u64]).unwrap_err();
+            assert!(
+                matches!(e, StoreError::HostCoverage { .. }) && e.to_string().contains("name is"),
+                "{name:?}: {e}"
+            );
+        }
+        add_host_coverage(d, &"x".repeat(MAX_HOST_NAME_LEN), host_info(), [1u64]).unwrap();
+        let bad_idents = [
+            (Some("6.8\nhost coverage fake".to_string()), None),
+            (Some(String::new()), None),
+            (None, Some("a".repeat(MAX_HOST_IDENT_LEN + 1))),
+        ];
+        for (release, build_id) in bad_idents {
+            let info = HostCoverageInfo {
+                kernel_release: release,
+                kernel_build_id: build_id,
+                ..host_info()
+            };
+            let e = add_host_coverage(d, "ok-name", info, [1u64]).unwrap_err();
+            assert!(e.to_string().contains("host kernel"), "{e}");
+        }
+        // Only the valid entry got in; no file of a refused one was written.
+        assert_eq!(Store::open(d).unwrap().meta.host.len(), 1);
+        assert_eq!(host_files(d).len(), 1, "{:?}", host_files(d));
+        let missing = d.join("nothing-here");
+        assert!(matches!(
+            add_host_coverage(&missing, "a", host_info(), [1u64]),
+            Err(StoreError::Missing { .. })
+        ));
+
+        // Distinct PCs over all host entries stay under MAX_DISTINCT_PCS: with all but 5 used,
+        // an endless iterator is cut off at once and 5 more fit.
+        let scratch = tempfile::tempdir().unwrap();
+        let mut meta = Store::open(d).unwrap().meta;
+        meta.host[0].coverage.distinct_pcs = (MAX_DISTINCT_PCS - 5) as u64;
+        let e = write_host_pcs(scratch.path(), &meta, "more", host_info(), 0u64..).unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+        assert!(host_files(scratch.path()).is_empty());
+        let h = write_host_pcs(
+            scratch.path(),
+            &meta,
+            "fits",
+            host_info(),
+            [1u64, 2, 3, 4, 5, 5, 5],
+        )
+        .unwrap();
+        assert_eq!((h.coverage.distinct_pcs, h.coverage.entries), (5, 7));
+        // Hit counts saturate instead of overflowing.
+        assert_eq!(
+            PcCounts::decode(&std::fs::read(scratch.path().join(&h.coverage.file)).unwrap())
+                .unwrap()
+                .hits,
+            [1, 1, 1, 1, 3]
+        );
+
+        // At most MAX_HOST_ENTRIES entries.
+        let mut meta = Store::open(d).unwrap().meta;
+        meta.host[0].coverage.distinct_pcs = 0;
+        let first = meta.host[0].clone();
+        meta.host = (0..MAX_HOST_ENTRIES)
+            .map(|i| HostCoverageMeta {
+                name: format!("e{i}"),
+                ..first.clone()
+            })
+            .collect();
+        let e = write_host_pcs(scratch.path(), &meta, "one-more", host_info(), [1u64]).unwrap_err();
+        assert!(e.to_string().contains("the most it holds"), "{e}");
+    }
+
+    #[test]
+    fn host_and_guest_files_are_never_swapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        collect(&stream(&good())[..], d, KernelIdentity::default()).unwrap();
+        add_host_coverage(d, "vhost-net", host_info(), HOST_PCS).unwrap();
+        let good_meta = Store::open(d).unwrap().meta;
+
+        // A workload that lists the host file: all_pcs refuses it rather than merge host PCs.
+        let mut meta = good_meta.clone();
+        let host_file = meta.host[0].coverage.clone();
+        meta.workloads[0].coverage.push(host_file);
+        write_meta_file(d, &meta).unwrap();
+        let e = Store::open(d)
+            .unwrap()
+            .all_pcs(None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("host kernel coverage"), "{e}");
+
+        // A host entry that points at a guest file is refused as well.
+        let mut meta = good_meta.clone();
+        meta.host[0].coverage.file = meta.workloads[0].coverage[0].file.clone();
+        write_meta_file(d, &meta).unwrap();
+        let e = Store::open(d).unwrap().host_pcs().unwrap_err().to_string();
+        assert!(e.contains("remote (guest) coverage"), "{e}");
+
+        // And one that leaves the store.
+        let mut meta = good_meta;
+        meta.host[0].coverage.file = "../meta.json".into();
+        write_meta_file(d, &meta).unwrap();
+        let e = Store::open(d).unwrap().host_pcs().unwrap_err().to_string();
+        assert!(e.contains("not a plain name"), "{e}");
     }
 }

@@ -1,6 +1,6 @@
 //! Library part of the guest agent (shared with its tests and tools).
 
-pub mod kcov;
+pub use frontends::kcov;
 pub mod net;
 pub mod plan;
 pub mod vring;

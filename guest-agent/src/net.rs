@@ -6,15 +6,12 @@
 //! * RX: frames injected into the tap through AF_PACKET must land in RX ring (queue 0)
 //!   buffers byte-exact, after the 12-byte `virtio_net_hdr_mrg_rxbuf`.
 
-use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
-use vhost::net::VhostNet;
-use vhost::vhost_kern::net::Net;
-use vhost::VhostBackend;
+use frontends::tap::{Tap, TapError};
+use frontends::vhost_net::{VhostError, VhostNet, RX_QUEUE, TX_QUEUE};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -22,42 +19,22 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use crate::plan::Params;
 use crate::vring::{poll_readable, Arena, Segment, SplitQueue, VringError};
 
-/// vhost-net queue indices.
-pub const RX_QUEUE: usize = 0;
-/// See [`RX_QUEUE`].
-pub const TX_QUEUE: usize = 1;
 /// `sizeof(struct virtio_net_hdr_mrg_rxbuf)`: the header with VERSION_1 or MRG_RXBUF.
-pub const NET_HDR_LEN: usize = 12;
+pub const NET_HDR_LEN: usize = frontends::tap::VNET_HDR_LEN;
 /// Local experimental EtherType (IEEE 802 "local experimental 1") carried by test frames.
 pub const TEST_ETHERTYPE: u16 = 0x88b5;
 /// Size of each RX buffer's data segment.
 pub const RX_BUF_LEN: usize = 2048;
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
-
 /// Errors of the net workloads.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    /// A vhost ioctl failed.
-    #[error("vhost-net {op}: {source}")]
-    Vhost {
-        /// The operation.
-        op: &'static str,
-        /// The error.
-        source: vhost::Error,
-    },
-    /// The device lacks a feature we need.
-    #[error("vhost-net lacks features {missing:#x} (offers {offered:#x})")]
-    Features {
-        /// Missing bits.
-        missing: u64,
-        /// Offered bits.
-        offered: u64,
-    },
+    /// The vhost-net frontend failed.
+    #[error(transparent)]
+    Vhost(#[from] VhostError),
+    /// The tap failed.
+    #[error(transparent)]
+    Tap(#[from] TapError),
     /// Ring trouble.
     #[error(transparent)]
     Ring(#[from] VringError),
@@ -82,130 +59,12 @@ fn sys(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetError {
     move |source| NetError::Sys { what, source }
 }
 
-fn vh(op: &'static str) -> impl FnOnce(vhost::Error) -> NetError {
-    move |source| NetError::Vhost { op, source }
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct IfReq {
-    name: [u8; libc::IFNAMSIZ],
-    /// The union: `ifr_flags` (short) or `ifr_ifindex` (int) at its start.
-    data: [u8; 24],
-}
-
-impl IfReq {
-    fn new(name: &str) -> Self {
-        let mut r = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            data: [0; 24],
-        };
-        let n = name.len().min(libc::IFNAMSIZ - 1);
-        r.name[..n].copy_from_slice(&name.as_bytes()[..n]);
-        r
-    }
-    fn flags(&self) -> libc::c_short {
-        libc::c_short::from_ne_bytes([self.data[0], self.data[1]])
-    }
-    fn set_flags(&mut self, f: libc::c_short) {
-        self.data[..2].copy_from_slice(&f.to_ne_bytes());
-    }
-    fn int(&self) -> i32 {
-        i32::from_ne_bytes([self.data[0], self.data[1], self.data[2], self.data[3]])
-    }
-    fn name(&self) -> String {
-        let end = self
-            .name
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(self.name.len());
-        String::from_utf8_lossy(&self.name[..end]).into_owned()
-    }
-}
-
-fn ioctl_ptr<T>(fd: i32, req: libc::c_ulong, arg: *mut T, what: &str) -> Result<(), NetError> {
-    // SAFETY: the callers pass a request whose argument is a T the kernel reads or writes,
-    // and `arg` points to a live, writable T.
-    let r = unsafe { libc::ioctl(fd, req as _, arg) };
-    if r < 0 {
-        return Err(NetError::Sys {
-            what: what.to_string(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
-}
-
-/// A tap interface, up, with a 12-byte vnet header.
-#[derive(Debug)]
-pub struct Tap {
-    /// The tap queue file (the vhost-net backend).
-    pub file: File,
-    /// Interface name.
-    pub name: String,
-    /// Interface index.
-    pub ifindex: i32,
-}
-
-impl Tap {
-    /// Creates `kcovtap%d`, sets the vnet header size, disables IPv6 on it (no router
-    /// solicitations in our rings) and brings it up.
-    pub fn open() -> Result<Tap, NetError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open("/dev/net/tun")
-            .map_err(sys("open /dev/net/tun (CONFIG_TUN?)"))?;
-        let mut ifr = IfReq::new("kcovtap%d");
-        ifr.set_flags(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR);
-        ioctl_ptr(file.as_raw_fd(), TUNSETIFF, &mut ifr, "TUNSETIFF")?;
-        let name = ifr.name();
-        let mut hdr = NET_HDR_LEN as libc::c_int;
-        ioctl_ptr(
-            file.as_raw_fd(),
-            TUNSETVNETHDRSZ,
-            &mut hdr,
-            "TUNSETVNETHDRSZ",
-        )?;
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-        // SAFETY: plain socket(2) call.
-        let ctl = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if ctl < 0 {
-            return Err(sys("socket(AF_INET) for interface ioctls")(
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: ctl is a fresh fd we own.
-        let ctl = unsafe { OwnedFd::from_raw_fd(ctl) };
-        let mut req = IfReq::new(&name);
-        ioctl_ptr(
-            ctl.as_raw_fd(),
-            libc::SIOCGIFFLAGS,
-            &mut req,
-            "SIOCGIFFLAGS",
-        )?;
-        let f = req.flags() | libc::IFF_UP as libc::c_short;
-        req.set_flags(f);
-        ioctl_ptr(
-            ctl.as_raw_fd(),
-            libc::SIOCSIFFLAGS,
-            &mut req,
-            "SIOCSIFFLAGS (up)",
-        )?;
-        let mut req = IfReq::new(&name);
-        ioctl_ptr(
-            ctl.as_raw_fd(),
-            libc::SIOCGIFINDEX,
-            &mut req,
-            "SIOCGIFINDEX",
-        )?;
-        Ok(Tap {
-            file,
-            name,
-            ifindex: req.int(),
-        })
-    }
+/// The agent's tap: `kcovtap%d`, up, IPv6 off.
+fn open_tap() -> Result<(Tap, i32), NetError> {
+    let tap = Tap::open("kcovtap%d")?;
+    tap.set_up()?;
+    let ifindex = tap.ifindex()?;
+    Ok((tap, ifindex))
 }
 
 /// An AF_PACKET raw socket bound to one interface and EtherType (0 = send only).
@@ -363,67 +222,41 @@ pub fn wanted_features(params: &Params, net: bool) -> u64 {
 
 /// A configured vhost-net device with both rings and a tap backend.
 struct Device {
-    net: Net<std::sync::Arc<vm_memory::GuestMemoryMmap>>,
+    net: VhostNet<std::sync::Arc<vm_memory::GuestMemoryMmap>>,
     rx: SplitQueue,
     tx: SplitQueue,
     tap: Tap,
+    ifindex: i32,
     features: u64,
 }
 
 impl Device {
     /// VHOST_SET_OWNER first: the calling thread must carry the kcov common handle.
     fn setup(arena: &mut Arena, params: &Params) -> Result<Device, NetError> {
-        let net = Net::new(arena.mem()).map_err(vh("open /dev/vhost-net"))?;
-        net.set_owner().map_err(vh("VHOST_SET_OWNER"))?;
-        let offered = net.get_features().map_err(vh("VHOST_GET_FEATURES"))?;
+        let mut net = VhostNet::open_owned(arena.mem())?;
         let want = wanted_features(params, true);
-        if offered & want != want {
-            return Err(NetError::Features {
-                missing: want & !offered,
-                offered,
-            });
-        }
-        net.set_features(want).map_err(vh("VHOST_SET_FEATURES"))?;
-        net.set_mem_table(&[arena.region_info()])
-            .map_err(vh("VHOST_SET_MEM_TABLE"))?;
         let rx = SplitQueue::new(arena, params.queue, params.indirect, params.event_idx)?;
         let tx = SplitQueue::new(arena, params.queue, params.indirect, params.event_idx)?;
-        for (i, q) in [(RX_QUEUE, &rx), (TX_QUEUE, &tx)] {
-            net.set_vring_num(i, q.size())
-                .map_err(vh("VHOST_SET_VRING_NUM"))?;
-            net.set_vring_addr(i, &q.config())
-                .map_err(vh("VHOST_SET_VRING_ADDR"))?;
-            net.set_vring_base(i, 0)
-                .map_err(vh("VHOST_SET_VRING_BASE"))?;
-            net.set_vring_call(i, &q.call)
-                .map_err(vh("VHOST_SET_VRING_CALL"))?;
-            net.set_vring_kick(i, &q.kick)
-                .map_err(vh("VHOST_SET_VRING_KICK"))?;
-        }
-        let tap = Tap::open()?;
+        let rings = [rx.vhost_ring(RX_QUEUE), tx.vhost_ring(TX_QUEUE)];
+        net.configure(want, &[arena.region_info()], &rings)?;
+        let (tap, ifindex) = open_tap()?;
         Ok(Device {
             net,
             rx,
             tx,
             tap,
+            ifindex,
             features: want,
         })
     }
 
     fn attach(&self) -> Result<(), NetError> {
-        for i in [RX_QUEUE, TX_QUEUE] {
-            self.net
-                .set_backend(i, Some(&self.tap.file))
-                .map_err(vh("VHOST_NET_SET_BACKEND"))?;
-        }
-        Ok(())
+        Ok(self.net.attach(self.tap.file())?)
     }
 
     /// Detaches the backend (each call flushes the worker) before the fds close.
     fn detach(&self) {
-        for i in [RX_QUEUE, TX_QUEUE] {
-            let _ = self.net.set_backend(i, None);
-        }
+        self.net.detach();
     }
 
     fn counters(&self, c: &mut Counters) {
@@ -542,7 +375,7 @@ pub fn run_tx(params: &Params, size: usize) -> Result<Counters, NetError> {
     let timeout = Duration::from_millis(u64::from(params.timeout_ms));
     let mut arena = arena_for(params)?;
     let mut dev = Device::setup(&mut arena, params)?;
-    let sock = PacketSocket::bind(dev.tap.ifindex, TEST_ETHERTYPE)?;
+    let sock = PacketSocket::bind(dev.ifindex, TEST_ETHERTYPE)?;
     dev.attach()?;
     let per_buf = dev.tx.descs_needed(2);
     let batch = (usize::from(params.queue) / per_buf).clamp(1, 64);
@@ -585,7 +418,7 @@ pub fn run_tx(params: &Params, size: usize) -> Result<Counters, NetError> {
         let mut want = sent;
         while want < sent + n {
             let frame = sock.recv(timeout)?.ok_or_else(|| {
-                NetError::Timeout(format!("frame {want} never came out of {}", dev.tap.name))
+                NetError::Timeout(format!("frame {want} never came out of {}", dev.tap.name()))
             })?;
             tally.check(&TX, &frame, &mut want, size)?;
         }
@@ -599,7 +432,7 @@ pub fn run_rx(params: &Params, size: usize) -> Result<Counters, NetError> {
     let timeout = Duration::from_millis(u64::from(params.timeout_ms));
     let mut arena = arena_for(params)?;
     let mut dev = Device::setup(&mut arena, params)?;
-    let sender = PacketSocket::bind(dev.tap.ifindex, 0)?;
+    let sender = PacketSocket::bind(dev.ifindex, 0)?;
     let per_buf = dev.rx.descs_needed(2);
     let nbufs = (usize::from(params.queue) / per_buf).max(1);
     let slots: Vec<u64> = (0..nbufs)
@@ -735,14 +568,5 @@ mod tests {
         };
         assert_eq!(wanted_features(&p, true), (1 << 32) | (1 << 28));
         assert_eq!(wanted_features(&Params::default(), false) & (1 << 15), 0);
-    }
-
-    #[test]
-    fn ifreq_layout() {
-        assert_eq!(std::mem::size_of::<IfReq>(), 40);
-        let mut r = IfReq::new("kcovtap%d");
-        r.set_flags(IFF_TAP | IFF_NO_PI);
-        assert_eq!(r.flags(), 0x1002);
-        assert_eq!(r.name(), "kcovtap%d");
     }
 }

@@ -277,6 +277,17 @@ impl SplitQueue {
         }
     }
 
+    /// This queue as vhost ring `index` of a fresh device (base 0, its kick and call).
+    pub fn vhost_ring(&self, index: usize) -> frontends::vhost::Ring<'_> {
+        frontends::vhost::Ring {
+            index,
+            config: self.config(),
+            base: 0,
+            kick: &self.kick,
+            call: &self.call,
+        }
+    }
+
     /// Queue size.
     pub fn size(&self) -> u16 {
         self.size

@@ -15,6 +15,8 @@ use vhost::vsock::VhostVsock;
 use vhost::VhostBackend;
 
 use crate::net::{wanted_features, Counters};
+use frontends::vhost::configure_rings;
+
 use crate::plan::Params;
 use crate::vring::{poll_readable, Arena, Segment, SplitQueue, VringError};
 
@@ -22,8 +24,8 @@ use crate::vring::{poll_readable, Arena, Segment, SplitQueue, VringError};
 pub const RX_QUEUE: usize = 0;
 /// See [`RX_QUEUE`].
 pub const TX_QUEUE: usize = 1;
-/// `sizeof(struct virtio_vsock_hdr)` (packed).
-pub const HDR_LEN: usize = 44;
+/// `struct virtio_vsock_hdr` and its size (shared with the vsock crate's test driver).
+pub use frontends::vsock_hdr::{Hdr, HDR_LEN};
 /// Payload room of each RX buffer and largest payload we send per packet.
 pub const PKT_PAYLOAD: usize = 4096;
 /// The CID the vhost transport gives the host side (`VHOST_VSOCK_DEFAULT_HOST_CID`).
@@ -64,14 +66,9 @@ pub enum VsockError {
         /// The error.
         source: vhost::Error,
     },
-    /// Missing features.
-    #[error("vhost-vsock lacks features {missing:#x} (offers {offered:#x})")]
-    Features {
-        /// Missing bits.
-        missing: u64,
-        /// Offered bits.
-        offered: u64,
-    },
+    /// Features, memory table or rings refused.
+    #[error(transparent)]
+    Setup(#[from] frontends::vhost::VhostError),
     /// Ring trouble.
     #[error(transparent)]
     Ring(#[from] VringError),
@@ -91,69 +88,6 @@ pub enum VsockError {
 
 fn vh(op: &'static str) -> impl FnOnce(vhost::Error) -> VsockError {
     move |source| VsockError::Vhost { op, source }
-}
-
-/// `struct virtio_vsock_hdr`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Hdr {
-    /// Source CID.
-    pub src_cid: u64,
-    /// Destination CID.
-    pub dst_cid: u64,
-    /// Source port.
-    pub src_port: u32,
-    /// Destination port.
-    pub dst_port: u32,
-    /// Payload length.
-    pub len: u32,
-    /// Socket type.
-    pub ty: u16,
-    /// Operation.
-    pub op: u16,
-    /// Flags (SHUTDOWN: 1 = RCV, 2 = SEND).
-    pub flags: u32,
-    /// Receive buffer space of the sender.
-    pub buf_alloc: u32,
-    /// Bytes the sender has consumed.
-    pub fwd_cnt: u32,
-}
-
-impl Hdr {
-    /// Little-endian wire bytes.
-    pub fn to_bytes(&self) -> [u8; HDR_LEN] {
-        let mut b = [0u8; HDR_LEN];
-        b[0..8].copy_from_slice(&self.src_cid.to_le_bytes());
-        b[8..16].copy_from_slice(&self.dst_cid.to_le_bytes());
-        b[16..20].copy_from_slice(&self.src_port.to_le_bytes());
-        b[20..24].copy_from_slice(&self.dst_port.to_le_bytes());
-        b[24..28].copy_from_slice(&self.len.to_le_bytes());
-        b[28..30].copy_from_slice(&self.ty.to_le_bytes());
-        b[30..32].copy_from_slice(&self.op.to_le_bytes());
-        b[32..36].copy_from_slice(&self.flags.to_le_bytes());
-        b[36..40].copy_from_slice(&self.buf_alloc.to_le_bytes());
-        b[40..44].copy_from_slice(&self.fwd_cnt.to_le_bytes());
-        b
-    }
-
-    /// Parses wire bytes (`None` if too short).
-    pub fn parse(b: &[u8]) -> Option<Hdr> {
-        let b = b.get(..HDR_LEN)?;
-        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
-        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
-        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-        Some(Hdr {
-            src_cid: u64_at(0),
-            dst_cid: u64_at(8),
-            src_port: u32_at(16),
-            dst_port: u32_at(20),
-            len: u32_at(24),
-            ty: u16_at(28),
-            op: u16_at(30),
-            flags: u32_at(32),
-            buf_alloc: u32_at(36),
-            fwd_cnt: u32_at(40),
-        })
-    }
 }
 
 /// Message `i` of `size` bytes from side `who` (b'C' client, b'S' agent).
@@ -362,31 +296,11 @@ pub fn run(params: &Params) -> Result<Counters, VsockError> {
 
     let dev = Vsock::new(arena.mem()).map_err(vh("open /dev/vhost-vsock"))?;
     dev.set_owner().map_err(vh("VHOST_SET_OWNER"))?;
-    let offered = dev.get_features().map_err(vh("VHOST_GET_FEATURES"))?;
     let want = wanted_features(params, false);
-    if offered & want != want {
-        return Err(VsockError::Features {
-            missing: want & !offered,
-            offered,
-        });
-    }
-    dev.set_features(want).map_err(vh("VHOST_SET_FEATURES"))?;
-    dev.set_mem_table(&[arena.region_info()])
-        .map_err(vh("VHOST_SET_MEM_TABLE"))?;
     let rx = SplitQueue::new(&mut arena, params.queue, params.indirect, params.event_idx)?;
     let tx = SplitQueue::new(&mut arena, params.queue, params.indirect, params.event_idx)?;
-    for (i, q) in [(RX_QUEUE, &rx), (TX_QUEUE, &tx)] {
-        dev.set_vring_num(i, q.size())
-            .map_err(vh("VHOST_SET_VRING_NUM"))?;
-        dev.set_vring_addr(i, &q.config())
-            .map_err(vh("VHOST_SET_VRING_ADDR"))?;
-        dev.set_vring_base(i, 0)
-            .map_err(vh("VHOST_SET_VRING_BASE"))?;
-        dev.set_vring_call(i, &q.call)
-            .map_err(vh("VHOST_SET_VRING_CALL"))?;
-        dev.set_vring_kick(i, &q.kick)
-            .map_err(vh("VHOST_SET_VRING_KICK"))?;
-    }
+    let rings = [rx.vhost_ring(RX_QUEUE), tx.vhost_ring(TX_QUEUE)];
+    configure_rings(&dev, "vhost-vsock", want, &[arena.region_info()], &rings)?;
     let rx_slots: Vec<u64> = (0..nslots)
         .map(|_| arena.alloc((HDR_LEN + PKT_PAYLOAD) as u64, 64))
         .collect::<Result<_, _>>()?;

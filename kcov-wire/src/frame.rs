@@ -99,6 +99,10 @@ pub enum CoverageSource {
     Remote = 0,
     /// Local coverage of the agent thread's own syscalls (`KCOV_ENABLE`).
     Local = 1,
+    /// Coverage of the *host* kernel (e.g. its vhost workers), collected by the VMM itself and
+    /// written straight into the run store. Its PCs belong to another kernel than the guest's.
+    /// A guest never sends it: a collector refuses a guest [`CoverageChunk`] claiming it.
+    Host = 2,
 }
 
 impl CoverageSource {
@@ -107,7 +111,17 @@ impl CoverageSource {
         match v {
             0 => Some(CoverageSource::Remote),
             1 => Some(CoverageSource::Local),
+            2 => Some(CoverageSource::Host),
             _ => None,
+        }
+    }
+
+    /// `remote`, `local` or `host` (store file names, metadata, messages).
+    pub fn name(self) -> &'static str {
+        match self {
+            CoverageSource::Remote => "remote",
+            CoverageSource::Local => "local",
+            CoverageSource::Host => "host",
         }
     }
 }
@@ -155,7 +169,7 @@ pub struct WorkloadResult {
 pub struct CoverageChunk {
     /// Workload name.
     pub workload: String,
-    /// Remote or local coverage.
+    /// Remote or local coverage (a guest never sends [`CoverageSource::Host`]).
     pub source: CoverageSource,
     /// How `words` is to be read: PC mode one word per entry, CMP mode four.
     pub mode: KcovMode,

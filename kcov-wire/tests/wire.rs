@@ -433,8 +433,27 @@ fn malformed_payloads_are_typed_errors() {
         p
     };
     assert!(decode_payload(T::CoverageChunk, &chunk(0, 0, 0, 3, 3)).is_ok());
+    // Source 2 (host) is a known value: it decodes, and the collector refuses it from a guest.
     assert!(matches!(
-        payload_err(T::CoverageChunk, &chunk(2, 0, 0, 0, 0)),
+        decode_payload(T::CoverageChunk, &chunk(2, 0, 0, 0, 0)),
+        Ok(Frame::CoverageChunk(CoverageChunk {
+            source: CoverageSource::Host,
+            ..
+        }))
+    ));
+    let host = Frame::CoverageChunk(CoverageChunk {
+        workload: "w".into(),
+        source: CoverageSource::Host,
+        mode: KcovMode::Pc,
+        seq: 0,
+        overflow: false,
+        words: vec![7],
+    });
+    let bytes = encode(&host).unwrap();
+    assert_eq!(bytes[HEADER_LEN + 4 + 1], 2, "host source byte");
+    assert_eq!(decode_one(&bytes).unwrap(), (host, bytes.len()));
+    assert!(matches!(
+        payload_err(T::CoverageChunk, &chunk(3, 0, 0, 0, 0)),
         WireError::InvalidValue {
             field: "source",
             ..

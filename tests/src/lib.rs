@@ -5,8 +5,11 @@
 //! test`), they skip with a printed reason; under `cargo xtask test`
 //! (`TESTBED_REQUIRE_KERNEL=1`) a missing artifact is a failure.
 
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::process::{Command, Output};
+
+use coverage::{Symbolizer, Vmlinux};
 
 /// The path in environment variable `var`, or None after printing why the
 /// test is skipped. Panics when `TESTBED_REQUIRE_KERNEL=1`.
@@ -50,4 +53,37 @@ pub fn error_lines(out: &Output) -> Vec<String> {
         .filter(|l| l.starts_with("error:"))
         .map(str::to_string)
         .collect()
+}
+
+/// Function names of the unique PCs (PCs are return addresses: look up `pc - 1`).
+pub fn functions(vmlinux: &Vmlinux, pcs: &[u64]) -> BTreeSet<String> {
+    let unique: HashSet<u64> = pcs.iter().copied().collect();
+    unique
+        .into_iter()
+        .filter_map(|pc| vmlinux.symbols().lookup(pc - 1).map(|f| f.name.clone()))
+        .collect()
+}
+
+/// Unique PCs whose call site DWARF places in drivers/vhost/.
+pub fn vhost_source_pcs(vmlinux: &Vmlinux, pcs: &[u64]) -> usize {
+    let sym = Symbolizer::new(vmlinux).expect("symbolizer");
+    let mut unique: Vec<u64> = pcs.iter().map(|pc| pc - 1).collect();
+    unique.sort_unstable();
+    unique.dedup();
+    sym.symbolize_sorted(&unique)
+        .iter()
+        .filter(|frames| {
+            frames.iter().any(|f| {
+                f.file
+                    .as_deref()
+                    .is_some_and(|p| p.contains("drivers/vhost/"))
+            })
+        })
+        .count()
+}
+
+/// The guest vmlinux (`TESTBED_VMLINUX`), opened; `None` after printing why when unset.
+pub fn vmlinux() -> Option<Vmlinux> {
+    let path = artifact("TESTBED_VMLINUX")?;
+    Some(Vmlinux::open(&path).expect("open vmlinux"))
 }

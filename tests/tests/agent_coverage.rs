@@ -3,13 +3,12 @@
 //! (`<run>/coverage.kcw`). Checks the stream with kcov-wire and the PCs against the guest
 //! kernel's symbols with the `coverage` crate.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use coverage::{Symbolizer, Vmlinux};
 use kcov_wire::{CoverageSource, Decoder, Frame};
-use tests::{text, xtask};
+use tests::{functions, text, vhost_source_pcs, vmlinux, xtask};
 
 fn boot(args: &[&str]) -> Option<Output> {
     let mut all = vec!["boot", "--runner", "qemu", "--no-echo"];
@@ -82,38 +81,6 @@ fn read_stream(path: &Path) -> Stream {
     }
     dec.finish().expect("stream ends at a frame boundary");
     s
-}
-
-/// Function names of the unique PCs (PCs are return addresses: look up `pc - 1`).
-fn functions(vmlinux: &Vmlinux, pcs: &[u64]) -> BTreeSet<String> {
-    let unique: HashSet<u64> = pcs.iter().copied().collect();
-    unique
-        .into_iter()
-        .filter_map(|pc| vmlinux.symbols().lookup(pc - 1).map(|f| f.name.clone()))
-        .collect()
-}
-
-/// Unique PCs whose call site DWARF places in drivers/vhost/.
-fn vhost_source_pcs(vmlinux: &Vmlinux, pcs: &[u64]) -> usize {
-    let sym = Symbolizer::new(vmlinux).expect("symbolizer");
-    let mut unique: Vec<u64> = pcs.iter().map(|pc| pc - 1).collect();
-    unique.sort_unstable();
-    unique.dedup();
-    sym.symbolize_sorted(&unique)
-        .iter()
-        .filter(|frames| {
-            frames.iter().any(|f| {
-                f.file
-                    .as_deref()
-                    .is_some_and(|p| p.contains("drivers/vhost/"))
-            })
-        })
-        .count()
-}
-
-fn vmlinux() -> Option<Vmlinux> {
-    let path = tests::artifact("TESTBED_VMLINUX")?;
-    Some(Vmlinux::open(&path).expect("open vmlinux"))
 }
 
 #[test]

@@ -53,6 +53,32 @@ fn missing_include_file() {
 }
 
 #[test]
+fn net_options_are_checked_before_any_build() {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["boot", "--runner", "qemu", "--net", "tap=kt0"],
+            "--net needs the kvm runner",
+        ),
+        (&["boot", "--runner", "kvm", "--host-kcov"], "--net"),
+        (
+            &["boot", "--runner", "kvm", "--net", "tap=kt0,vhost=maybe"],
+            "unknown or repeated option \"vhost=maybe\"",
+        ),
+    ];
+    for (args, want) in cases {
+        let Some(out) = xtask(args) else { return };
+        assert!(!out.status.success(), "{args:?}");
+        let all = text(&out);
+        assert!(all.contains(want), "{args:?}: {all}");
+        assert!(!all.contains("panicked"), "{args:?}: {all}");
+        assert!(
+            !all.contains("kernel:"),
+            "{args:?}: no build step may run: {all}"
+        );
+    }
+}
+
+#[test]
 fn unknown_fragment_option_fails_and_keeps_cache() {
     if tests::artifact("TESTBED_XTASK_BIN").is_none() {
         return;

@@ -78,6 +78,12 @@ guest!(
     "virtio-net driver: sends 8 patterned frames, receives 6 frames of ethertype 0x88b5 and reports their lengths and hashes (see net_tap.c)."
 );
 
+guest!(
+    NET_BENCH,
+    "net_bench.elf",
+    "virtio-net throughput driver: sends or receives N frames of S bytes as fast as the rings allow, counting and checking them (see net_bench.c, src/net_bench.rs)."
+);
+
 /// Write guest `bytes` to `dir/name` and return the path.
 pub fn write_guest(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
     let p = dir.join(name);
@@ -123,6 +129,8 @@ mod tests {
             PVH,
             VIRTIO_ECHO,
             VSOCK_STREAM,
+            NET_TAP,
+            NET_BENCH,
         ] {
             assert_eq!(&g[..4], b"\x7fELF");
             assert_eq!(u16::from_le_bytes([g[18], g[19]]), 62);

@@ -6,7 +6,8 @@
 //! * [`run`] / [`run_with_devices`]: boot a bzImage or ELF vmlinux (64-bit entry,
 //!   or PVH when the ELF has the note) and run it to the end; [`host_check`] says
 //!   whether this host can run that kernel under KVM at all.
-//! * [`guests`]: tiny test guests built from source; [`bench_start_to_first_pio`].
+//! * [`guests`]: tiny test guests built from source; [`bench_start_to_first_pio`];
+//!   [`net_bench`]: virtio-net + tap throughput with a polling test guest.
 //!
 //! A caller that boots Linux should call [`host_check`] first (the `vmm` binary
 //! does, and so does [`run`] unless `skip_host_check` is set).
@@ -19,8 +20,10 @@ pub mod devices;
 pub mod error;
 pub mod guests;
 pub mod host;
+pub mod host_kcov;
 pub mod kernel;
 mod log;
+pub mod net_bench;
 mod vcpu;
 mod vm;
 

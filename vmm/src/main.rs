@@ -28,7 +28,14 @@ Examples:
   vmm --kernel bzImage --initrd initramfs.cpio --vsock-uds /tmp/v.sock --guest-cid 3
     (guest connects to CID 2 port 52 reach a listener on /tmp/v.sock_52)
   vmm --kernel bzImage --initrd initramfs.cpio --net tap=tap0
-    (virtio-net on the tap tap0, MAC 52:54:00:12:34:56)";
+    (virtio-net on the tap tap0, MAC 52:54:00:12:34:56)
+  vmm --kernel bzImage --initrd initramfs.cpio --net tap=tap0,vhost=on --host-kcov host.pcs
+    (the host kernel's vhost-net serves the rings; the PCs its vhost worker ran
+     under our kcov common handle land in host.pcs)
+
+Without /dev/vhost-net on the host, vhost=on falls back to the userspace tap
+backend; without host kcov (/sys/kernel/debug/kcov), --host-kcov is dropped.
+Both say so on stderr and the run goes on.";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Boot {
@@ -91,8 +98,15 @@ struct Args {
     /// when absent, attached to when it is a persistent tap; it must be up for
     /// frames to flow; needs CAP_NET_ADMIN); the MAC defaults to
     /// 52:54:00:12:34:56
-    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    /// With vhost=on the host kernel's vhost-net moves the frames between the
+    /// rings and the tap instead of the VMM.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC][,vhost=on|off]")]
     net: Option<vmm::devices::virtio::net::NetSpec>,
+    /// Collect host kernel coverage of the vhost-net worker serving --net
+    /// (implies vhost=on; needs a kcov host kernel) and write its PCs to FILE
+    /// (one hex PC per line, sorted, unique) when the VM ends
+    #[arg(long, value_name = "FILE", requires = "net")]
+    host_kcov: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -155,20 +169,28 @@ fn main() -> ExitCode {
             vsock::log_to_stderr(vsock::LevelFilter::Debug);
         }
     }
+    let mut host_kcov = None;
     if let Some(spec) = &args.net {
-        use vmm::devices::virtio::{net::NetDevice, tap::Tap};
-        match Tap::open(&spec.tap) {
-            Ok(tap) => virtio_devices.push(vmm::devices::virtio::VirtioMmioDevice::new(
-                std::sync::Arc::new(std::sync::Mutex::new(NetDevice::new(
-                    Box::new(tap),
-                    spec.mac,
-                ))),
-            )),
+        let built = match spec.build(args.host_kcov.is_some()) {
+            Ok(b) => b,
             Err(e) => {
                 eprintln!("vmm: --net: {e}");
                 return ExitCode::from(1);
             }
+        };
+        for n in &built.notes {
+            eprintln!("vmm: --net: {n}");
         }
+        if let (true, Some(h)) = (args.verbose, &built.host_kcov) {
+            eprintln!(
+                "vmm: host kcov on, common handle {:#018x}",
+                h.owner().handle()
+            );
+        }
+        host_kcov = built.host_kcov;
+        virtio_devices.push(vmm::devices::virtio::VirtioMmioDevice::new(
+            std::sync::Arc::new(std::sync::Mutex::new(built.device)),
+        ));
     }
     let cfg = VmConfig {
         kernel: args.kernel,
@@ -188,7 +210,29 @@ fn main() -> ExitCode {
         virtio_devices,
         ..Default::default()
     };
-    match vmm::run(&cfg) {
+    let result = vmm::run(&cfg);
+    // The devices are reset when the VM ends; only then is the host area complete.
+    drop(cfg);
+    if let (Some(h), Some(path)) = (host_kcov, &args.host_kcov) {
+        match h.finish() {
+            Ok(cov) => match std::fs::write(path, cov.to_text()) {
+                Ok(()) => eprintln!(
+                    "vmm: host kcov: {} PCs ({} distinct{}) -> {}",
+                    cov.coverage.entry_count(),
+                    cov.unique_pcs().len(),
+                    if cov.coverage.overflow {
+                        ", area overflowed"
+                    } else {
+                        ""
+                    },
+                    path.display()
+                ),
+                Err(e) => eprintln!("vmm: --host-kcov {}: {e}", path.display()),
+            },
+            Err(e) => eprintln!("vmm: {e}"),
+        }
+    }
+    match result {
         Ok(o) => {
             let code = match &o.exit {
                 e if e.is_clean() => 0,

@@ -209,24 +209,44 @@ fn send_frame(sock: &OwnedFd, f: &[u8]) {
 
 #[test]
 fn guest_frames_cross_the_tap_both_ways() {
-    tap_round_trip("guest_frames_cross_the_tap_both_ways", false);
+    tap_round_trip("guest_frames_cross_the_tap_both_ways", false, false);
+}
+
+/// The same frames with the host kernel's vhost-net serving the rings
+/// (`NetDevice::vhost`): needs /dev/vhost-net on the host, skipped here.
+#[test]
+fn guest_frames_cross_host_vhost_net_both_ways() {
+    let test = "guest_frames_cross_host_vhost_net_both_ways";
+    if let Err(why) = frontends::vhost_net::probe() {
+        eprintln!("SKIP: {test}: {why}");
+        return;
+    }
+    tap_round_trip(test, true, true);
 }
 
 /// The same with VIRTIO_NET_F_MRG_RXBUF and 512-byte RX buffers: the longer
 /// injected frames arrive spread over several buffers.
 #[test]
 fn guest_frames_cross_the_tap_with_mergeable_rx_buffers() {
-    tap_round_trip("guest_frames_cross_the_tap_with_mergeable_rx_buffers", true);
+    tap_round_trip(
+        "guest_frames_cross_the_tap_with_mergeable_rx_buffers",
+        true,
+        false,
+    );
 }
 
-fn tap_round_trip(test: &str, mrg: bool) {
+fn tap_round_trip(test: &str, mrg: bool, vhost: bool) {
     if !kvm_or_skip(test) || !root_and_tun_or_skip(test) {
         return;
     }
     let name = tap_name();
     let tap = Tap::open(&name).unwrap();
     assert_eq!(tap.name(), name);
-    let dev = NetDevice::new(Box::new(tap), DEFAULT_MAC);
+    let dev = if vhost {
+        NetDevice::vhost(tap, DEFAULT_MAC, None)
+    } else {
+        NetDevice::new(Box::new(tap), DEFAULT_MAC)
+    };
     let h = dev.handle();
     link_up(&name);
     let sock = packet_socket(&name);
@@ -298,6 +318,15 @@ fn tap_round_trip(test: &str, mrg: bool) {
     let ignored = r.next("frames ignored");
     r.end();
     let s = h.stats();
+    if vhost {
+        // The host kernel moved the frames: the VMM only relayed interrupts.
+        assert_eq!(
+            (s.tx_frames, s.rx_frames, s.activations),
+            (0, 0, 1),
+            "{s:?}"
+        );
+        return;
+    }
     assert_eq!(s.tx_frames, NTX as u64);
     assert_eq!(
         s.tx_bytes,
@@ -417,8 +446,63 @@ fn set_persist(name: &str, on: bool) -> Result<(), String> {
 #[test]
 fn vmm_binary_net_flag_attaches_to_a_persistent_tap() {
     let test = "vmm_binary_net_flag_attaches_to_a_persistent_tap";
-    if !kvm_or_skip(test) || !root_and_tun_or_skip(test) {
+    if let Some(out) = binary_round_trip(test, "", &[]) {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// `vmm --net tap=NAME,vhost=on --host-kcov FILE`: where the host has
+/// /dev/vhost-net the host kernel moves the frames (and with host kcov the PCs
+/// of its vhost worker land in FILE); where it lacks them (this CI machine),
+/// the binary says so on stderr, falls back to the userspace tap backend, and
+/// the same frames still cross byte-exact.
+#[test]
+fn vmm_binary_vhost_and_host_kcov_fall_back_where_the_host_lacks_them() {
+    let test = "vmm_binary_vhost_and_host_kcov_fall_back_where_the_host_lacks_them";
+    let d = tempfile::tempdir().unwrap();
+    let pcs = d.path().join("host.pcs");
+    let extra = ["--host-kcov".to_string(), pcs.display().to_string()];
+    let Some(out) = binary_round_trip(test, ",vhost=on", &extra) else {
         return;
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    match frontends::vhost_net::probe() {
+        Err(why) => {
+            eprintln!("SKIP (partly): {test}: host vhost-net data path: {why}");
+            assert!(
+                err.contains("/dev/vhost-net is missing")
+                    && err.contains("using the userspace tap backend, without host coverage"),
+                "{err}"
+            );
+            assert!(!pcs.exists(), "no host coverage file without vhost-net");
+        }
+        Ok(()) => match vmm::host_kcov::HostKcov::start() {
+            Err(why) => {
+                eprintln!("SKIP (partly): {test}: host kcov: {why}");
+                assert!(err.contains("going on without host coverage"), "{err}");
+            }
+            Ok(h) => {
+                drop(h);
+                let text = std::fs::read_to_string(&pcs).unwrap();
+                assert!(text.lines().count() > 1, "no host PCs: {text}");
+            }
+        },
+    }
+}
+
+/// Runs the net_tap guest under the `vmm` binary with `--net tap=NAME{net_opts}`
+/// plus `extra`, checks the frames both ways, and returns the binary's output;
+/// `None` when skipped.
+fn binary_round_trip(test: &str, net_opts: &str, extra: &[String]) -> Option<std::process::Output> {
+    if !kvm_or_skip(test) || !root_and_tun_or_skip(test) {
+        return None;
     }
     let name = tap_name();
     let _tap = PersistentTap::new(&name);
@@ -430,7 +514,8 @@ fn vmm_binary_net_flag_attaches_to_a_persistent_tap() {
         .arg("--kernel")
         .arg(&kernel)
         .args(["--cmdline", "", "--mem", "64", "--timeout", "60", "-q"])
-        .args(["--no-host-check", "--net", &format!("tap={name}")])
+        .args(["--no-host-check", "--net", &format!("tap={name}{net_opts}")])
+        .args(extra)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -455,11 +540,5 @@ fn vmm_binary_net_flag_attaches_to_a_persistent_tap() {
     for i in 0..NRX {
         send_frame(&sock, &rx_frame(i));
     }
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Some(child.wait_with_output().unwrap())
 }

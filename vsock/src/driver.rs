@@ -14,55 +14,7 @@ use crate::{VsockChannel, PKT_HEADER_SIZE};
 pub const VRING_DESC_F_NEXT: u16 = 1;
 pub const VRING_DESC_F_WRITE: u16 = 2;
 
-/// A packet header as plain data.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Hdr {
-    pub src_cid: u64,
-    pub dst_cid: u64,
-    pub src_port: u32,
-    pub dst_port: u32,
-    pub len: u32,
-    pub type_: u16,
-    pub op: u16,
-    pub flags: u32,
-    pub buf_alloc: u32,
-    pub fwd_cnt: u32,
-}
-
-impl Hdr {
-    pub fn to_bytes(&self) -> [u8; PKT_HEADER_SIZE] {
-        let mut b = [0u8; PKT_HEADER_SIZE];
-        b[0..8].copy_from_slice(&self.src_cid.to_le_bytes());
-        b[8..16].copy_from_slice(&self.dst_cid.to_le_bytes());
-        b[16..20].copy_from_slice(&self.src_port.to_le_bytes());
-        b[20..24].copy_from_slice(&self.dst_port.to_le_bytes());
-        b[24..28].copy_from_slice(&self.len.to_le_bytes());
-        b[28..30].copy_from_slice(&self.type_.to_le_bytes());
-        b[30..32].copy_from_slice(&self.op.to_le_bytes());
-        b[32..36].copy_from_slice(&self.flags.to_le_bytes());
-        b[36..40].copy_from_slice(&self.buf_alloc.to_le_bytes());
-        b[40..44].copy_from_slice(&self.fwd_cnt.to_le_bytes());
-        b
-    }
-
-    pub fn from_bytes(b: &[u8; PKT_HEADER_SIZE]) -> Hdr {
-        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
-        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
-        let u16_at = |o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap_or([0; 2]));
-        Hdr {
-            src_cid: u64_at(0),
-            dst_cid: u64_at(8),
-            src_port: u32_at(16),
-            dst_port: u32_at(20),
-            len: u32_at(24),
-            type_: u16_at(28),
-            op: u16_at(30),
-            flags: u32_at(32),
-            buf_alloc: u32_at(36),
-            fwd_cnt: u32_at(40),
-        }
-    }
-}
+pub use frontends::vsock_hdr::Hdr;
 
 /// Driver-side view of one split virtqueue.
 #[derive(Debug)]
@@ -316,7 +268,7 @@ impl GuestDriver {
             dst_cid: HOST_CID,
             src_port,
             dst_port,
-            type_: TYPE_STREAM,
+            ty: TYPE_STREAM,
             op,
             buf_alloc: 256 * 1024,
             ..Hdr::default()
@@ -344,7 +296,8 @@ impl GuestDriver {
             let base = RX_BUFS + RX_SLOT_SIZE * slot as u64;
             let mut hb = [0u8; PKT_HEADER_SIZE];
             let _ = self.mem.read_slice(&mut hb, GuestAddress(base));
-            let hdr = Hdr::from_bytes(&hb);
+            // A full header's worth of bytes always parses.
+            let hdr = Hdr::parse(&hb).unwrap_or_default();
             let n = (len as usize - PKT_HEADER_SIZE).min(RX_BUF_DATA as usize);
             let mut data = vec![0u8; n];
             let _ = self

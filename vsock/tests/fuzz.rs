@@ -57,7 +57,7 @@ fn random_hdr(r: &mut Rng) -> Hdr {
             r.next() as u32
         },
         len: 0,
-        type_: if plausible {
+        ty: if plausible {
             TYPE_STREAM
         } else {
             r.below(4) as u16

@@ -38,6 +38,39 @@ pub fn build() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Builds `vmm`'s `vhost_net_selftest` example (release, static, in the guest agent's
+/// target directory): the VMM's vhost-net backend and host kcov, run inside the guest,
+/// whose kernel has vhost-net and kcov. Returns the binary path.
+pub fn build_vhost_selftest() -> Result<PathBuf> {
+    deps::ensure_packages(&["libc6-dev"], "linking the static vhost self-test")?;
+    let target_dir = paths::workspace_root().join("target").join("guest");
+    let status = paths::cargo_build_release(&[
+        "--package",
+        "vmm",
+        "--example",
+        "vhost_net_selftest",
+        "--target",
+        GUEST_TARGET,
+    ])
+    .env("CARGO_TARGET_DIR", &target_dir)
+    .env("RUSTFLAGS", "-C target-feature=+crt-static")
+    .status()
+    .context("running cargo to build the vhost self-test")?;
+    if !status.success() {
+        bail!("building the vhost self-test failed (see cargo's output above)");
+    }
+    let bin = target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join("examples")
+        .join("vhost_net_selftest");
+    let data = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
+    if has_interpreter(&data)? {
+        bail!("{} is dynamically linked", bin.display());
+    }
+    Ok(bin)
+}
+
 /// True when an ELF64 little-endian file has a PT_INTERP program header
 /// (i.e. it needs a dynamic loader). Bounds-checked; errors on non-ELF input.
 pub fn has_interpreter(elf: &[u8]) -> Result<bool> {

@@ -257,6 +257,108 @@ pub fn workload(frames: u32) -> Result<()> {
     Ok(())
 }
 
+/// `net`: frames/s and MB/s through our VMM's virtio-net device with the tap
+/// backend, driven by the polling `net_bench` test guest under this host's
+/// /dev/kvm, each way, for 64 B, 1514 B and 65535 B frames (the longest a host
+/// can send into a tap); baseline: the same frames through the same kind of
+/// tap by host threads alone, in the same run (`vmm::net_bench`). Each figure
+/// is the median of [`NET_RUNS`] runs (baseline and VM interleaved); frames
+/// per run are `frames`, or about one second's worth at the VM's rate (from a
+/// 200-frame probe). Skips with the reason without root, tun or /dev/kvm.
+pub fn net(frames: Option<u32>) -> Result<()> {
+    use vmm::net_bench::{
+        host_ready, run_host, run_vm, Direction, NetBenchConfig, NetBenchError, NetBenchResult,
+    };
+    match host_ready(true) {
+        Ok(()) => {}
+        Err(NetBenchError::Unavailable(why)) => {
+            println!("net: skipped: {why}");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let median = |mut v: Vec<NetBenchResult>| -> NetBenchResult {
+        v.sort_by(|a, b| a.frames_per_s().total_cmp(&b.frames_per_s()));
+        v.swap_remove(v.len() / 2)
+    };
+    let delivery = |r: &NetBenchResult| {
+        let mut s = format!("{}/{}", r.delivered, r.sent);
+        if r.corrupt + r.gaps + r.reordered > 0 {
+            s += &format!(
+                " ({} corrupt, {} gaps, {} reordered)",
+                r.corrupt, r.gaps, r.reordered
+            );
+        }
+        s
+    };
+    println!(
+        "net (virtio-net, tap backend; our VMM, polling test guest, this host's /dev/kvm; release build; median of {NET_RUNS}):"
+    );
+    println!("  baseline: the same frames through a tap by host threads alone (TX: tap fd writes -> AF_PACKET; RX: AF_PACKET -> tap fd reads)");
+    println!(
+        "  {:<14} {:>7} {:>7} | {:>10} {:>9} {:>17} | {:>10} {:>9} {:>17} | {:>8}",
+        "direction",
+        "frame",
+        "frames",
+        "VM fr/s",
+        "VM MB/s",
+        "VM delivered",
+        "host fr/s",
+        "host MB/s",
+        "host delivered",
+        "VM/host"
+    );
+    for dir in [Direction::Tx, Direction::Rx] {
+        for len in [64usize, 1514, 65535] {
+            let n = match frames {
+                Some(n) => n,
+                None => {
+                    let probe = run_vm(&NetBenchConfig::new(dir, 200, len, false))?;
+                    (probe.frames_per_s() as u32).clamp(500, 200_000)
+                }
+            };
+            let cfg = NetBenchConfig::new(dir, n, len, false);
+            let (mut host, mut vm) = (Vec::new(), Vec::new());
+            for _ in 0..NET_RUNS {
+                host.push(run_host(&cfg)?);
+                vm.push(run_vm(&cfg)?);
+            }
+            let (h, v) = (median(host), median(vm));
+            println!(
+                "  {:<14} {:>5} B {:>7} | {:>10.0} {:>9.1} {:>17} | {:>10.0} {:>9.1} {:>17} | {:>8.4}",
+                dir.to_string(),
+                len,
+                n,
+                v.frames_per_s(),
+                v.mb_per_s(),
+                delivery(&v),
+                h.frames_per_s(),
+                h.mb_per_s(),
+                delivery(&h),
+                v.frames_per_s() / h.frames_per_s().max(1e-9)
+            );
+            if let Some(s) = &v.vm {
+                println!(
+                    "  {:<14} VM: {} guest kicks, event_idx {}, {} buffers, VM run {:.2} s; lost: tap queue {} / socket {} (host: {} / {})",
+                    "",
+                    s.kicks,
+                    s.event_idx,
+                    s.buffers,
+                    s.wall.as_secs_f64(),
+                    v.tap_dropped,
+                    v.socket_dropped,
+                    h.tap_dropped,
+                    h.socket_dropped
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs per figure of [`net`] (the median is printed).
+pub const NET_RUNS: usize = 3;
+
 fn bench_dir(name: &str) -> Result<PathBuf> {
     let dir = paths::workspace_root()
         .join("target/testbed/bench")

@@ -38,6 +38,10 @@ pub struct BootOpts {
     pub echo: bool,
     /// The agent's plan (`testbed.*` kernel command-line words, see guest-agent/src/plan.rs).
     pub plan: PlanOpts,
+    /// A virtio-net device on a host tap (kvm runner only).
+    pub net: Option<vmm::devices::virtio::net::NetSpec>,
+    /// Host-side vhost-net coverage into the run store (kvm runner with `net`).
+    pub host_kcov: bool,
 }
 
 /// What the agent runs and how it collects coverage; becomes `testbed.*` cmdline words.
@@ -160,6 +164,8 @@ impl Default for BootOpts {
             kernel_log: false,
             echo: true,
             plan: PlanOpts::default(),
+            net: None,
+            host_kcov: false,
         }
     }
 }
@@ -185,9 +191,21 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
         .iter()
         .map(|s| Include::parse(s))
         .collect::<Result<_, _>>()?;
+    if opts.net.is_some() && opts.runner == RunnerKind::Qemu {
+        anyhow::bail!(
+            "--net needs the kvm runner (our VMM's virtio-net device; QEMU cannot be wired to it)"
+        );
+    }
     let kernel = kernel::build(&opts.kernel)?;
     let (runner, why) = runner::choose(opts.runner, &kernel.bzimage);
     eprintln!("runner: {runner} ({why})");
+    if opts.net.is_some() && runner != RunnerKind::Kvm {
+        anyhow::bail!(
+            "--net needs the kvm runner (our VMM's virtio-net device; QEMU cannot be wired to \
+             it), and the {runner} runner was chosen ({why}); drop --net, or run on a host \
+             with hardware KVM"
+        );
+    }
     let agent = agent::build()?;
     let run_dir = paths::new_run_dir().context("creating the run directory")?;
     let initramfs = run_dir.join("initramfs.cpio");
@@ -216,6 +234,8 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
         echo: opts.echo,
         timeouts: opts.timeouts,
         vsock: Some(runner::VsockSpec::in_dir(&run_dir)),
+        net: opts.net.clone(),
+        host_kcov: opts.host_kcov,
     };
     eprintln!(
         "boot: {} + initramfs, run directory {}",
@@ -390,6 +410,12 @@ impl StreamReport {
                             w.unique_pcs = seen[i].len();
                         }
                         kcov_wire::CoverageSource::Local => w.local_pcs += c.entry_count() as u64,
+                        kcov_wire::CoverageSource::Host => {
+                            r.problem = Some(format!(
+                                "the guest sent coverage labelled source=host for {:?}",
+                                c.workload
+                            ));
+                        }
                     }
                 }
                 Frame::WorkloadResult(res) => {
@@ -469,6 +495,46 @@ impl fmt::Display for StreamReport {
     }
 }
 
+/// Name of the host coverage entry in the run store.
+pub const HOST_COVERAGE_NAME: &str = "vhost-net";
+/// The host PCs as text in the run directory (one hex PC per line, sorted, unique).
+pub const HOST_PCS_FILE: &str = "host-vhost-net.pcs.txt";
+
+/// Keeps the host-side coverage of a run (`--host-kcov`): always as text in the run
+/// directory, and, when the run has a guest stream, in the run store next to the guest's
+/// workloads, labelled source=host (never symbolized against the guest vmlinux). Returns the
+/// line to show the user.
+pub fn store_host_coverage(run_dir: &Path, hc: &vmm::host_kcov::HostCoverage) -> Result<String> {
+    let text = run_dir.join(HOST_PCS_FILE);
+    std::fs::write(&text, hc.to_text()).with_context(|| format!("writing {}", text.display()))?;
+    let mut msg = format!(
+        "host coverage: {} PCs ({} distinct{}) of the host kernel's vhost-net worker -> {}",
+        hc.coverage.entry_count(),
+        hc.unique_pcs().len(),
+        if hc.coverage.overflow {
+            ", area overflowed"
+        } else {
+            ""
+        },
+        text.display()
+    );
+    if run_dir.join(STREAM_FILE).is_file() {
+        crate::report::open_or_collect(run_dir, true)?;
+        let info = coverage::store::HostCoverageInfo {
+            kernel_release: Some(hc.kernel_release.clone()),
+            kernel_build_id: None,
+            common_handle: hc.handle,
+            mode: hc.coverage.mode,
+            overflow: hc.coverage.overflow,
+        };
+        let dir = crate::report::store_dir(run_dir);
+        coverage::store::add_host_coverage(&dir, HOST_COVERAGE_NAME, info, hc.coverage.pcs())
+            .with_context(|| format!("adding host coverage to {}", dir.display()))?;
+        msg.push_str(" and the run store (source=host)");
+    }
+    Ok(msg)
+}
+
 /// Reassembles the console stream lines of `serial_log` into `<run_dir>/coverage.kcw` and
 /// decodes it. `Ok(None)` when the agent sent no stream.
 pub fn collect_stream(run_dir: &Path, serial_log: &Path) -> Result<Option<StreamReport>> {
@@ -515,6 +581,81 @@ mod stream_tests {
 
     fn stream(frames: &[Frame]) -> Vec<u8> {
         frames.iter().flat_map(|f| encode(f).unwrap()).collect()
+    }
+
+    #[test]
+    fn host_coverage_lands_beside_the_guest_store() {
+        let hc = vmm::host_kcov::HostCoverage {
+            handle: 0x42,
+            kernel_release: "6.8.0-host".into(),
+            coverage: frontends_coverage(&[
+                0xffff_ffff_8100_0020,
+                0xffff_ffff_8100_0010,
+                0xffff_ffff_8100_0020,
+            ]),
+        };
+        // Without a guest stream: only the text file.
+        let bare = tempfile::tempdir().unwrap();
+        let m = store_host_coverage(bare.path(), &hc).unwrap();
+        assert!(m.contains("3 PCs (2 distinct)"), "{m}");
+        assert!(!m.contains("run store"), "{m}");
+        let text = std::fs::read_to_string(bare.path().join(HOST_PCS_FILE)).unwrap();
+        assert_eq!(
+            text.lines().skip(1).collect::<Vec<_>>(),
+            ["0xffffffff81000010", "0xffffffff81000020"]
+        );
+        // With one: also in the store, labelled host, apart from the guest's PCs.
+        let run = tempfile::tempdir().unwrap();
+        let bytes = stream(&[
+            Frame::Hello(Hello {
+                agent_version: "t".into(),
+                kernel_release: "6.12".into(),
+                kcov_mode: KcovMode::Pc,
+                area_words: 512,
+                common_handle: 1,
+            }),
+            Frame::WorkloadStart(WorkloadStart { name: "w".into() }),
+            Frame::CoverageChunk(CoverageChunk {
+                workload: "w".into(),
+                source: CoverageSource::Remote,
+                mode: KcovMode::Pc,
+                seq: 0,
+                overflow: false,
+                words: vec![0xffff_ffff_8200_0000],
+            }),
+            Frame::WorkloadResult(WorkloadResult {
+                name: "w".into(),
+                status: 0,
+                duration_us: 1,
+                counters: vec![],
+                error: None,
+            }),
+            Frame::Done(Done { status: 0 }),
+        ]);
+        std::fs::write(run.path().join(STREAM_FILE), bytes).unwrap();
+        let m = store_host_coverage(run.path(), &hc).unwrap();
+        assert!(m.contains("run store (source=host)"), "{m}");
+        let store = coverage::store::Store::open(&crate::report::store_dir(run.path())).unwrap();
+        let host = store.host_pcs().unwrap();
+        assert_eq!(host.len(), 1);
+        assert_eq!(
+            host[0].1.pcs,
+            [0xffff_ffff_8100_0010, 0xffff_ffff_8100_0020]
+        );
+        let guest = store.all_pcs(None).unwrap();
+        assert!(
+            guest.iter().all(|(_, p)| p.pcs == [0xffff_ffff_8200_0000]),
+            "{guest:?}"
+        );
+    }
+
+    fn frontends_coverage(words: &[u64]) -> vmm::host_kcov::Coverage {
+        vmm::host_kcov::Coverage {
+            mode: KcovMode::Pc,
+            words: words.to_vec(),
+            overflow: false,
+            reported_count: words.len() as u64,
+        }
     }
 
     #[test]

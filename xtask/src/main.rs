@@ -110,6 +110,14 @@ enum Cmd {
         /// Workload parameter, e.g. frames=100, size=1514, indirect=on (repeatable; testbed.KEY=VALUE).
         #[arg(long, value_name = "KEY=VALUE")]
         param: Vec<String>,
+        /// Give the guest a virtio-net device on the host tap NAME (kvm runner; vhost=on
+        /// hands its rings to the host's vhost-net)
+        #[arg(long, value_name = "tap=NAME[,mac=MAC][,vhost=on|off]")]
+        net: Option<vmm::devices::virtio::net::NetSpec>,
+        /// Collect host kernel coverage of the vhost-net worker serving --net into the run
+        /// store, labelled source=host (kvm runner, kcov host kernel; implies vhost=on)
+        #[arg(long, requires = "net")]
+        host_kcov: bool,
         /// Command for the agent to run in the guest (from the initramfs, see --include).
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -146,6 +154,12 @@ enum BenchCmd {
     },
     /// vsock throughput: qemu runner (real kernel), our VMM's device, the core; vs a Unix socket pair.
     Vsock,
+    /// virtio-net + tap frames/s and MB/s, both ways, 64 B/1514 B/64 KiB; vs host threads on a tap.
+    Net {
+        /// Frames per run (default: about one second's worth of the VM's rate).
+        #[arg(long)]
+        frames: Option<u32>,
+    },
     /// Symbolize every instrumented site of the vmlinux vs binutils addr2line; report generation.
     Symbolize {
         /// vmlinux (default: the cached kernel's).
@@ -197,6 +211,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             area,
             transport,
             param,
+            net,
+            host_kcov,
             cmd,
         } => {
             let opts = BootOpts {
@@ -219,6 +235,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     transport,
                     params: param,
                 },
+                net,
+                host_kcov,
             };
             let (outcome, run_dir) = boot::boot(&opts)?;
             eprintln!("{}", boot::summary(&outcome, opts.echo));
@@ -229,6 +247,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if code == 0 && report.problem.is_some() {
                     eprintln!("error: the coverage stream is incomplete or corrupt (see above)");
                     code = 1;
+                }
+            }
+            if let Some(hc) = &outcome.host_coverage {
+                match boot::store_host_coverage(&run_dir, hc) {
+                    Ok(line) => eprintln!("{line}"),
+                    Err(e) => {
+                        eprintln!("error: keeping the host coverage: {e:#}");
+                        code = code.max(1);
+                    }
                 }
             }
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
@@ -250,6 +277,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Bench { which } => match which {
             BenchCmd::VmmStart { runs } => xtask::bench::vmm_start(runs)?,
             BenchCmd::Vsock => xtask::bench::vsock()?,
+            BenchCmd::Net { frames } => xtask::bench::net(frames)?,
             BenchCmd::Symbolize { vmlinux } => xtask::report::bench(vmlinux.as_deref())?,
             BenchCmd::Workload { frames } => xtask::bench::workload(frames)?,
         },

@@ -12,7 +12,7 @@ use coverage::diff::{CoverageDiff, PatchCoverage, PatchLines};
 use coverage::golden::{classify, covered_items, Golden, GoldenCheck, Item};
 use coverage::html::write_html;
 use coverage::map::Attribution;
-use coverage::report::{Report, RunCoverage, SourceFilter, DEFAULT_FILTER};
+use coverage::report::{HostCoverageReport, Report, RunCoverage, SourceFilter, DEFAULT_FILTER};
 use coverage::store::{
     collect_file, KernelIdentity, PcCounts, Store, StoreError, META_FILE, STORE_DIR, STREAM_FILE,
 };
@@ -189,10 +189,12 @@ pub struct LoadedRun {
     pub vmlinux: PathBuf,
     /// Its build-id.
     pub build_id: Option<String>,
-    /// Coverage.
+    /// Coverage (the guest's only).
     pub coverage: RunCoverage,
     /// The vmlinux's site table.
     pub table: Arc<SiteTable>,
+    /// The run's host kernel coverage: counted in reports, never mapped onto `table`.
+    pub host: Vec<HostCoverageReport>,
 }
 
 impl LoadedRun {
@@ -213,7 +215,7 @@ impl LoadedRun {
         s
     }
 
-    /// The report under `filter`.
+    /// The report under `filter` (host coverage listed, not mapped).
     pub fn report(&self, filter: &[PathGlob], title: &str) -> Report {
         Report::new(
             &self.table,
@@ -222,6 +224,7 @@ impl LoadedRun {
             title,
             &self.kernel_desc(),
         )
+        .with_host(self.host.clone())
     }
 }
 
@@ -243,6 +246,18 @@ pub struct LoadOpts {
 pub fn load(run_dir: &Path, opts: &LoadOpts) -> Result<LoadedRun> {
     let vmlinux = resolve_vmlinux(run_dir, opts.vmlinux.as_deref())?;
     let (table, build_id) = site_table(&vmlinux)?;
+    load_with_table(run_dir, opts, vmlinux, table, build_id)
+}
+
+/// [`load`] with the vmlinux's site table and build-id already at hand. The guest's PCs are
+/// mapped onto `table`; the store's host kernel coverage is only read and counted.
+pub fn load_with_table(
+    run_dir: &Path,
+    opts: &LoadOpts,
+    vmlinux: PathBuf,
+    table: Arc<SiteTable>,
+    build_id: Option<String>,
+) -> Result<LoadedRun> {
     let store = open_or_collect(run_dir, opts.partial)?;
     if let (Some(want), Some(have)) = (&store.meta.kernel.build_id, &build_id) {
         if want != have {
@@ -288,12 +303,14 @@ pub fn load(run_dir: &Path, opts: &LoadOpts) -> Result<LoadedRun> {
         .map(|(_, p)| p)
         .collect();
     let coverage = RunCoverage::build(&table, &pcs, opts.sources, Attribution::AllFrames);
+    let host = HostCoverageReport::from_store(&store)?;
     Ok(LoadedRun {
         store,
         vmlinux,
         build_id,
         coverage,
         table,
+        host,
     })
 }
 
@@ -346,6 +363,12 @@ pub fn report(opts: &ReportOpts) -> Result<String> {
         None => None,
     };
     let run = load(&opts.run_dir, &opts.load)?;
+    report_run(opts, &run, patch)
+}
+
+/// The rendering half of [`report`]: `run` is `opts.run_dir` loaded, `patch` the parsed
+/// `opts.patch`.
+pub fn report_run(opts: &ReportOpts, run: &LoadedRun, patch: Option<PatchLines>) -> Result<String> {
     let filter = globs(&opts.filter);
     let t = title(&opts.run_dir, opts.load.workload.as_deref());
     let report = run.report(&filter, &t);
@@ -858,4 +881,160 @@ pub fn golden_cmd(a: &GoldenArgs) -> Result<std::process::ExitCode> {
     } else {
         std::process::ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coverage::store::{add_host_coverage, collect, HostCoverageInfo};
+    use coverage::{CallSite, Frame as SourceFrame, SiteKind};
+    use kcov_wire::{
+        encode, CoverageChunk, CoverageSource, Done, Frame, Hello, KcovMode, WorkloadResult,
+        WorkloadStart,
+    };
+
+    /// drivers/vhost/net.c: handle_tx lines 10, 11, 12 at 0x10, 0x20, 0x30 (PCs 0x15, 0x25,
+    /// 0x35); drivers/vhost/vhost.c: vhost_poll line 50 at 0x40 (PC 0x45).
+    fn table() -> Arc<SiteTable> {
+        let frame = |func: &str, file: &str, line: u32| SourceFrame {
+            function: Some(Arc::from(func)),
+            file: Some(Arc::from(file)),
+            line: Some(line),
+        };
+        let site = |a: u64| CallSite {
+            call_addr: a,
+            call_len: 5,
+            ret_addr: a + 5,
+            kind: SiteKind::Pc,
+        };
+        Arc::new(SiteTable {
+            sites: vec![site(0x10), site(0x20), site(0x30), site(0x40)],
+            frames: vec![
+                vec![frame("handle_tx", "drivers/vhost/net.c", 10)],
+                vec![frame("handle_tx", "drivers/vhost/net.c", 11)],
+                vec![frame("handle_tx", "drivers/vhost/net.c", 12)],
+                vec![frame("vhost_poll", "drivers/vhost/vhost.c", 50)],
+            ],
+            ..SiteTable::default()
+        })
+    }
+
+    /// A run directory whose store holds guest PC 0x15 (net.c line 10) of workload `w`.
+    fn run_dir(root: &Path) -> PathBuf {
+        let frames = [
+            Frame::Hello(Hello {
+                agent_version: "t".into(),
+                kernel_release: "6.12.117".into(),
+                kcov_mode: KcovMode::Pc,
+                area_words: 1 << 16,
+                common_handle: 0x42,
+            }),
+            Frame::WorkloadStart(WorkloadStart { name: "w".into() }),
+            Frame::CoverageChunk(CoverageChunk {
+                workload: "w".into(),
+                source: CoverageSource::Remote,
+                mode: KcovMode::Pc,
+                seq: 0,
+                overflow: false,
+                words: vec![0x15, 0x15],
+            }),
+            Frame::WorkloadResult(WorkloadResult {
+                name: "w".into(),
+                status: 0,
+                duration_us: 1,
+                counters: vec![],
+                error: None,
+            }),
+            Frame::Done(Done { status: 0 }),
+        ];
+        let bytes: Vec<u8> = frames.iter().flat_map(|f| encode(f).unwrap()).collect();
+        let run = root.join("run");
+        let s = collect(&bytes[..], &run.join(STORE_DIR), KernelIdentity::default()).unwrap();
+        assert!(s.complete, "{s:?}");
+        run
+    }
+
+    fn render(run: &Path, json: &Path) -> (String, serde_json::Value) {
+        let opts = ReportOpts {
+            run_dir: run.to_path_buf(),
+            json: Some(json.to_path_buf()),
+            ..ReportOpts::default()
+        };
+        let loaded = load_with_table(
+            run,
+            &opts.load,
+            PathBuf::from("synthetic-vmlinux"),
+            table(),
+            None,
+        )
+        .unwrap();
+        let text = report_run(&opts, &loaded, None).unwrap();
+        let v = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+        (text, v)
+    }
+
+    fn hit_lines(v: &serde_json::Value) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for f in v["files"].as_array().unwrap() {
+            for l in f["lines"].as_array().unwrap() {
+                if l["sites_hit"].as_u64().unwrap() > 0 {
+                    out.push((
+                        f["path"].as_str().unwrap().to_string(),
+                        l["line"].as_u64().unwrap(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn report_lists_host_coverage_without_symbolizing_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = run_dir(tmp.path());
+        let (text0, json0) = render(&run, &tmp.path().join("before.json"));
+        assert!(!text0.contains("host coverage"), "{text0}");
+        assert!(json0.get("host").is_none());
+        assert_eq!(hit_lines(&json0), [("drivers/vhost/net.c".to_string(), 10)]);
+
+        // The VMM adds host PCs that, read as guest addresses, would hit net.c 11 and 12 and
+        // vhost.c 50.
+        add_host_coverage(
+            &run.join(STORE_DIR),
+            "vhost-net",
+            HostCoverageInfo {
+                kernel_release: Some("6.8.0-host".into()),
+                kernel_build_id: None,
+                common_handle: 7,
+                mode: KcovMode::Pc,
+                overflow: false,
+            },
+            [0x25u64, 0x35, 0x45, 0x25],
+        )
+        .unwrap();
+        let (text, json) = render(&run, &tmp.path().join("after.json"));
+        let line = "host coverage vhost-net (host kernel 6.8.0-host): 3 distinct PCs, not \
+                    symbolized against the guest vmlinux\n";
+        assert!(text.contains(line), "{text}");
+        // Nothing else of the terminal report changed.
+        assert_eq!(
+            text.replacen(line, "", 1)
+                .replace("after.json", "before.json"),
+            text0
+        );
+        // The guest's lines alone are hit; the host entry is there raw.
+        assert_eq!(hit_lines(&json), hit_lines(&json0));
+        assert_eq!(json["pcs"], json0["pcs"]);
+        assert_eq!(json["host"][0]["distinct_pcs"], 3);
+        assert_eq!(json["host"][0]["entries"], 4);
+        assert_eq!(json["host"][0]["meta"]["name"], "vhost-net");
+        assert_eq!(json["host"][0]["meta"]["common_handle"], 7);
+        assert_eq!(
+            json["host"][0]["meta"]["coverage"]["file"],
+            "h-vhost-net.host.pcs"
+        );
+        let mut without = json.clone();
+        without.as_object_mut().unwrap().remove("host");
+        assert_eq!(without, json0);
+    }
 }

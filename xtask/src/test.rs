@@ -55,6 +55,7 @@ pub fn run(opts: &TestOpts) -> Result<()> {
     eprintln!("test: preparing the guest kernel and agent");
     let kernel = kernel::build(&KernelOpts::default())?;
     let agent = agent::build()?;
+    let vhost_selftest = agent::build_vhost_selftest()?;
     crate::deps::ensure_packages(
         crate::deps::REPORT_CHECK_PACKAGES,
         "the coverage report tests (genhtml, headless chromium, addr2line)",
@@ -72,6 +73,7 @@ pub fn run(opts: &TestOpts) -> Result<()> {
         .env("TESTBED_VMLINUX", &kernel.vmlinux)
         .env("TESTBED_KCONFIG", &kernel.config)
         .env("TESTBED_AGENT", &agent)
+        .env("TESTBED_VHOST_SELFTEST", &vhost_selftest)
         .env("TESTBED_XTASK_BIN", &xtask_bin);
     step("test suite", &mut cmd)
 }

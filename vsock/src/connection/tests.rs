@@ -133,7 +133,7 @@ fn refused_and_unknown_get_rst() {
     h.dst_cid = 9;
     assert_eq!(ops(&r.send(h, &[])), vec![OP_RST]);
     let mut h = r.d.hdr(1003, 52, OP_REQUEST);
-    h.type_ = 2;
+    h.ty = 2;
     assert_eq!(ops(&r.send(h, &[])), vec![OP_RST]);
     // A spoofed source CID is dropped silently.
     let mut h = r.d.hdr(1004, 52, OP_REQUEST);

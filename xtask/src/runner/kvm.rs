@@ -81,6 +81,17 @@ fn boot_checked(spec: &BootSpec, skip_host_check: bool) -> Result<BootOutcome> {
         })?;
         virtio_devices.push(VirtioMmioDevice::new(Arc::new(Mutex::new(dev))));
     }
+    let mut host_kcov = None;
+    if let Some(n) = &spec.net {
+        let built = n
+            .build(spec.host_kcov)
+            .with_context(|| format!("--net tap={}", n.tap))?;
+        for note in &built.notes {
+            eprintln!("net: {note}");
+        }
+        host_kcov = built.host_kcov;
+        virtio_devices.push(VirtioMmioDevice::new(Arc::new(Mutex::new(built.device))));
+    }
     let cfg = VmConfig {
         kernel: spec.bzimage.clone(),
         initrd: Some(spec.initramfs.clone()),
@@ -119,6 +130,13 @@ fn boot_checked(spec: &BootSpec, skip_host_check: bool) -> Result<BootOutcome> {
     let _ = vm_thread.join();
     let mut outcome = outcome?;
     outcome.vsock_uds = spec.vsock.as_ref().map(|v| v.uds.clone());
+    // The VM thread dropped the devices: the host area is complete.
+    if let Some(h) = host_kcov {
+        match h.finish() {
+            Ok(c) => outcome.host_coverage = Some(c),
+            Err(e) => eprintln!("host-kcov: {e}; no host coverage for this run"),
+        }
+    }
     Ok(outcome)
 }
 
@@ -161,6 +179,8 @@ mod tests {
                 run: Duration::from_secs(10),
             },
             vsock: None,
+            net: None,
+            host_kcov: false,
         })
     }
 

@@ -114,6 +114,8 @@ pub struct BootOutcome {
     pub tail: Vec<String>,
     /// The host side of the guest's vsock device (`<uds>`, `<uds>_<port>`), if it had one.
     pub vsock_uds: Option<PathBuf>,
+    /// Host-side coverage (`BootSpec::host_kcov` where the host allowed it).
+    pub host_coverage: Option<vmm::host_kcov::HostCoverage>,
 }
 
 /// Serial-console state machine: feeds lines, tracks the agent's markers.
@@ -252,6 +254,7 @@ pub fn watch(
         total: start.elapsed(),
         tail: console.tail(),
         vsock_uds: None,
+        host_coverage: None,
     })
 }
 
@@ -267,6 +270,10 @@ pub struct BootSpec {
     pub timeouts: Timeouts,
     /// A virtio-vsock device for the guest (None: no vsock device).
     pub vsock: Option<VsockSpec>,
+    /// A virtio-net device on a host tap (kvm runner only).
+    pub net: Option<vmm::devices::virtio::net::NetSpec>,
+    /// Collect host kcov of the vhost-net worker serving `net` (kvm runner only).
+    pub host_kcov: bool,
 }
 
 /// The guest CID runs get unless told otherwise.

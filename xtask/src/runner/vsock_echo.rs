@@ -291,6 +291,8 @@ pub fn run(
     crate::image::build(agent, &[include], &cmd, &initramfs)?;
     let vsock = VsockSpec::in_dir(work_dir);
     let spec = BootSpec {
+        net: None,
+        host_kcov: false,
         bzimage: bzimage.to_path_buf(),
         initramfs,
         cmdline: format!("{} quiet", crate::boot::BASE_CMDLINE),

@@ -126,6 +126,9 @@ pub enum ActivateError {
     /// The device could not start its worker (thread, epoll).
     #[error("cannot start the device worker: {0}")]
     Worker(String),
+    /// The device's host backend refused (e.g. host vhost-net failed).
+    #[error("device backend: {0}")]
+    Backend(String),
 }
 
 /// Interrupt state shared by the transport and the device: the InterruptStatus

@@ -1,8 +1,8 @@
 //! Safe wrapper over `/sys/kernel/debug/kcov` (Documentation/dev-tools/kcov.rst, kernel/kcov.c).
 //!
 //! ```no_run
-//! use guest_agent::kcov::{common_handle, fresh_instance, Kcov, KcovMode};
-//! # fn main() -> Result<(), guest_agent::kcov::KcovError> {
+//! use frontends::kcov::{common_handle, fresh_instance, Kcov, KcovMode};
+//! # fn main() -> Result<(), frontends::kcov::KcovError> {
 //! let mut kcov = Kcov::open_default()?;
 //! kcov.init_trace(1 << 20)?;
 //! let handle = common_handle(fresh_instance())?;
