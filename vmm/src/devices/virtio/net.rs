@@ -6,8 +6,13 @@
 //!   host kernel's `/dev/vhost-net` with a tap as its backend, and the VMM only
 //!   relays interrupts (optionally under host kcov, [`crate::host_kcov`]).
 //!
-//! * Features: VERSION_1, MAC, STATUS, MRG_RXBUF and RING_EVENT_IDX. No
-//!   checksum or segmentation offload. Without MRG_RXBUF every RX frame goes
+//! * Features: VERSION_1, MAC, STATUS, MRG_RXBUF and RING_EVENT_IDX; with a
+//!   backend that takes vnet headers as they are ([`NetBackend::offloads`], the
+//!   tap) also the offloads CSUM, GUEST_CSUM, HOST_TSO4/6 and GUEST_TSO4/6: the
+//!   guest's checksum/GSO header goes to the tap, and the tap may hand the guest
+//!   partially checksummed frames and TCP segments of up to 64 KiB (it is told
+//!   which with `TUNSETOFFLOAD`, from what the driver acknowledged). Without
+//!   MRG_RXBUF every RX frame goes
 //!   into one buffer chain, which must hold the 12-byte header plus the frame
 //!   (else the frame is dropped and counted in [`NetStats::rx_dropped`]);
 //!   with it a frame spreads over as many chains as it takes (consecutive
@@ -16,11 +21,13 @@
 //! * Config space: `mac` (6 bytes, read-only), `status` (LINK_UP), and
 //!   `max_virtqueue_pairs` = 1 (10 bytes).
 //! * Queues: 0 = receiveq1, 1 = transmitq1 (no control queue).
-//! * Every TX chain is a `virtio_net_hdr_v1` (12 bytes) and an Ethernet frame;
-//!   the frame goes to the backend after a zeroed header (no offloads were
-//!   offered, so the guest's header carries nothing the host may act on).
-//!   Every RX frame reaches the guest after a header that is all zero except
-//!   `num_buffers` (1 without MRG_RXBUF).
+//! * Every TX chain is a `virtio_net_hdr_v1` (12 bytes) and an Ethernet frame.
+//!   Without negotiated offloads the frame goes to the backend after a zeroed
+//!   header; with them the guest's header goes along, checked first: NEEDS_CSUM
+//!   only with CSUM, a TCPv4/TCPv6 GSO type only with HOST_TSO4/6, no other
+//!   flags or GSO types (a chain that breaks this is a bad chain). Every RX
+//!   frame reaches the guest after the backend's header (zero unless guest
+//!   offloads were negotiated) with `num_buffers` set (1 without MRG_RXBUF).
 //!
 //! Guest descriptors are hostile: chains that cannot be read or written, are
 //! shorter than a header plus an Ethernet header, or longer than
@@ -74,8 +81,69 @@ pub const F_MAC: u64 = 1 << VIRTIO_NET_F_MAC;
 pub const F_MRG_RXBUF: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
 /// Feature bit VIRTIO_NET_F_STATUS.
 pub const F_STATUS: u64 = 1 << VIRTIO_NET_F_STATUS;
+/// Feature bit VIRTIO_NET_F_CSUM: the driver may send partially checksummed frames.
+pub const F_CSUM: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_CSUM;
+/// Feature bit VIRTIO_NET_F_GUEST_CSUM: the driver takes partially checksummed frames.
+pub const F_GUEST_CSUM: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_CSUM;
+/// Feature bit VIRTIO_NET_F_GUEST_TSO4.
+pub const F_GUEST_TSO4: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_TSO4;
+/// Feature bit VIRTIO_NET_F_GUEST_TSO6.
+pub const F_GUEST_TSO6: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_TSO6;
+/// Feature bit VIRTIO_NET_F_HOST_TSO4.
+pub const F_HOST_TSO4: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_HOST_TSO4;
+/// Feature bit VIRTIO_NET_F_HOST_TSO6.
+pub const F_HOST_TSO6: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_HOST_TSO6;
+/// The offloads a header-passing backend lets the device offer.
+pub const OFFLOAD_FEATURES: u64 =
+    F_CSUM | F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_HOST_TSO4 | F_HOST_TSO6;
 /// Size of the config space (mac, status, max_virtqueue_pairs).
 pub const CONFIG_SIZE: usize = 10;
+
+/// `virtio_net_hdr.flags`: VIRTIO_NET_HDR_F_NEEDS_CSUM.
+const HDR_F_NEEDS_CSUM: u8 = 1;
+/// `virtio_net_hdr.gso_type` values.
+const GSO_NONE: u8 = 0;
+const GSO_TCPV4: u8 = 1;
+const GSO_TCPV6: u8 = 4;
+
+/// Checks a TX header against the offloads the driver negotiated (`features`):
+/// `Err` names what the guest may not ask for.
+pub fn check_tx_header(hdr: &[u8; VNET_HDR_LEN], features: u64) -> Result<(), String> {
+    let (flags, gso) = (hdr[0], hdr[1]);
+    match flags {
+        0 => {}
+        HDR_F_NEEDS_CSUM if features & F_CSUM != 0 => {}
+        f => return Err(format!("header flags {f:#x} not allowed")),
+    }
+    let allowed = match gso {
+        GSO_NONE => true,
+        GSO_TCPV4 => features & F_HOST_TSO4 != 0,
+        GSO_TCPV6 => features & F_HOST_TSO6 != 0,
+        _ => false,
+    };
+    if !allowed {
+        return Err(format!("GSO type {gso:#x} not negotiated"));
+    }
+    if gso != GSO_NONE && flags != HDR_F_NEEDS_CSUM {
+        return Err("GSO without NEEDS_CSUM".into());
+    }
+    Ok(())
+}
+
+/// The `TUNSETOFFLOAD` flags for the guest offloads in `features`.
+pub fn tun_offloads(features: u64) -> libc::c_uint {
+    if features & F_GUEST_CSUM == 0 {
+        return 0;
+    }
+    let mut f = libc::TUN_F_CSUM;
+    if features & F_GUEST_TSO4 != 0 {
+        f |= libc::TUN_F_TSO4;
+    }
+    if features & F_GUEST_TSO6 != 0 {
+        f |= libc::TUN_F_TSO6;
+    }
+    f
+}
 
 /// Chains served per queue per wake-up before the worker yields to epoll (it
 /// re-arms its own eventfd when work is left).
@@ -94,6 +162,16 @@ pub trait NetBackend: Send {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>>;
     /// Sends one header+frame.
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// Whether it takes and gives vnet headers as they are (checksum and GSO
+    /// offloads); if so the device offers [`OFFLOAD_FEATURES`].
+    fn offloads(&self) -> bool {
+        false
+    }
+    /// Which offloads it may hand the guest (`TUNSETOFFLOAD` flags, 0 = none);
+    /// called on every activation when [`NetBackend::offloads`].
+    fn set_offloads(&mut self, _tun_flags: libc::c_uint) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A backend shared by the device and its worker.
@@ -177,6 +255,8 @@ enum Running {
 /// The virtio-net device ([module docs](self)).
 pub struct NetDevice {
     mac: [u8; 6],
+    /// The backend passes vnet headers: offloads are offered.
+    offloads: bool,
     backend: Backend,
     shared: Arc<Shared>,
     running: Option<Running>,
@@ -198,8 +278,13 @@ impl NetDevice {
     }
 
     fn with_backend(backend: Backend, mac: [u8; 6]) -> Self {
+        let offloads = match &backend {
+            Backend::User(b) => b.lock().map(|b| b.offloads()).unwrap_or(false),
+            Backend::Vhost(_) => true,
+        };
         NetDevice {
             mac,
+            offloads,
             backend,
             shared: Arc::default(),
             running: None,
@@ -374,7 +459,12 @@ impl VirtioDevice for NetDevice {
     }
 
     fn features(&self) -> u64 {
-        F_MAC | F_STATUS | F_MRG_RXBUF | features::RING_EVENT_IDX
+        let base = F_MAC | F_STATUS | F_MRG_RXBUF | features::RING_EVENT_IDX;
+        if self.offloads {
+            base | OFFLOAD_FEATURES
+        } else {
+            base
+        }
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -398,9 +488,21 @@ impl VirtioDevice for NetDevice {
             return Err(ActivateError::AlreadyActive);
         }
         check_queues(&ctx.queues, &ctx.queue_evts, 2, &[RXQ, TXQ])?;
+        let tun = tun_offloads(ctx.features);
         let backend = match &self.backend {
-            Backend::User(b) => b.clone(),
+            Backend::User(b) => {
+                if self.offloads {
+                    b.lock()
+                        .map_err(|_| ActivateError::Worker("backend lock poisoned".into()))?
+                        .set_offloads(tun)
+                        .map_err(|e| ActivateError::Backend(format!("TUNSETOFFLOAD: {e}")))?;
+                }
+                b.clone()
+            }
             Backend::Vhost(spec) => {
+                spec.tap
+                    .set_offloads(tun)
+                    .map_err(|e| ActivateError::Backend(e.to_string()))?;
                 let active = vhost::activate(ctx, spec, self.shared.vhost_calls.clone())?;
                 self.shared.activations.fetch_add(1, Ordering::SeqCst);
                 self.running = Some(Running::Vhost(active));
@@ -444,6 +546,7 @@ impl VirtioDevice for NetDevice {
             backend,
             frame: Frames::new(),
             mrg_rxbuf: features & F_MRG_RXBUF != 0,
+            features,
         };
         let thread = std::thread::Builder::new()
             .name("virtio-net".into())
@@ -477,6 +580,16 @@ impl Frames {
     }
 }
 
+/// Prepares the header of an RX frame (`frame` starts with the backend's
+/// header): kept when the driver takes offloads, zeroed otherwise (a backend
+/// frame then carries nothing the guest may act on); `num_buffers` set.
+fn rx_header(frame: &mut [u8], features: u64, num_buffers: u16) {
+    if features & F_GUEST_CSUM == 0 {
+        frame[..VNET_HDR_LEN].fill(0);
+    }
+    frame[NUM_BUFFERS_OFFSET..VNET_HDR_LEN].copy_from_slice(&num_buffers.to_le_bytes());
+}
+
 /// The device side of an active device, on its own thread.
 struct Worker {
     mem: GuestMemoryMmap,
@@ -490,6 +603,8 @@ struct Worker {
     frame: Frames,
     /// VIRTIO_NET_F_MRG_RXBUF was negotiated.
     mrg_rxbuf: bool,
+    /// All negotiated features (offloads decide what the headers may carry).
+    features: u64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -581,21 +696,30 @@ impl Worker {
                     r.read_exact(&mut buf[..n]).map_err(|e| e.to_string())?;
                     Ok(n)
                 });
-            match read {
-                Ok(n) => {
-                    // No offloads were offered: the host gets a zero header.
+            let read = read.and_then(|n| {
+                if self.features & (F_CSUM | F_HOST_TSO4 | F_HOST_TSO6) == 0 {
+                    // No TX offloads: the host gets a zero header.
                     buf[..VNET_HDR_LEN].fill(0);
-                    match backend.send(&buf[..n]) {
-                        Ok(()) => {
-                            add(&self.shared.tx_frames, 1);
-                            add(&self.shared.tx_bytes, (n - VNET_HDR_LEN) as u64);
-                        }
-                        Err(e) => {
-                            add(&self.shared.backend_errors, 1);
-                            debug(format_args!("net: backend send: {e}"));
-                        }
-                    }
+                    return Ok(n);
                 }
+                let mut hdr = [0u8; VNET_HDR_LEN];
+                hdr.copy_from_slice(&buf[..VNET_HDR_LEN]);
+                check_tx_header(&hdr, self.features)?;
+                // num_buffers is an RX field: zero on the way out.
+                buf[NUM_BUFFERS_OFFSET..VNET_HDR_LEN].fill(0);
+                Ok(n)
+            });
+            match read {
+                Ok(n) => match backend.send(&buf[..n]) {
+                    Ok(()) => {
+                        add(&self.shared.tx_frames, 1);
+                        add(&self.shared.tx_bytes, (n - VNET_HDR_LEN) as u64);
+                    }
+                    Err(e) => {
+                        add(&self.shared.backend_errors, 1);
+                        debug(format_args!("net: backend send: {e}"));
+                    }
+                },
                 Err(e) => {
                     add(&self.shared.bad_chains, 1);
                     debug(format_args!("net: TX chain {head} dropped: {e}"));
@@ -680,8 +804,7 @@ impl Worker {
             };
             let head = chain.head_index();
             let frame = &mut self.frame.rx[..len];
-            frame[..VNET_HDR_LEN].fill(0);
-            frame[NUM_BUFFERS_OFFSET..VNET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
+            rx_header(frame, self.features, 1);
             let written = match Writer::new(&self.mem, chain) {
                 Err(e) => {
                     // Keep the frame for the next buffer.
@@ -759,9 +882,11 @@ impl Worker {
         }
         let delivered = cap >= len;
         let frame = &mut self.frame.rx[..len];
-        frame[..VNET_HDR_LEN].fill(0);
-        let n = u16::try_from(good.len()).unwrap_or(u16::MAX);
-        frame[NUM_BUFFERS_OFFSET..VNET_HDR_LEN].copy_from_slice(&n.to_le_bytes());
+        rx_header(
+            frame,
+            self.features,
+            u16::try_from(good.len()).unwrap_or(u16::MAX),
+        );
         let mut off = 0;
         for (head, mut w) in good {
             let mut put = 0;
@@ -891,6 +1016,7 @@ mod tests {
             backend: Arc::new(Mutex::new(backend)),
             frame: Frames::new(),
             mrg_rxbuf: false,
+            features: 0,
         };
         Rig {
             mem,
@@ -1006,6 +1132,321 @@ mod tests {
     /// num_buffers = their count; too few buffers keep the frame pending
     /// without consuming any; an unwritable chain goes back with length 0
     /// ahead of the frame's buffers.
+    /// With offloads negotiated the guest's checksum/GSO header reaches the
+    /// backend (num_buffers zeroed) and the backend's reaches the guest; a
+    /// header asking for an offload that was not negotiated is a bad chain.
+    #[test]
+    fn offload_headers_pass_only_what_was_negotiated() {
+        let mut r = rig();
+        r.worker.features = features::VERSION_1 | F_CSUM | F_HOST_TSO4 | F_GUEST_CSUM;
+        // flags NEEDS_CSUM, gso TCPV4, hdr_len 54, gso_size 1448, csum 34/16, num_buffers 9.
+        let good = [1u8, 1, 54, 0, 0xa8, 0x05, 34, 0, 16, 0, 9, 0];
+        let tcp6 = [1u8, 4, 54, 0, 0xa8, 0x05, 54, 0, 16, 0, 0, 0];
+        let bad_flags = [2u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        for (i, h) in [good, tcp6, bad_flags].iter().enumerate() {
+            let mut f = h.to_vec();
+            f.extend([0x42u8; 60]);
+            let at = DATA + 0x100 * i as u64;
+            r.mem.write_slice(&f, GuestAddress(at)).unwrap();
+            r.desc(TXQ, i as u16, at, f.len() as u32, 0, 0);
+            r.publish(TXQ, i as u16);
+        }
+        let mut rx = vec![1u8, 1, 54, 0, 0xa8, 0x05, 34, 0, 16, 0, 0, 0];
+        rx.extend([0x17u8; 100]);
+        r.inbox.lock().unwrap().push_back(rx.clone());
+        r.desc(RXQ, 0, DATA + 0x1000, 2048, F_WRITE, 0);
+        r.publish(RXQ, 0);
+        r.worker.process();
+        let sent = r.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1, "only the negotiated offload goes out");
+        let mut want = good;
+        want[NUM_BUFFERS_OFFSET] = 0;
+        assert_eq!(&sent[0][..VNET_HDR_LEN], &want);
+        assert_eq!(r.stats().bad_chains, 2);
+        let mut got = vec![0u8; rx.len()];
+        r.mem
+            .read_slice(&mut got, GuestAddress(DATA + 0x1000))
+            .unwrap();
+        let mut want = rx[..VNET_HDR_LEN].to_vec();
+        want[NUM_BUFFERS_OFFSET] = 1;
+        assert_eq!(&got[..VNET_HDR_LEN], &want[..], "backend header kept");
+
+        // Without guest offloads the backend's header never reaches the guest.
+        let mut r = rig();
+        r.worker.features = features::VERSION_1 | F_CSUM;
+        r.inbox.lock().unwrap().push_back(rx.clone());
+        r.desc(RXQ, 0, DATA + 0x1000, 2048, F_WRITE, 0);
+        r.publish(RXQ, 0);
+        r.worker.process();
+        r.mem
+            .read_slice(&mut got, GuestAddress(DATA + 0x1000))
+            .unwrap();
+        let mut zero = [0u8; VNET_HDR_LEN];
+        zero[NUM_BUFFERS_OFFSET] = 1;
+        assert_eq!(&got[..VNET_HDR_LEN], &zero);
+    }
+
+    /// An `ifreq` for interface `name`.
+    fn ifreq(name: &str) -> libc::ifreq {
+        // SAFETY: ifreq is plain old data.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        ifr
+    }
+
+    fn sockaddr_v4(ip: [u8; 4]) -> libc::sockaddr {
+        // SAFETY: sockaddr_in and sockaddr are plain old data of the same size.
+        unsafe {
+            let mut sin: libc::sockaddr_in = std::mem::zeroed();
+            sin.sin_family = libc::AF_INET as u16;
+            sin.sin_addr.s_addr = u32::from_ne_bytes(ip);
+            std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin)
+        }
+    }
+
+    /// Gives tap `name` address `ip`/24, a permanent neighbour `peer` with MAC
+    /// `peer_mac`, and returns the tap's own MAC.
+    fn tap_ipv4(name: &str, ip: [u8; 4], peer: [u8; 4], peer_mac: [u8; 6]) -> [u8; 6] {
+        // SAFETY: plain socket call; the fd is closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        assert!(fd >= 0);
+        let ctl = |req: libc::c_ulong, arg: *mut libc::c_void, what: &str| {
+            // SAFETY: each request reads or writes the struct `arg` points to.
+            let r = unsafe { libc::ioctl(fd, req, arg) };
+            assert_eq!(r, 0, "{what}: {}", io::Error::last_os_error());
+        };
+        let mut ifr = ifreq(name);
+        ifr.ifr_ifru.ifru_addr = sockaddr_v4(ip);
+        ctl(
+            libc::SIOCSIFADDR,
+            (&mut ifr as *mut libc::ifreq).cast(),
+            "SIOCSIFADDR",
+        );
+        let mut ifr = ifreq(name);
+        ifr.ifr_ifru.ifru_netmask = sockaddr_v4([255, 255, 255, 0]);
+        ctl(
+            libc::SIOCSIFNETMASK,
+            (&mut ifr as *mut libc::ifreq).cast(),
+            "SIOCSIFNETMASK",
+        );
+        let mut ifr = ifreq(name);
+        ctl(
+            libc::SIOCGIFHWADDR,
+            (&mut ifr as *mut libc::ifreq).cast(),
+            "SIOCGIFHWADDR",
+        );
+        // SAFETY: SIOCGIFHWADDR filled ifru_hwaddr.
+        let hw = unsafe { ifr.ifr_ifru.ifru_hwaddr.sa_data };
+        // SAFETY: arpreq is plain old data.
+        let mut arp: libc::arpreq = unsafe { std::mem::zeroed() };
+        arp.arp_pa = sockaddr_v4(peer);
+        arp.arp_ha.sa_family = libc::ARPHRD_ETHER;
+        for (d, s) in arp.arp_ha.sa_data.iter_mut().zip(peer_mac) {
+            *d = s as libc::c_char;
+        }
+        arp.arp_flags = 0x02 | 0x04; // ATF_COM | ATF_PERM
+        for (d, s) in arp.arp_dev.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        ctl(
+            libc::SIOCSARP,
+            (&mut arp as *mut libc::arpreq).cast(),
+            "SIOCSARP",
+        );
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+        std::array::from_fn(|i| hw[i] as u8)
+    }
+
+    /// The 16-bit ones' complement sum of `data` (not inverted).
+    fn csum16(mut sum: u32, data: &[u8]) -> u32 {
+        for c in data.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum
+    }
+
+    /// Checksum offload end to end through a real tap: a guest UDP datagram
+    /// whose checksum only holds the pseudo-header sum (NEEDS_CSUM) reaches a
+    /// host socket only when CSUM was negotiated (else the zeroed header leaves
+    /// a wrong checksum and the host drops it); with GUEST_CSUM the host's
+    /// datagram reaches the guest partially checksummed (NEEDS_CSUM, csum_start
+    /// 34), without it fully checksummed.
+    #[test]
+    fn checksum_offload_through_a_real_tap() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0
+            || !std::path::Path::new(super::super::tap::TUN_PATH).exists()
+        {
+            eprintln!("SKIP: checksum_offload_through_a_real_tap: needs root and /dev/net/tun");
+            return;
+        }
+        let tap = super::super::tap::Tap::open("vcsum%d").unwrap();
+        tap.set_up().unwrap();
+        let net = 10 + (std::process::id() % 200) as u8;
+        let (host_ip, guest_ip) = ([10, 213, net, 1], [10, 213, net, 2]);
+        let guest_mac = [0x02, 0, 0, 0, 0x21, 0x13];
+        let tap_mac = tap_ipv4(tap.name(), host_ip, guest_ip, guest_mac);
+        let sock = std::net::UdpSocket::bind((std::net::Ipv4Addr::from(host_ip), 0)).unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+            .unwrap();
+        let port = sock.local_addr().unwrap().port();
+
+        let mut r = rig();
+        let backend: Box<dyn NetBackend> = Box::new(tap);
+        assert!(backend.offloads());
+        r.worker.backend = Arc::new(Mutex::new(backend));
+
+        // TX: one datagram with each feature set.
+        let datagram = |payload: &[u8]| {
+            let udp_len = 8 + payload.len();
+            let mut ip = vec![0x45u8, 0];
+            ip.extend(((20 + udp_len) as u16).to_be_bytes());
+            ip.extend([0, 1, 0x40, 0, 64, 17, 0, 0]);
+            ip.extend(guest_ip);
+            ip.extend(host_ip);
+            let c = !(csum16(0, &ip) as u16);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            let mut pseudo = guest_ip.to_vec();
+            pseudo.extend(host_ip);
+            pseudo.extend([0, 17]);
+            pseudo.extend((udp_len as u16).to_be_bytes());
+            let partial = csum16(0, &pseudo) as u16;
+            let mut f = vec![1u8, 0, 0, 0, 0, 0, 34, 0, 6, 0, 0, 0]; // NEEDS_CSUM at 34+6
+            f.extend(tap_mac);
+            f.extend(guest_mac);
+            f.extend([0x08, 0x00]);
+            f.extend(ip);
+            f.extend(40000u16.to_be_bytes());
+            f.extend(port.to_be_bytes());
+            f.extend((udp_len as u16).to_be_bytes());
+            f.extend(partial.to_be_bytes());
+            f.extend(payload);
+            f
+        };
+        for (i, (features, payload)) in [
+            (features::VERSION_1, &b"zeroed header, wrong checksum"[..]),
+            (features::VERSION_1 | F_CSUM, &b"checksum offloaded"[..]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            r.worker.features = features;
+            let f = datagram(payload);
+            let at = DATA + 0x800 * i as u64;
+            r.mem.write_slice(&f, GuestAddress(at)).unwrap();
+            r.desc(TXQ, i as u16, at, f.len() as u32, 0, 0);
+            r.publish(TXQ, i as u16);
+            r.worker.process();
+        }
+        assert_eq!(r.stats().tx_frames, 2, "{:?}", r.stats());
+        let mut buf = [0u8; 256];
+        let mut got = Vec::new();
+        while let Ok((n, _)) = sock.recv_from(&mut buf) {
+            got.push(buf[..n].to_vec());
+        }
+        assert_eq!(
+            got,
+            [b"checksum offloaded".to_vec()],
+            "only the offloaded datagram arrives"
+        );
+
+        // RX: the host's datagram, with and without the tap's checksum offload.
+        for (i, features) in [features::VERSION_1, features::VERSION_1 | F_GUEST_CSUM]
+            .into_iter()
+            .enumerate()
+        {
+            r.worker.features = features;
+            r.worker
+                .backend
+                .lock()
+                .unwrap()
+                .set_offloads(tun_offloads(features))
+                .unwrap();
+            let at = DATA + 0x4000 + 0x1000 * i as u64;
+            r.desc(RXQ, i as u16, at, 2048, F_WRITE, 0);
+            r.publish(RXQ, i as u16);
+            sock.send_to(b"to the guest", (std::net::Ipv4Addr::from(guest_ip), 40000))
+                .unwrap();
+            let t = std::time::Instant::now();
+            while r.used_idx(RXQ) as usize <= i {
+                assert!(
+                    t.elapsed() < std::time::Duration::from_secs(5),
+                    "no RX frame"
+                );
+                r.worker.process();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            let (_, len) = r.used_elem(RXQ, i as u16);
+            let mut f = vec![0u8; len as usize];
+            r.mem.read_slice(&mut f, GuestAddress(at)).unwrap();
+            let frame = &f[VNET_HDR_LEN..];
+            assert_eq!(&frame[12..14], &[0x08, 0x00], "IPv4");
+            assert_eq!(frame[23], 17, "UDP");
+            let udp = &frame[34..];
+            assert_eq!(&udp[8..], b"to the guest");
+            let mut pseudo = host_ip.to_vec();
+            pseudo.extend(guest_ip);
+            pseudo.extend([0, 17]);
+            pseudo.extend((udp.len() as u16).to_be_bytes());
+            if features & F_GUEST_CSUM != 0 {
+                assert_eq!(f[0], 1, "NEEDS_CSUM: {:?}", &f[..VNET_HDR_LEN]);
+                assert_eq!(u16::from_le_bytes([f[6], f[7]]), 34, "csum_start");
+                assert_eq!(u16::from_le_bytes([f[8], f[9]]), 6, "csum_offset");
+                // The checksum field holds the pseudo-header sum, as offloaded.
+                let field = u16::from_be_bytes([udp[6], udp[7]]);
+                assert_eq!(u32::from(field), csum16(0, &pseudo));
+            } else {
+                assert_eq!(f[0], 0, "whole frame: {:?}", &f[..VNET_HDR_LEN]);
+                // A complete checksum: pseudo header + UDP sums to 0xffff.
+                assert_eq!(csum16(csum16(0, &pseudo), udp), 0xffff);
+            }
+            assert_eq!(u16::from_le_bytes([f[10], f[11]]), 1, "num_buffers");
+        }
+    }
+
+    #[test]
+    fn tx_header_rules_and_tun_flags() {
+        let h = |flags: u8, gso: u8| {
+            let mut h = [0u8; VNET_HDR_LEN];
+            h[0] = flags;
+            h[1] = gso;
+            h
+        };
+        let all = OFFLOAD_FEATURES;
+        assert!(check_tx_header(&h(0, 0), 0).is_ok());
+        assert!(check_tx_header(&h(1, 0), 0).is_err());
+        assert!(check_tx_header(&h(1, 0), F_CSUM).is_ok());
+        assert!(check_tx_header(&h(1, 1), F_CSUM).is_err());
+        assert!(check_tx_header(&h(1, 1), all).is_ok());
+        assert!(check_tx_header(&h(1, 4), all).is_ok());
+        assert!(
+            check_tx_header(&h(0, 1), all).is_err(),
+            "GSO needs NEEDS_CSUM"
+        );
+        assert!(
+            check_tx_header(&h(1, 3), all).is_err(),
+            "UDP GSO not offered"
+        );
+        assert!(
+            check_tx_header(&h(1, 0x81), all).is_err(),
+            "ECN not offered"
+        );
+        assert!(check_tx_header(&h(4, 0), all).is_err());
+        assert_eq!(tun_offloads(0), 0);
+        assert_eq!(tun_offloads(F_GUEST_TSO4), 0, "TSO needs GUEST_CSUM");
+        assert_eq!(tun_offloads(F_GUEST_CSUM), libc::TUN_F_CSUM);
+        assert_eq!(
+            tun_offloads(F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6),
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
+        );
+    }
+
     #[test]
     fn mergeable_rx_buffers() {
         let mut r = rig();
@@ -1302,7 +1743,7 @@ mod tests {
         assert!(dev.is_vhost());
         assert_eq!(
             dev.features(),
-            F_MAC | F_STATUS | F_MRG_RXBUF | features::RING_EVENT_IDX
+            F_MAC | F_STATUS | F_MRG_RXBUF | features::RING_EVENT_IDX | OFFLOAD_FEATURES
         );
         let h = dev.handle();
         assert_eq!(

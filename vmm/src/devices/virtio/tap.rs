@@ -47,4 +47,12 @@ impl NetBackend for Tap {
             }
         }
     }
+
+    fn offloads(&self) -> bool {
+        true
+    }
+
+    fn set_offloads(&mut self, tun_flags: libc::c_uint) -> io::Result<()> {
+        Tap::set_offloads(self, tun_flags).map_err(io::Error::other)
+    }
 }
