@@ -73,6 +73,9 @@ pub struct Limits {
     /// RST packets for unknown connections waiting for an RX buffer; when
     /// full, TX processing pauses (back-pressure on the guest).
     pub max_pending_rst: usize,
+    /// How long a host `CONNECT` waits for the guest's RESPONSE before the
+    /// host stream is closed and the guest gets an RST.
+    pub connect_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -83,6 +86,8 @@ impl Default for Limits {
             credit_update_threshold: 64 * 1024,
             max_pending_host: 32,
             max_pending_rst: 128,
+            // Firecracker's vsock uses the same 2 s for host-initiated connects.
+            connect_timeout: std::time::Duration::from_secs(2),
         }
     }
 }

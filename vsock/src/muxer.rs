@@ -7,7 +7,9 @@
 //! - A host process connects to `<uds>` and writes `CONNECT <port>\n`; once
 //!   the guest listener on that port accepts, it reads `OK <host_port>\n`
 //!   and the stream carries the connection. A malformed line, a line longer
-//!   than [`MAX_CONNECT_LINE`] or a refused port closes the host stream.
+//!   than [`MAX_CONNECT_LINE`] or a refused port closes the host stream, and so
+//!   does a guest that does not answer within [`Limits::connect_timeout`]
+//!   (it gets an RST).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
@@ -16,11 +18,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use vm_memory::bitmap::BitmapSlice;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 
-use crate::connection::Connection;
+use crate::connection::{ConnState, Connection};
 use crate::proto::*;
 use crate::{
     validate_guest_cid, Error, Limits, Result, VsockBackend, VsockChannel, VsockEpollListener,
@@ -129,6 +133,11 @@ pub struct Muxer {
     rxq: VecDeque<ConnKey>,
     rstq: VecDeque<Rst>,
     next_local_port: u32,
+    /// Fires at the first host-CONNECT deadline.
+    timer: TimerFd,
+    /// Host-initiated connections and when they stop waiting for the guest
+    /// (in order: every deadline is `connect_timeout` after its CONNECT).
+    deadlines: VecDeque<(Instant, ConnKey)>,
 }
 
 impl std::fmt::Debug for Muxer {
@@ -163,14 +172,16 @@ impl Muxer {
         let listener = UnixListener::bind(uds).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let epoll = Epoll::new().map_err(Error::Epoll)?;
-        let lfd = listener.as_raw_fd();
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                lfd,
-                EpollEvent::new(EventSet::IN, lfd as u64),
-            )
-            .map_err(Error::Epoll)?;
+        let timer = TimerFd::new().map_err(|e| Error::Epoll(e.into()))?;
+        for fd in [listener.as_raw_fd(), timer.as_raw_fd()] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, fd as u64),
+                )
+                .map_err(Error::Epoll)?;
+        }
         Ok(Muxer {
             guest_cid,
             uds: uds.to_path_buf(),
@@ -183,6 +194,8 @@ impl Muxer {
             rxq: VecDeque::new(),
             rstq: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
+            timer,
+            deadlines: VecDeque::new(),
         })
     }
 
@@ -397,6 +410,51 @@ impl Muxer {
         let conn =
             Connection::new_local_init(ph.stream, self.guest_cid, local_port, port, self.limits);
         self.insert_conn(conn);
+        self.deadlines.push_back((
+            Instant::now() + self.limits.connect_timeout,
+            (local_port, port),
+        ));
+        if self.deadlines.len() == 1 {
+            self.arm_timer();
+        }
+    }
+
+    /// Arms the timer for the first deadline (disarmed when there is none).
+    fn arm_timer(&mut self) {
+        let Some(&(d, _)) = self.deadlines.front() else {
+            return;
+        };
+        let left = d
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        if let Err(e) = self.timer.reset(left, None) {
+            log::warn!("vsock: arming the CONNECT timer: {e}");
+        }
+    }
+
+    /// Host connections whose guest did not answer in time: RST to the guest,
+    /// host stream closed once it is sent.
+    fn expire_connects(&mut self) {
+        let now = Instant::now();
+        while let Some(&(d, key)) = self.deadlines.front() {
+            if d > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            let Some(mc) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            if mc.conn.state() == ConnState::LocalInit {
+                log::warn!(
+                    "vsock: the guest did not answer host CONNECT {} within {:?}; closing it",
+                    key.1,
+                    self.limits.connect_timeout
+                );
+                mc.conn.kill();
+                self.update_conn(key);
+            }
+        }
+        self.arm_timer();
     }
 
     fn alloc_local_port(&mut self, peer_port: u32) -> Option<u32> {
@@ -505,9 +563,14 @@ impl VsockEpollListener for Muxer {
             }
         };
         let lfd = self.listener.as_raw_fd();
+        let tfd = self.timer.as_raw_fd();
         for ev in &events[..n] {
             let fd = ev.data() as RawFd;
-            if fd == lfd {
+            if fd == tfd {
+                // Readable: expired; reading clears it.
+                let _ = self.timer.wait();
+                self.expire_connects();
+            } else if fd == lfd {
                 self.accept_hosts();
             } else if self.pending_hosts.contains_key(&fd) {
                 self.read_connect_line(fd);

@@ -93,6 +93,8 @@ fn fuzz_descriptor_chains_and_headers() {
         credit_update_threshold: 8 * 1024,
         max_pending_host: 4,
         max_pending_rst: 16,
+        // Short, so unanswered host CONNECTs expire during the run.
+        connect_timeout: std::time::Duration::from_millis(5),
     };
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("v.sock");

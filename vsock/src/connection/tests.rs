@@ -435,6 +435,64 @@ fn host_connect_refused_by_guest_or_malformed() {
 }
 
 #[test]
+fn host_connect_the_guest_never_answers_times_out() {
+    let limits = Limits {
+        connect_timeout: Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let mut r = Rig::new(limits);
+    let mut host = UnixStream::connect(&r.uds).unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    host.write_all(b"CONNECT 7000\n").unwrap();
+    let got = r.step();
+    assert_eq!(ops(&got), vec![OP_REQUEST]);
+    let req = got[0].0;
+    // Within the timeout nothing happens.
+    assert!(r.step().is_empty());
+    assert_eq!(r.m.connection_count(), 1);
+    std::thread::sleep(Duration::from_millis(80));
+    // The muxer's fd (its epoll) is readable once the timer fired.
+    let mut pfd = libc::pollfd {
+        fd: r.m.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    assert_eq!(
+        unsafe { libc::poll(&mut pfd, 1, 1000) },
+        1,
+        "timer not seen"
+    );
+    let got = r.step();
+    assert_eq!(ops(&got), vec![OP_RST], "{got:?}");
+    assert_eq!((got[0].0.src_port, got[0].0.dst_port), (req.src_port, 7000));
+    let mut all = Vec::new();
+    host.read_to_end(&mut all).unwrap();
+    assert!(all.is_empty(), "no OK line: {all:?}");
+    assert_eq!(r.m.connection_count(), 0);
+    // A late RESPONSE finds no connection: it is answered with an RST.
+    let got = r.send(r.d.hdr(7000, req.src_port, OP_RESPONSE), &[]);
+    assert_eq!(ops(&got), vec![OP_RST]);
+    // An answered CONNECT outlives its deadline.
+    let mut host = UnixStream::connect(&r.uds).unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    host.write_all(b"CONNECT 7001\n").unwrap();
+    let req = r.step()[0].0;
+    let mut resp = r.d.hdr(7001, req.src_port, OP_RESPONSE);
+    resp.buf_alloc = 65536;
+    r.send(resp, &[]);
+    std::thread::sleep(Duration::from_millis(80));
+    assert!(r.step().is_empty());
+    assert_eq!(r.m.connection_count(), 1);
+    r.send(r.d.hdr(7001, req.src_port, OP_RW), b"alive");
+    let line = format!("OK {}\n", req.src_port);
+    assert_eq!(
+        read_exact_n(&mut host, line.len() + 5),
+        [line.as_bytes(), b"alive"].concat()
+    );
+}
+
+#[test]
 fn connection_limit_refuses_with_rst() {
     let limits = Limits {
         max_connections: 2,
