@@ -193,7 +193,8 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
         .collect::<Result<_, _>>()?;
     if opts.net.is_some() && opts.runner == RunnerKind::Qemu {
         anyhow::bail!(
-            "--net needs the kvm runner (our VMM's virtio-net device; QEMU cannot be wired to it)"
+            "--net needs the kvm runner (our VMM's virtio-net device; the qemu runner has no \
+             vhost-user-net backend for it yet)"
         );
     }
     let kernel = kernel::build(&opts.kernel)?;
@@ -201,9 +202,9 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
     eprintln!("runner: {runner} ({why})");
     if opts.net.is_some() && runner != RunnerKind::Kvm {
         anyhow::bail!(
-            "--net needs the kvm runner (our VMM's virtio-net device; QEMU cannot be wired to \
-             it), and the {runner} runner was chosen ({why}); drop --net, or run on a host \
-             with hardware KVM"
+            "--net needs the kvm runner (our VMM's virtio-net device; the qemu runner has no \
+             vhost-user-net backend for it yet), and the {runner} runner was chosen ({why}); \
+             drop --net, or run on a host with hardware KVM"
         );
     }
     let agent = agent::build()?;
