@@ -45,7 +45,8 @@ pub struct SymbolizeBench {
     pub frames: usize,
     /// Our enumerate + symbolize of every site.
     pub ours: Duration,
-    /// Of which symbolizing.
+    /// Of which symbolizing, after the sites are known (the DWARF unit index is parsed while
+    /// the code is decoded).
     pub ours_symbolize: Duration,
     /// GNU `addr2line -f -i -e vmlinux` on the same addresses.
     pub addr2line: Duration,

@@ -1,13 +1,16 @@
-//! Stage 2: call-site address → source frames (inline frames included) with addr2line.
+//! Stage 2: call-site address → source frames (inline frames included).
+//!
+//! Many addresses at once go through the batch path (`batch`: one pass per compilation unit,
+//! units in parallel); single addresses and the reference path go through addr2line's
+//! `find_frames`. Both give the same frames.
 
-use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::batch::{self, Interner, Reader, UnitIndex};
 use super::vmlinux::Vmlinux;
 use super::Error;
-
-type Reader<'a> = gimli::EndianSlice<'a, gimli::RunTimeEndian>;
 
 /// One source frame. A site's frames are innermost first: the first is where the code is
 /// (possibly inside an inlined function), each next one is the call line in the function that
@@ -21,33 +24,6 @@ pub struct Frame {
     pub file: Option<Arc<str>>,
     /// 1-based line; `None` when unknown (DWARF line 0 included).
     pub line: Option<u32>,
-}
-
-#[derive(Default)]
-struct Interner {
-    strings: HashSet<Arc<str>>,
-    /// Raw DWARF path → normalised, interned path.
-    paths: HashMap<Box<str>, Arc<str>>,
-}
-
-impl Interner {
-    fn intern(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.strings.get(s) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(s);
-        self.strings.insert(a.clone());
-        a
-    }
-
-    fn path(&mut self, raw: &str, roots: &[String]) -> Arc<str> {
-        if let Some(a) = self.paths.get(raw) {
-            return a.clone();
-        }
-        let a = self.intern(&normalize_path(raw, roots));
-        self.paths.insert(raw.into(), a.clone());
-        a
-    }
 }
 
 /// Lexically cleans `path` (drops `.` and empty components, resolves `..`) and, when it lies
@@ -98,14 +74,19 @@ fn clean_path(path: &str) -> String {
     }
 }
 
-/// Maps code addresses of one [`Vmlinux`] to source frames. Caches parsed DWARF units internally,
-/// so reuse one symbolizer for many lookups. Not `Sync` (addr2line caches lazily).
+/// Maps code addresses of one [`Vmlinux`] to source frames. Parses the unit index once; reuse
+/// one symbolizer for many lookups. Not `Sync` (the per-address path caches lazily); the batch
+/// path ([`Symbolizer::symbolize_sorted`]) uses several threads internally.
 pub struct Symbolizer<'a> {
     vmlinux: &'a Vmlinux,
-    ctx: addr2line::Context<Reader<'a>>,
+    dwarf: gimli::Dwarf<Reader<'a>>,
+    index: UnitIndex<'a>,
+    /// addr2line, for single addresses and for units the batch path cannot read.
+    ctx: OnceCell<Result<addr2line::Context<Reader<'a>>, gimli::Error>>,
     src_roots: Vec<String>,
     interner: RefCell<Interner>,
     dwarf_errors: Cell<usize>,
+    threads: usize,
 }
 
 impl<'a> Symbolizer<'a> {
@@ -114,29 +95,33 @@ impl<'a> Symbolizer<'a> {
     /// [`Symbolizer::src_roots`]); override them with [`Symbolizer::with_src_roots`].
     pub fn new(vmlinux: &'a Vmlinux) -> Result<Self, Error> {
         vmlinux.require_dwarf()?;
-        let endian = if vmlinux.is_little_endian() {
-            gimli::RunTimeEndian::Little
-        } else {
-            gimli::RunTimeEndian::Big
-        };
-        let dwarf_err = |source| Error::Dwarf {
+        let dwarf = load_dwarf(vmlinux);
+        let (index, names) = UnitIndex::parse(&dwarf).map_err(|source| Error::Dwarf {
             path: vmlinux.path().to_path_buf(),
             addr: None,
             source,
-        };
-        let load = || {
-            vmlinux
-                .dwarf
-                .borrow(|s| gimli::EndianSlice::new(vmlinux.section_bytes(s), endian))
-        };
-        let src_roots = infer_src_roots(&load()).map_err(dwarf_err)?;
-        let ctx = addr2line::Context::from_dwarf(load()).map_err(dwarf_err)?;
+        })?;
+        let units: Vec<(Option<String>, Option<String>)> = names
+            .into_iter()
+            .map(|(dir, name)| {
+                (
+                    dir.map(|d| clean_path(&d)).filter(|d| d.starts_with('/')),
+                    name,
+                )
+            })
+            .collect();
+        let src_roots = src_roots_from_units(&units);
         Ok(Symbolizer {
             vmlinux,
-            ctx,
+            dwarf,
+            index,
+            ctx: OnceCell::new(),
             src_roots,
             interner: RefCell::default(),
             dwarf_errors: Cell::new(0),
+            threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(8),
         })
     }
 
@@ -148,7 +133,14 @@ impl<'a> Symbolizer<'a> {
             .map(|r| clean_path(r))
             .filter(|r| r != "/")
             .collect();
-        self.interner.get_mut().paths.clear();
+        self.interner.get_mut().clear_paths();
+        self
+    }
+
+    /// Runs the batch path on at most `threads` threads (default: the available parallelism,
+    /// at most 8). The frames do not depend on it.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
         self
     }
 
@@ -163,8 +155,8 @@ impl<'a> Symbolizer<'a> {
         self.vmlinux
     }
 
-    /// DWARF lookup errors met by [`Symbolizer::symbolize_sorted`] so far (those addresses fell
-    /// back to the symbol table).
+    /// DWARF lookup errors met by [`Symbolizer::symbolize_sorted`] and
+    /// [`Symbolizer::symbolize_each`] so far (those addresses fell back to the symbol table).
     pub fn dwarf_errors(&self) -> usize {
         self.dwarf_errors.get()
     }
@@ -181,11 +173,77 @@ impl<'a> Symbolizer<'a> {
         Ok(frames)
     }
 
-    /// Frames for many addresses, in the order given (sorted input is the fast path: units and
-    /// functions are parsed once and reused; repeated addresses are looked up once). A DWARF
-    /// error for one address does not fail the batch: that address gets the symbol-table
-    /// fallback and is counted in [`Symbolizer::dwarf_errors`].
+    /// Frames for many addresses, in the order given: the same frames as
+    /// [`Symbolizer::symbolize`] gives each, computed in one pass per compilation unit, units in
+    /// parallel (sorted input saves a sort). A DWARF error for one address does not fail the
+    /// batch: that address gets the symbol-table fallback and is counted in
+    /// [`Symbolizer::dwarf_errors`].
     pub fn symbolize_sorted(&self, addrs: &[u64]) -> Vec<Vec<Frame>> {
+        let sorted_distinct = addrs.windows(2).all(|w| w[0] < w[1]);
+        let owned;
+        let probes: &[u64] = if sorted_distinct {
+            addrs
+        } else {
+            let mut p = addrs.to_vec();
+            p.sort_unstable();
+            p.dedup();
+            owned = p;
+            &owned
+        };
+        let batch = batch::symbolize(
+            &self.dwarf,
+            &self.index,
+            &self.src_roots,
+            self.vmlinux.symbols(),
+            probes,
+            self.threads,
+        );
+        let mut frames = batch.frames;
+        let mut failed = Vec::new();
+        if !batch.fallback.is_empty() {
+            failed.resize(probes.len(), false);
+        }
+        for &i in &batch.fallback {
+            frames[i] = self.dwarf_frames(probes[i]).unwrap_or_else(|_| {
+                failed[i] = true;
+                Vec::new()
+            });
+            self.symtab_fallback(probes[i], &mut frames[i]);
+        }
+        // The batch applied the fallback to the frames it found.
+        for (f, &addr) in frames.iter_mut().zip(probes) {
+            if f.is_empty() {
+                self.symtab_fallback(addr, f);
+            }
+        }
+        // Errors count once per run of equal addresses, as looking each up in turn would.
+        let is_failed = |i: usize| failed.get(i).copied().unwrap_or(false);
+        let mut errors = 0;
+        let out = if sorted_distinct {
+            errors = failed.iter().filter(|f| **f).count();
+            frames
+        } else {
+            let mut prev = None;
+            addrs
+                .iter()
+                .map(|&addr| {
+                    let i = probes.binary_search(&addr).unwrap_or_default();
+                    if prev != Some(addr) && is_failed(i) {
+                        errors += 1;
+                    }
+                    prev = Some(addr);
+                    frames[i].clone()
+                })
+                .collect()
+        };
+        self.dwarf_errors.set(self.dwarf_errors.get() + errors);
+        out
+    }
+
+    /// Frames for many addresses, each looked up on its own with addr2line's `find_frames`
+    /// (the reference [`Symbolizer::symbolize_sorted`] is tested against; much slower).
+    /// Errors are handled and counted as there.
+    pub fn symbolize_each(&self, addrs: &[u64]) -> Vec<Vec<Frame>> {
         let mut out: Vec<Vec<Frame>> = Vec::with_capacity(addrs.len());
         let mut prev: Option<u64> = None;
         for &addr in addrs {
@@ -205,10 +263,18 @@ impl<'a> Symbolizer<'a> {
         out
     }
 
+    fn context(&self) -> Result<&addr2line::Context<Reader<'a>>, gimli::Error> {
+        self.ctx
+            .get_or_init(|| addr2line::Context::from_dwarf(load_dwarf(self.vmlinux)))
+            .as_ref()
+            .map_err(|e| *e)
+    }
+
     fn dwarf_frames(&self, addr: u64) -> Result<Vec<Frame>, gimli::Error> {
+        let ctx = self.context()?;
         let mut interner = self.interner.borrow_mut();
         let roots = &self.src_roots;
-        let mut iter = self.ctx.find_frames(addr).skip_all_loads()?;
+        let mut iter = ctx.find_frames(addr).skip_all_loads()?;
         let mut frames = Vec::new();
         while let Some(f) = iter.next()? {
             let function = match &f.function {
@@ -232,23 +298,24 @@ impl<'a> Symbolizer<'a> {
     }
 
     fn symtab_fallback(&self, addr: u64, frames: &mut Vec<Frame>) {
-        let needs_name = frames.last().is_none_or(|f| f.function.is_none());
-        if !needs_name {
-            return;
-        }
-        let Some(sym) = self.vmlinux.symbols().lookup(addr) else {
-            return;
-        };
-        let name = self.interner.borrow_mut().intern(&sym.name);
-        match frames.last_mut() {
-            Some(last) => last.function = Some(name),
-            None => frames.push(Frame {
-                function: Some(name),
-                file: None,
-                line: None,
-            }),
-        }
+        batch::symtab_fallback(
+            self.vmlinux.symbols(),
+            &mut self.interner.borrow_mut(),
+            addr,
+            frames,
+        );
     }
+}
+
+pub(super) fn load_dwarf(vmlinux: &Vmlinux) -> gimli::Dwarf<Reader<'_>> {
+    let endian = if vmlinux.is_little_endian() {
+        gimli::RunTimeEndian::Little
+    } else {
+        gimli::RunTimeEndian::Big
+    };
+    vmlinux
+        .dwarf
+        .borrow(|s| gimli::EndianSlice::new(vmlinux.section_bytes(s), endian))
 }
 
 /// The source roots of an image, primary first.
@@ -257,22 +324,8 @@ impl<'a> Symbolizer<'a> {
 /// object tree). Compilation units whose file (`DW_AT_name`, joined to its `comp_dir`) lies
 /// outside it come from a separate source tree (`make O=...`): that tree is the deepest directory
 /// holding at least 90% of those files. Returns `[source tree, build dir]`, or just
-/// `[build dir]` for in-tree builds.
-fn infer_src_roots(dwarf: &gimli::Dwarf<Reader<'_>>) -> Result<Vec<String>, gimli::Error> {
-    let mut units = Vec::new();
-    let mut iter = dwarf.units();
-    while let Some(header) = iter.next()? {
-        let unit = dwarf.unit(header)?;
-        let comp_dir = unit
-            .comp_dir
-            .map(|d| clean_path(&d.to_string_lossy()))
-            .filter(|d| d.starts_with('/'));
-        let name = unit.name.map(|n| n.to_string_lossy().into_owned());
-        units.push((comp_dir, name));
-    }
-    Ok(src_roots_from_units(&units))
-}
-
+/// `[build dir]` for in-tree builds. `units` holds each unit's cleaned absolute `comp_dir` and
+/// its `DW_AT_name`.
 fn src_roots_from_units(units: &[(Option<String>, Option<String>)]) -> Vec<String> {
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for dir in units.iter().filter_map(|u| u.0.as_deref()) {

@@ -7,7 +7,13 @@
 //!      Symbolizer (addr2line) ──► SiteTable { sites, frames }   (cached per build-id: SymbolCache)
 //!                                            └──► CoverageMap::build(table, hits) (crate::map)
 //! ```
+//!
+//! Both stages run on all cores: code is decoded in chunks, and `Symbolizer::symbolize_sorted`
+//! reads each DWARF unit once for all the addresses in it (`batch`), giving exactly the frames
+//! addr2line's per-address `find_frames` gives (`Symbolizer::symbolize`,
+//! `Symbolizer::symbolize_each`).
 
+mod batch;
 mod cache;
 mod dwarf;
 mod sites;
@@ -19,8 +25,8 @@ use std::path::PathBuf;
 pub use cache::{CacheOutcome, SymbolCache, CACHE_FORMAT_VERSION};
 pub use dwarf::{normalize_path, Frame, Symbolizer};
 pub use sites::{
-    enumerate_sites, map_pcs, CallSite, PcMapping, SiteKind, SiteScan, TailCall, TRACE_CMP_HOOKS,
-    TRACE_PC_HOOK,
+    enumerate_sites, enumerate_sites_on, map_pcs, CallSite, PcMapping, SiteKind, SiteScan,
+    TailCall, TRACE_CMP_HOOKS, TRACE_PC_HOOK,
 };
 pub use table::{symbolize_all_sites, SiteTable, SymbolizeAllStats};
 pub use vmlinux::{BuildId, ExecSection, FunctionSymbol, SymbolTable, Vmlinux};

@@ -100,72 +100,197 @@ impl SiteScan {
     }
 }
 
-/// Hook addresses → kind, from the symbol table.
-fn hook_addresses(vmlinux: &Vmlinux) -> HashMap<u64, SiteKind> {
-    let mut hooks = HashMap::new();
-    for f in vmlinux.symbols().functions() {
-        if f.name == TRACE_PC_HOOK {
-            hooks.insert(f.addr, SiteKind::Pc);
-        } else if TRACE_CMP_HOOKS.contains(&f.name.as_str()) {
-            hooks.insert(f.addr, SiteKind::Cmp);
-        }
-    }
-    hooks
+/// Hook addresses and their kinds, from the symbol table (a handful: looked up linearly).
+#[derive(Clone, Debug, Default)]
+struct Hooks {
+    hooks: Vec<(u64, SiteKind)>,
+    min: u64,
+    max: u64,
 }
 
-/// Decodes `code` (at `ip`) linearly, collecting hook calls and tail jumps; returns the number of
-/// invalid encodings.
-fn decode_range(
-    code: &[u8],
-    ip: u64,
-    hooks: &HashMap<u64, SiteKind>,
-    sites: &mut Vec<CallSite>,
-    tail_calls: &mut Vec<TailCall>,
-) -> u64 {
-    let mut errors = 0;
+impl Hooks {
+    fn new(vmlinux: &Vmlinux) -> Self {
+        let mut hooks = Vec::new();
+        for f in vmlinux.symbols().functions() {
+            let kind = if f.name == TRACE_PC_HOOK {
+                SiteKind::Pc
+            } else if TRACE_CMP_HOOKS.contains(&f.name.as_str()) {
+                SiteKind::Cmp
+            } else {
+                continue;
+            };
+            // Like a map keyed by address: a later symbol at the same address wins.
+            match hooks
+                .iter_mut()
+                .find(|h: &&mut (u64, SiteKind)| h.0 == f.addr)
+            {
+                Some(h) => h.1 = kind,
+                None => hooks.push((f.addr, kind)),
+            }
+        }
+        let min = hooks.iter().map(|h| h.0).min().unwrap_or(u64::MAX);
+        let max = hooks.iter().map(|h| h.0).max().unwrap_or(0);
+        Hooks { hooks, min, max }
+    }
+
+    #[inline]
+    fn get(&self, addr: u64) -> Option<SiteKind> {
+        if addr < self.min || addr > self.max {
+            return None;
+        }
+        self.hooks.iter().find(|h| h.0 == addr).map(|h| h.1)
+    }
+
+    fn contains(&self, addr: u64) -> bool {
+        self.get(addr).is_some()
+    }
+}
+
+/// What decoding some code found.
+#[derive(Default)]
+struct Decoded {
+    sites: Vec<CallSite>,
+    tail_calls: Vec<TailCall>,
+    errors: u64,
+}
+
+/// Decodes `code` (at `ip`) linearly, collecting hook calls and tail jumps and counting invalid
+/// encodings.
+fn decode_range(code: &[u8], ip: u64, hooks: &Hooks, out: &mut Decoded) {
     let mut instr = Instruction::default();
     let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
     while decoder.can_decode() {
         decoder.decode_out(&mut instr);
         if instr.is_invalid() {
-            errors += 1;
+            out.errors += 1;
             continue;
         }
         if instr.op0_kind() != OpKind::NearBranch64 {
             continue;
         }
-        let Some(&kind) = hooks.get(&instr.near_branch_target()) else {
+        let Some(kind) = hooks.get(instr.near_branch_target()) else {
             continue;
         };
         if instr.is_call_near() {
-            sites.push(CallSite {
+            out.sites.push(CallSite {
                 call_addr: instr.ip(),
                 call_len: instr.len() as u8,
                 ret_addr: instr.next_ip(),
                 kind,
             });
         } else if instr.is_jmp_short_or_near() || instr.is_jcc_short_or_near() {
-            tail_calls.push(TailCall {
+            out.tail_calls.push(TailCall {
                 addr: instr.ip(),
                 kind,
             });
         }
     }
-    errors
+}
+
+/// Code to decode linearly from its start.
+struct Span<'a> {
+    ip: u64,
+    code: &'a [u8],
+}
+
+/// Decodes every span, on up to `threads` threads (spans are handed out in runs of about
+/// 256 KiB), appending sites and tail calls to `all` in span order (with room for `extra`
+/// more sites, so that appending more later does not move them); the number of sites added.
+fn decode_spans(
+    spans: &[Span<'_>],
+    hooks: &Hooks,
+    threads: usize,
+    all: &mut Decoded,
+    extra: usize,
+) -> usize {
+    const CHUNK: usize = 256 << 10;
+    let mut chunks = Vec::new();
+    let (mut first, mut bytes) = (0, 0);
+    for (i, span) in spans.iter().enumerate() {
+        bytes += span.code.len();
+        if bytes >= CHUNK {
+            chunks.push(first..i + 1);
+            (first, bytes) = (i + 1, 0);
+        }
+    }
+    if first < spans.len() {
+        chunks.push(first..spans.len());
+    }
+    // Each thread decodes into one buffer (room reserved for far more sites than real code
+    // has: untouched reserved memory costs nothing), noting which chunk filled which part.
+    let total: usize = spans.iter().map(|s| s.code.len()).sum();
+    let threads = threads.clamp(1, chunks.len().max(1));
+    let reserve = total / threads / 16;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let run = || {
+        let mut out = Decoded {
+            sites: Vec::with_capacity(reserve),
+            tail_calls: Vec::new(),
+            errors: 0,
+        };
+        let mut parts = Vec::new();
+        loop {
+            let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(chunk) = chunks.get(c) else { break };
+            let (s, t) = (out.sites.len(), out.tail_calls.len());
+            for span in &spans[chunk.clone()] {
+                decode_range(span.code, span.ip, hooks, &mut out);
+            }
+            parts.push((c, s..out.sites.len(), t..out.tail_calls.len()));
+        }
+        (out, parts)
+    };
+    let mut decoded = std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads).map(|_| s.spawn(run)).collect();
+        let mut all = vec![run()];
+        for h in others {
+            all.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        all
+    });
+    // Concatenate in chunk (address) order.
+    let mut order: Vec<(usize, usize, std::ops::Range<usize>, std::ops::Range<usize>)> = decoded
+        .iter_mut()
+        .enumerate()
+        .flat_map(|(t, (_, parts))| {
+            std::mem::take(parts)
+                .into_iter()
+                .map(move |(c, s, tc)| (c, t, s, tc))
+        })
+        .collect();
+    order.sort_unstable_by_key(|o| o.0);
+    let sites: usize = decoded.iter().map(|d| d.0.sites.len()).sum();
+    all.sites.reserve(sites + extra);
+    all.tail_calls
+        .reserve(decoded.iter().map(|d| d.0.tail_calls.len()).sum());
+    all.errors += decoded.iter().map(|d| d.0.errors).sum::<u64>();
+    for (_, t, s, tc) in order {
+        all.sites.extend_from_slice(&decoded[t].0.sites[s]);
+        all.tail_calls
+            .extend_from_slice(&decoded[t].0.tail_calls[tc]);
+    }
+    sites
 }
 
 /// Finds every direct call (and tail jump) to a kcov hook. Code is decoded linearly per sized
 /// function symbol, so padding and data between functions cannot desynchronise the decoder;
 /// the bytes no sized symbol covers are decoded afterwards, restarting at every unsized symbol.
+/// Decodes on as many threads as the machine has (at most 8).
 pub fn enumerate_sites(vmlinux: &Vmlinux) -> Result<SiteScan, Error> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    enumerate_sites_on(vmlinux, threads)
+}
+
+/// [`enumerate_sites`] on at most `threads` threads; the result does not depend on it.
+pub fn enumerate_sites_on(vmlinux: &Vmlinux, threads: usize) -> Result<SiteScan, Error> {
     if vmlinux.architecture() != object::Architecture::X86_64 {
         return Err(Error::UnsupportedArch {
             path: vmlinux.path().to_path_buf(),
             arch: format!("{:?}", vmlinux.architecture()),
         });
     }
-    let hooks = hook_addresses(vmlinux);
-    if !hooks.values().any(|k| *k == SiteKind::Pc) {
+    let hooks = Hooks::new(vmlinux);
+    if !hooks.hooks.iter().any(|h| h.1 == SiteKind::Pc) {
         return Err(Error::NotInstrumented {
             path: vmlinux.path().to_path_buf(),
         });
@@ -175,6 +300,7 @@ pub fn enumerate_sites(vmlinux: &Vmlinux) -> Result<SiteScan, Error> {
     // Sized symbols that lie in executable sections (hooks included: they count as covered).
     let mut covered: Vec<std::ops::Range<u64>> = Vec::new();
     let mut anchors: Vec<u64> = Vec::new();
+    let mut spans = Vec::new();
     for f in vmlinux.symbols().functions() {
         if f.size == 0 {
             anchors.push(f.addr);
@@ -184,18 +310,17 @@ pub fn enumerate_sites(vmlinux: &Vmlinux) -> Result<SiteScan, Error> {
             continue;
         };
         covered.push(f.range());
-        if hooks.contains_key(&f.addr) {
+        if hooks.contains(f.addr) {
             continue;
         }
         scan.functions_scanned += 1;
         scan.bytes_scanned += f.size;
-        scan.decode_errors +=
-            decode_range(code, f.addr, &hooks, &mut scan.sites, &mut scan.tail_calls);
+        spans.push(Span { ip: f.addr, code });
     }
-    let in_functions = scan.sites.len();
 
     // Gaps: executable bytes outside every sized symbol.
     covered.sort_unstable_by_key(|r| r.start);
+    let mut gap_spans = Vec::new();
     for section in vmlinux.exec_sections() {
         let sec = section.addr_range();
         let mut gaps = Vec::new();
@@ -223,14 +348,25 @@ pub fn enumerate_sites(vmlinux: &Vmlinux) -> Result<SiteScan, Error> {
                     continue;
                 };
                 scan.gap_bytes_scanned += end - start;
-                scan.gap_decode_errors +=
-                    decode_range(code, start, &hooks, &mut scan.sites, &mut scan.tail_calls);
+                gap_spans.push(Span { ip: start, code });
             }
         }
     }
-    scan.gap_sites = scan.sites.len() - in_functions;
 
-    // Overlapping symbols (aliases with different sizes) decode the same bytes twice.
+    let mut gaps = Decoded::default();
+    decode_spans(&gap_spans, &hooks, threads, &mut gaps, 0);
+    let mut all = Decoded::default();
+    decode_spans(&spans, &hooks, threads, &mut all, gaps.sites.len());
+    scan.decode_errors = all.errors;
+    scan.gap_decode_errors = gaps.errors;
+    scan.gap_sites = gaps.sites.len();
+    all.sites.extend_from_slice(&gaps.sites);
+    all.tail_calls.extend_from_slice(&gaps.tail_calls);
+    scan.sites = all.sites;
+    scan.tail_calls = all.tail_calls;
+
+    // Overlapping symbols (aliases with different sizes) decode the same bytes twice. (Equal
+    // elements are identical, so every sort gives the same order.)
     scan.sites.sort_unstable();
     scan.sites.dedup_by_key(|s| s.call_addr);
     scan.tail_calls.sort_unstable();

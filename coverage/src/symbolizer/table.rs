@@ -35,9 +35,9 @@ pub struct SymbolizeAllStats {
     pub sites: usize,
     /// Frames produced (more than `sites` where code was inlined).
     pub frames: usize,
-    /// Decoding the code to find sites.
+    /// Decoding the code to find sites (the DWARF unit index is parsed meanwhile).
     pub enumerate: Duration,
-    /// Building the addr2line context and symbolizing every site.
+    /// Symbolizing every site, after `enumerate`.
     pub symbolize: Duration,
     /// Both.
     pub total: Duration,
@@ -49,22 +49,30 @@ impl SiteTable {
         Ok(Self::build_timed(vmlinux)?.0)
     }
 
-    /// [`SiteTable::build`] plus how long each stage took.
+    /// [`SiteTable::build`] plus how long each stage took. The DWARF unit index is parsed on
+    /// its own thread while the code is decoded (on the others), so the stages overlap:
+    /// `enumerate` ends when the sites are known, `symbolize` is the rest.
     pub fn build_timed(vmlinux: &Vmlinux) -> Result<(Self, SymbolizeAllStats), Error> {
         let start = Instant::now();
         vmlinux.require_dwarf()?;
-        let scan = enumerate_sites(vmlinux)?;
-        let enumerate = start.elapsed();
-        let t = Instant::now();
-        let symbolizer = Symbolizer::new(vmlinux)?;
+        let (scan, symbolizer, enumerate) = std::thread::scope(|s| {
+            let symbolizer = s.spawn(|| Symbolizer::new(vmlinux));
+            let scan = enumerate_sites(vmlinux);
+            let enumerate = start.elapsed();
+            let symbolizer = symbolizer
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (scan, symbolizer, enumerate)
+        });
+        let (scan, symbolizer) = (scan?, symbolizer?);
         let table = Self::from_scan(scan, &symbolizer);
-        let symbolize = t.elapsed();
+        let total = start.elapsed();
         let stats = SymbolizeAllStats {
             sites: table.sites.len(),
             frames: table.frames.iter().map(Vec::len).sum(),
             enumerate,
-            symbolize,
-            total: start.elapsed(),
+            symbolize: total - enumerate,
+            total,
         };
         Ok((table, stats))
     }
