@@ -1186,6 +1186,17 @@ mod tests {
         assert_eq!(&got[..VNET_HDR_LEN], &zero);
     }
 
+    /// Whether this test may create taps (root, /dev/net/tun); prints why not.
+    fn root_and_tun_or_skip(test: &str) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let ok = unsafe { libc::geteuid() } == 0
+            && std::path::Path::new(super::super::tap::TUN_PATH).exists();
+        if !ok {
+            eprintln!("SKIP: {test}: needs root and /dev/net/tun");
+        }
+        ok
+    }
+
     /// An `ifreq` for interface `name`.
     fn ifreq(name: &str) -> libc::ifreq {
         // SAFETY: ifreq is plain old data.
@@ -1279,11 +1290,7 @@ mod tests {
     /// 34), without it fully checksummed.
     #[test]
     fn checksum_offload_through_a_real_tap() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0
-            || !std::path::Path::new(super::super::tap::TUN_PATH).exists()
-        {
-            eprintln!("SKIP: checksum_offload_through_a_real_tap: needs root and /dev/net/tun");
+        if !root_and_tun_or_skip("checksum_offload_through_a_real_tap") {
             return;
         }
         let tap = super::super::tap::Tap::open("vcsum%d").unwrap();
@@ -1730,11 +1737,7 @@ mod tests {
 
     #[test]
     fn vhost_backend_activation_on_this_host() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0
-            || !std::path::Path::new(super::super::tap::TUN_PATH).exists()
-        {
-            eprintln!("SKIP: vhost_backend_activation_on_this_host: needs root and /dev/net/tun");
+        if !root_and_tun_or_skip("vhost_backend_activation_on_this_host") {
             return;
         }
         let tap = super::super::tap::Tap::open("vhtest%d").unwrap();
