@@ -1173,26 +1173,14 @@ pub fn run_vm(cfg: &NetBenchConfig) -> Result<NetBenchResult, NetBenchError> {
     let r = match cfg.direction {
         Direction::Tx => {
             let t = tally.ok_or_else(|| NetBenchError::Guest("no TX transfer".into()))?;
-            NetBenchResult {
-                direction: cfg.direction,
-                frame_len: cfg.frame_len,
-                sent: g.used,
-                delivered: t.delivered,
-                bytes: t.bytes,
-                corrupt: t.corrupt,
-                gaps: t.seq.gaps,
-                reordered: t.seq.reordered,
-                ignored: 0,
-                tap_dropped: 0,
-                socket_dropped: sock.take_drops()?,
-                stalled: false,
-                elapsed: t
-                    .last_at
-                    .map(|l| l.saturating_duration_since(started))
-                    .unwrap_or_default(),
-                checksum: None,
-                vm: Some(vm_side(false)),
-            }
+            tx_result(
+                cfg,
+                g.used,
+                &t,
+                started,
+                sock.take_drops()?,
+                Some(vm_side(false)),
+            )
         }
         Direction::Rx => {
             let s = source.ok_or_else(|| NetBenchError::Guest("no RX transfer".into()))?;
@@ -1200,6 +1188,38 @@ pub fn run_vm(cfg: &NetBenchConfig) -> Result<NetBenchResult, NetBenchError> {
         }
     };
     Ok(r)
+}
+
+/// The result of a TX run: `sent` frames put in, `t` what the AF_PACKET sink saw
+/// (elapsed from `start` to its last frame).
+fn tx_result(
+    cfg: &NetBenchConfig,
+    sent: u64,
+    t: &TxTally,
+    start: Instant,
+    socket_dropped: u64,
+    vm: Option<VmSide>,
+) -> NetBenchResult {
+    NetBenchResult {
+        direction: Direction::Tx,
+        frame_len: cfg.frame_len,
+        sent,
+        delivered: t.delivered,
+        bytes: t.bytes,
+        corrupt: t.corrupt,
+        gaps: t.seq.gaps,
+        reordered: t.seq.reordered,
+        ignored: 0,
+        tap_dropped: 0,
+        socket_dropped,
+        stalled: false,
+        elapsed: t
+            .last_at
+            .map(|l| l.saturating_duration_since(start))
+            .unwrap_or_default(),
+        checksum: None,
+        vm,
+    }
 }
 
 fn rx_result(
@@ -1286,26 +1306,7 @@ pub fn run_host(cfg: &NetBenchConfig) -> Result<NetBenchResult, NetBenchError> {
                 .map_err(|_| NetBenchError::Thread("TX writer"))?;
             w.map_err(io_err(format!("writing frames to tap {name}")))?;
             let t = t?;
-            Ok(NetBenchResult {
-                direction: Direction::Tx,
-                frame_len: cfg.frame_len,
-                sent,
-                delivered: t.delivered,
-                bytes: t.bytes,
-                corrupt: t.corrupt,
-                gaps: t.seq.gaps,
-                reordered: t.seq.reordered,
-                ignored: 0,
-                tap_dropped: 0,
-                socket_dropped: sock.take_drops()?,
-                stalled: false,
-                elapsed: t
-                    .last_at
-                    .map(|l| l.saturating_duration_since(start))
-                    .unwrap_or_default(),
-                checksum: None,
-                vm: None,
-            })
+            Ok(tx_result(cfg, sent, &t, start, sock.take_drops()?, None))
         }
         Direction::Rx => {
             let sock = PacketSocket::bind(&name, 0)?;
