@@ -96,6 +96,20 @@ impl HostCoverage {
         v
     }
 
+    /// `N PCs (M distinct[, area overflowed])`, for the line that tells the user.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} PCs ({} distinct{})",
+            self.coverage.entry_count(),
+            self.unique_pcs().len(),
+            if self.coverage.overflow {
+                ", area overflowed"
+            } else {
+                ""
+            }
+        )
+    }
+
     /// The PCs as text: a comment line, then one `0x…` PC per line, sorted and unique
     /// (the form `addr2line -e vmlinux` and syzkaller's raw cover files take).
     pub fn to_text(&self) -> String {

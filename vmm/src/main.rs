@@ -216,17 +216,7 @@ fn main() -> ExitCode {
     if let (Some(h), Some(path)) = (host_kcov, &args.host_kcov) {
         match h.finish() {
             Ok(cov) => match std::fs::write(path, cov.to_text()) {
-                Ok(()) => eprintln!(
-                    "vmm: host kcov: {} PCs ({} distinct{}) -> {}",
-                    cov.coverage.entry_count(),
-                    cov.unique_pcs().len(),
-                    if cov.coverage.overflow {
-                        ", area overflowed"
-                    } else {
-                        ""
-                    },
-                    path.display()
-                ),
+                Ok(()) => eprintln!("vmm: host kcov: {} -> {}", cov.summary(), path.display()),
                 Err(e) => eprintln!("vmm: --host-kcov {}: {e}", path.display()),
             },
             Err(e) => eprintln!("vmm: {e}"),

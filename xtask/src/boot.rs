@@ -509,14 +509,8 @@ pub fn store_host_coverage(run_dir: &Path, hc: &vmm::host_kcov::HostCoverage) ->
     let text = run_dir.join(HOST_PCS_FILE);
     std::fs::write(&text, hc.to_text()).with_context(|| format!("writing {}", text.display()))?;
     let mut msg = format!(
-        "host coverage: {} PCs ({} distinct{}) of the host kernel's vhost-net worker -> {}",
-        hc.coverage.entry_count(),
-        hc.unique_pcs().len(),
-        if hc.coverage.overflow {
-            ", area overflowed"
-        } else {
-            ""
-        },
+        "host coverage: {} of the host kernel's vhost-net worker -> {}",
+        hc.summary(),
         text.display()
     );
     if run_dir.join(STREAM_FILE).is_file() {
