@@ -46,6 +46,17 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// A boot run's stream file, from the "raw stream: PATH" line `xtask boot` prints (its
+/// `serial.log` lies beside it).
+pub fn stream_path(out: &Output) -> PathBuf {
+    let all = text(out);
+    let p = all
+        .lines()
+        .find_map(|l| l.strip_prefix("raw stream: "))
+        .unwrap_or_else(|| panic!("no raw stream line in:\n{all}"));
+    PathBuf::from(p.trim())
+}
+
 /// Lines of stderr that start with "error:".
 pub fn error_lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stderr)

@@ -8,22 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use kcov_wire::{CoverageSource, Decoder, Frame};
-use tests::{functions, text, vhost_source_pcs, vmlinux, xtask};
+use tests::{functions, stream_path, text, vhost_source_pcs, vmlinux, xtask};
 
 fn boot(args: &[&str]) -> Option<Output> {
     let mut all = vec!["boot", "--runner", "qemu", "--no-echo"];
     all.extend_from_slice(args);
     xtask(&all)
-}
-
-/// The run's stream file, from the "raw stream: PATH" line xtask prints.
-fn stream_path(out: &Output) -> PathBuf {
-    let all = text(out);
-    let p = all
-        .lines()
-        .find_map(|l| l.strip_prefix("raw stream: "))
-        .unwrap_or_else(|| panic!("no raw stream line in:\n{all}"));
-    PathBuf::from(p.trim())
 }
 
 #[derive(Default, Debug)]

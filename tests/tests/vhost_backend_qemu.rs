@@ -7,18 +7,7 @@
 //! byte-exact both ways, and the PCs host kcov collected (printed as `@@HOSTPC@@` lines)
 //! must be vhost-net's TX and RX paths in the guest kernel's DWARF.
 
-use std::path::PathBuf;
-
-use tests::{functions, text, vhost_source_pcs, vmlinux, xtask};
-
-fn serial_log(out: &std::process::Output) -> PathBuf {
-    let all = text(out);
-    let p = all
-        .lines()
-        .find_map(|l| l.strip_prefix("raw stream: "))
-        .unwrap_or_else(|| panic!("no raw stream line in:\n{all}"));
-    PathBuf::from(p.trim()).with_file_name("serial.log")
-}
+use tests::{functions, stream_path, text, vhost_source_pcs, vmlinux, xtask};
 
 #[test]
 fn vmm_vhost_backend_and_host_kcov_run_in_the_guest() {
@@ -44,7 +33,7 @@ fn vmm_vhost_backend_and_host_kcov_run_in_the_guest() {
         return;
     };
     let all = text(&out);
-    let log = std::fs::read_to_string(serial_log(&out)).unwrap();
+    let log = std::fs::read_to_string(stream_path(&out).with_file_name("serial.log")).unwrap();
     assert_eq!(out.status.code(), Some(0), "{all}\n--- serial ---\n{log}");
     let summary = log
         .lines()
