@@ -149,12 +149,6 @@ pub fn ring_features(negotiated: u64) -> u64 {
     negotiated & RING_FEATURES
 }
 
-/// Why this kernel's vhost-net cannot be used (`None` when it can), for "continue without it"
-/// paths.
-pub fn unavailable_reason() -> Option<String> {
-    probe().err().map(|e| e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
