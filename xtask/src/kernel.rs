@@ -75,8 +75,10 @@ impl Fragment {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
         let requirements = parse_fragment(&name, &text)?;
+        // merge_config.sh runs in the build directory: a relative path must not reach it.
+        let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         Ok(Fragment {
-            path: path.to_path_buf(),
+            path,
             name,
             text,
             requirements,
