@@ -31,6 +31,8 @@ pub enum SourceFilter {
     Remote,
     /// Local only (the agent's own syscalls).
     Local,
+    /// The host kernel's PCs (`--host-kcov`): only for mapping onto the host's own vmlinux.
+    Host,
 }
 
 impl SourceFilter {
@@ -40,6 +42,7 @@ impl SourceFilter {
             "all" => Some(SourceFilter::All),
             "remote" => Some(SourceFilter::Remote),
             "local" => Some(SourceFilter::Local),
+            "host" => Some(SourceFilter::Host),
             _ => None,
         }
     }
@@ -47,7 +50,9 @@ impl SourceFilter {
     fn admits(self, s: CoverageSource) -> bool {
         match (self, s) {
             // PCs of the host's kernel: symbolizing them against the guest vmlinux would credit
-            // whatever guest code happens to sit at those addresses.
+            // whatever guest code happens to sit at those addresses; `Host` is asked for only
+            // with the host's vmlinux.
+            (SourceFilter::Host, s) => s == CoverageSource::Host,
             (_, CoverageSource::Host) => false,
             (SourceFilter::All, _) => true,
             (SourceFilter::Remote, s) => s == CoverageSource::Remote,
@@ -75,7 +80,8 @@ pub struct RunCoverage {
 
 impl RunCoverage {
     /// Merges the PC sets admitted by `sources` and maps them onto `table`. PC sets of source
-    /// `host` are never admitted.
+    /// `host` are admitted only by [`SourceFilter::Host`] (and `table` must then be the host
+    /// kernel's).
     pub fn build(
         table: &SiteTable,
         pcs: &[PcCounts],

@@ -11,6 +11,7 @@
 //!   crate's test driver).
 
 pub mod kcov;
+pub mod netif;
 pub mod tap;
 pub mod vhost;
 pub mod vhost_net;

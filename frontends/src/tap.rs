@@ -90,14 +90,7 @@ pub fn check_name(name: &str) -> Result<(), TapError> {
     Ok(())
 }
 
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    ifr
-}
+use crate::netif::ifreq;
 
 fn ifreq_name(ifr: &libc::ifreq) -> String {
     let bytes: Vec<u8> = ifr

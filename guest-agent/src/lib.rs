@@ -3,5 +3,6 @@
 pub use frontends::kcov;
 pub mod net;
 pub mod plan;
+pub mod sys;
 pub mod vring;
 pub mod vsock;

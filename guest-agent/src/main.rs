@@ -6,7 +6,6 @@
 //!
 //! Console protocol (read by the host runners): [`kcov_wire::console`].
 
-use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
@@ -15,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use guest_agent::kcov::{self, Coverage, Kcov};
 use guest_agent::plan::{Cover, Plan, Transport, Workload};
+use guest_agent::sys::{self, kernel_release, mount_all};
 use guest_agent::{net, vsock};
 use kcov_wire::console::{LineWriter, CMD_FILE, EXIT_MARKER, READY_MARKER};
 use kcov_wire::{
@@ -59,6 +59,8 @@ fn run() -> Result<i32, String> {
         };
         println!("testbed-agent: {what} {path}: {state}");
     }
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    println!("testbed-agent: cpus online: {}", online.trim());
     let argv = read_command()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let plan = Plan::parse(&cmdline, argv.is_some());
@@ -321,56 +323,6 @@ fn workload_thread(w: Workload, plan: &Plan, handle: u64, argv: &[String]) -> Ou
     }
 }
 
-/// Mounts proc, sysfs, devtmpfs, debugfs and a tmpfs; an already mounted
-/// file system is fine (the agent may also run outside a fresh initramfs).
-fn mount_all() -> Result<(), String> {
-    let mounts = [
-        ("proc", "/proc", "proc"),
-        ("sysfs", "/sys", "sysfs"),
-        ("devtmpfs", "/dev", "devtmpfs"),
-        ("debugfs", "/sys/kernel/debug", "debugfs"),
-        ("tmpfs", "/tmp", "tmpfs"),
-    ];
-    for (source, target, fstype) in mounts {
-        let _ = std::fs::create_dir_all(target);
-        let c = |s: &str| CString::new(s).map_err(|e| e.to_string());
-        let (src, tgt, fst) = (c(source)?, c(target)?, c(fstype)?);
-        // SAFETY: all pointers are valid NUL-terminated strings; data is null.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                tgt.as_ptr(),
-                fst.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EBUSY) {
-                return Err(format!("mount {fstype} on {target}: {err}"));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn kernel_release() -> String {
-    // SAFETY: utsname is plain data; uname fills it.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: uts is a valid, writable utsname.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return "unknown".to_string();
-    }
-    let bytes: Vec<u8> = uts
-        .release
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
 fn read_command() -> Result<Option<Vec<String>>, String> {
     let raw = match std::fs::read(CMD_FILE) {
         Ok(raw) => raw,
@@ -418,24 +370,9 @@ fn run_command(argv: &[String]) -> Result<i32, String> {
     Ok(code)
 }
 
-/// Prints the exit marker and ends the VM. As PID 1 the agent must not exit
-/// (that panics the kernel), so it reboots; the runners treat a guest reset as
-/// the end of the VM (`reboot=t` on the cmdline makes it a triple fault, QEMU
-/// runs with -no-reboot).
+/// Prints the exit marker and ends the VM (see [`sys::end_init`]).
 fn finish(status: i32) -> ! {
     println!("{EXIT_MARKER} {status}");
     let _ = std::io::stdout().flush();
-    // SAFETY: getpid has no preconditions.
-    if unsafe { libc::getpid() } == 1 {
-        // SAFETY: sync and reboot have no memory-safety preconditions.
-        unsafe {
-            libc::sync();
-            libc::reboot(libc::RB_AUTOBOOT);
-        }
-        // reboot only returns on error; never return from init.
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(1));
-        }
-    }
-    std::process::exit(status)
+    sys::end_init(status)
 }

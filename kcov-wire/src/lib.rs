@@ -23,6 +23,7 @@ pub mod console;
 mod decoder;
 mod error;
 mod frame;
+pub mod nested;
 
 pub use chunk::{chunk_coverage, CoverageChunks};
 pub use codec::{

@@ -127,6 +127,60 @@ impl HostCoverage {
         }
         s
     }
+
+    /// Reads [`HostCoverage::to_text`]'s form back (e.g. written by a vmm in a nested
+    /// runner's L1 and sent to the host). The PCs come back sorted and unique, one entry
+    /// each; the entry count of the original area is in `coverage.reported_count`. The text
+    /// comes from a guest: a malformed line is an error naming it, never a panic.
+    pub fn from_text(text: &str) -> Result<HostCoverage, String> {
+        let mut lines = text.lines();
+        let header = lines.next().unwrap_or_default();
+        let rest = header
+            .strip_prefix("# host kcov: kernel ")
+            .ok_or_else(|| format!("not a host kcov file (first line {header:?})"))?;
+        // `<release>, common handle <h>, <n> PCs, <m> distinct, overflow <b>`: split from the
+        // right, the release is free text.
+        let mut f: Vec<&str> = rest.rsplitn(5, ", ").collect();
+        f.reverse();
+        let bad = || format!("malformed host kcov header {header:?}");
+        let [release, handle, count, _distinct, overflow] = f[..] else {
+            return Err(bad());
+        };
+        let handle = handle
+            .strip_prefix("common handle 0x")
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .ok_or_else(bad)?;
+        let count: u64 = count
+            .strip_suffix(" PCs")
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(bad)?;
+        let overflow = match overflow {
+            "overflow true" => true,
+            "overflow false" => false,
+            _ => return Err(bad()),
+        };
+        let mut words = Vec::new();
+        for (i, line) in lines.enumerate() {
+            let pc = line
+                .trim()
+                .strip_prefix("0x")
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("line {}: not a PC: {line:?}", i + 2))?;
+            words.push(pc);
+        }
+        words.sort_unstable();
+        words.dedup();
+        Ok(HostCoverage {
+            handle,
+            kernel_release: release.to_string(),
+            coverage: Coverage {
+                mode: KcovMode::Pc,
+                words,
+                overflow,
+                reported_count: count,
+            },
+        })
+    }
 }
 
 /// Host coverage under one fresh common handle ([module docs](self)).
@@ -251,6 +305,41 @@ impl Drop for HostKcov {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_round_trips_and_bad_text_is_named() {
+        let hc = HostCoverage {
+            handle: 0x0100_0000_0000_0042,
+            kernel_release: "6.12.118, odd".into(),
+            coverage: Coverage {
+                mode: KcovMode::Pc,
+                words: vec![
+                    0xffff_ffff_8100_0020,
+                    0xffff_ffff_8100_0010,
+                    0xffff_ffff_8100_0020,
+                ],
+                overflow: true,
+                reported_count: 3,
+            },
+        };
+        let back = HostCoverage::from_text(&hc.to_text()).unwrap();
+        assert_eq!(back.handle, hc.handle);
+        assert_eq!(back.kernel_release, hc.kernel_release);
+        assert_eq!(back.unique_pcs(), hc.unique_pcs());
+        assert!(back.coverage.overflow);
+        assert_eq!(back.coverage.reported_count, 3);
+        assert_eq!(back.to_text().lines().nth(1), hc.to_text().lines().nth(1));
+        for bad in [
+            "",
+            "hello",
+            "# host kcov: kernel x",
+            "# host kcov: kernel x, common handle 0xzz, 1 PCs, 1 distinct, overflow false",
+        ] {
+            assert!(HostCoverage::from_text(bad).is_err(), "{bad:?}");
+        }
+        let e = HostCoverage::from_text(&format!("{}0x12\nnope\n", hc.to_text())).unwrap_err();
+        assert!(e.contains("nope"), "{e}");
+    }
 
     #[test]
     fn missing_kcov_is_one_line_and_names_the_path() {

@@ -8,26 +8,24 @@ use crate::{deps, paths};
 
 pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// Builds `guest-agent` (release, static) in its own target directory so the
-/// static RUSTFLAGS never invalidate the host build; returns the binary path.
-pub fn build() -> Result<PathBuf> {
+/// Builds `cargo_args` (release, static, for [`GUEST_TARGET`]) in the guest target directory,
+/// so the static RUSTFLAGS never invalidate the host build, and returns the binary at
+/// `rel` (below `<target dir>/<target>/release/`), checked to need no dynamic loader.
+fn build_static(what: &str, cargo_args: &[&str], rel: &str) -> Result<PathBuf> {
     // Static linking against glibc needs libc.a.
-    deps::ensure_packages(&["libc6-dev"], "linking the static guest agent")?;
-    let root = paths::workspace_root();
-    let target_dir = root.join("target").join("guest");
-    let status =
-        paths::cargo_build_release(&["--package", "guest-agent", "--target", GUEST_TARGET])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .status()
-            .context("running cargo to build the guest agent")?;
+    deps::ensure_packages(&["libc6-dev"], &format!("linking the static {what}"))?;
+    let target_dir = paths::workspace_root().join("target").join("guest");
+    let mut args = cargo_args.to_vec();
+    args.extend(["--target", GUEST_TARGET]);
+    let status = paths::cargo_build_release(&args)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .status()
+        .with_context(|| format!("running cargo to build the {what}"))?;
     if !status.success() {
-        bail!("building the guest agent failed (see cargo's output above)");
+        bail!("building the {what} failed (see cargo's output above)");
     }
-    let bin = target_dir
-        .join(GUEST_TARGET)
-        .join("release")
-        .join("guest-agent");
+    let bin = target_dir.join(GUEST_TARGET).join("release").join(rel);
     let data = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
     if has_interpreter(&data)? {
         bail!(
@@ -38,37 +36,34 @@ pub fn build() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Builds `guest-agent` (release, static); returns the agent binary's path.
+pub fn build() -> Result<PathBuf> {
+    build_static("guest agent", &["--package", "guest-agent"], "guest-agent")
+}
+
+/// The nested runner's L1 init, built with the agent (same package); returns its path.
+pub fn build_nested_init() -> Result<PathBuf> {
+    build_static(
+        "nested L1 init",
+        &["--package", "guest-agent", "--bin", "nested-l1-init"],
+        "nested-l1-init",
+    )
+}
+
+/// Our `vmm` binary (release, static) for running inside the nested runner's L1.
+pub fn build_static_vmm() -> Result<PathBuf> {
+    build_static("vmm for L1", &["--package", "vmm", "--bin", "vmm"], "vmm")
+}
+
 /// Builds `vmm`'s `vhost_net_selftest` example (release, static, in the guest agent's
 /// target directory): the VMM's vhost-net backend and host kcov, run inside the guest,
 /// whose kernel has vhost-net and kcov. Returns the binary path.
 pub fn build_vhost_selftest() -> Result<PathBuf> {
-    deps::ensure_packages(&["libc6-dev"], "linking the static vhost self-test")?;
-    let target_dir = paths::workspace_root().join("target").join("guest");
-    let status = paths::cargo_build_release(&[
-        "--package",
-        "vmm",
-        "--example",
-        "vhost_net_selftest",
-        "--target",
-        GUEST_TARGET,
-    ])
-    .env("CARGO_TARGET_DIR", &target_dir)
-    .env("RUSTFLAGS", "-C target-feature=+crt-static")
-    .status()
-    .context("running cargo to build the vhost self-test")?;
-    if !status.success() {
-        bail!("building the vhost self-test failed (see cargo's output above)");
-    }
-    let bin = target_dir
-        .join(GUEST_TARGET)
-        .join("release")
-        .join("examples")
-        .join("vhost_net_selftest");
-    let data = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
-    if has_interpreter(&data)? {
-        bail!("{} is dynamically linked", bin.display());
-    }
-    Ok(bin)
+    build_static(
+        "vhost self-test",
+        &["--package", "vmm", "--example", "vhost_net_selftest"],
+        "examples/vhost_net_selftest",
+    )
 }
 
 /// True when an ELF64 little-endian file has a PT_INTERP program header

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::kernel::{self, KernelOpts};
 use crate::paths;
 use crate::progress::fmt_dur;
-use crate::runner::{self, BootOutcome, BootSpec, RunnerKind, Timeouts};
+use crate::runner::{self, BootOutcome, BootSpec, RunnerKind, Timeouts, VsockReceiver};
 use crate::{agent, image};
 
 /// The kernel command line every run starts with: serial console, no reboot
@@ -31,6 +31,8 @@ pub struct BootOpts {
     /// Extra kernel command-line words.
     pub append: Vec<String>,
     pub mem_mib: u64,
+    /// Guest vCPUs (every runner).
+    pub vcpus: u8,
     pub timeouts: Timeouts,
     /// Show all kernel messages (no `quiet`).
     pub kernel_log: bool,
@@ -42,6 +44,8 @@ pub struct BootOpts {
     pub net: Option<vmm::devices::virtio::net::NetSpec>,
     /// Host-side vhost-net coverage into the run store (kvm runner with `net`).
     pub host_kcov: bool,
+    /// Extra words for the nested runner's L1 kernel command line.
+    pub l1_append: Vec<String>,
 }
 
 /// What the agent runs and how it collects coverage; becomes `testbed.*` cmdline words.
@@ -61,61 +65,6 @@ pub struct PlanOpts {
 
 /// Default AF_VSOCK port of the agent's stream (guest-agent `plan::DEFAULT_PORT`).
 pub const DEFAULT_STREAM_PORT: u32 = 10_000;
-
-/// Host end of `testbed.transport=vsock`: listens on `<uds>_<port>` (the vsock device's
-/// hybrid convention) and copies the one connection's bytes to `<run_dir>/coverage.kcw`.
-struct VsockReceiver {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Result<()>>,
-    path: PathBuf,
-}
-
-impl VsockReceiver {
-    fn start(uds: &Path, port: u32, run_dir: &Path) -> Result<VsockReceiver> {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let path = PathBuf::from(format!("{}_{port}", uds.display()));
-        let listener = std::os::unix::net::UnixListener::bind(&path)
-            .with_context(|| format!("listening on {} for the agent's stream", path.display()))?;
-        listener.set_nonblocking(true)?;
-        let out = run_dir.join(STREAM_FILE);
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let stop2 = std::sync::Arc::clone(&stop);
-        let thread = std::thread::spawn(move || -> Result<()> {
-            loop {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        conn.set_nonblocking(false)?;
-                        let mut file = std::fs::File::create(&out)?;
-                        std::io::copy(&mut conn, &mut file).with_context(|| {
-                            format!("receiving the stream into {}", out.display())
-                        })?;
-                        return Ok(());
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if stop2.load(Ordering::Acquire) {
-                            return Ok(());
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        });
-        Ok(VsockReceiver { stop, thread, path })
-    }
-
-    /// After the VM ended: stop waiting for a connection; a connection in progress ends
-    /// when the VM's end closes it.
-    fn finish(self) -> Result<()> {
-        self.stop.store(true, std::sync::atomic::Ordering::Release);
-        let r = self
-            .thread
-            .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the stream receiver panicked")));
-        let _ = std::fs::remove_file(&self.path);
-        r
-    }
-}
 
 impl PlanOpts {
     /// The vsock port of the stream (`--param port=P`, else the default).
@@ -157,6 +106,7 @@ impl Default for BootOpts {
             cmd: Vec::new(),
             append: Vec::new(),
             mem_mib: 512,
+            vcpus: 1,
             timeouts: Timeouts {
                 boot: Duration::from_secs(120),
                 run: Duration::from_secs(600),
@@ -166,6 +116,7 @@ impl Default for BootOpts {
             plan: PlanOpts::default(),
             net: None,
             host_kcov: false,
+            l1_append: Vec::new(),
         }
     }
 }
@@ -174,6 +125,9 @@ impl Default for BootOpts {
 struct RunRecord<'a> {
     runner: String,
     kernel_key: &'a str,
+    /// The host kernel's cache key where it is ours (nested runner: L1), for host coverage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_kernel_key: Option<&'a str>,
     kernel_release: Option<&'a str>,
     cmdline: &'a str,
     command: &'a [String],
@@ -197,16 +151,27 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
              vhost-user-net backend for it yet)"
         );
     }
+    let max_cpus = vmm::arch::x86_64::mptable::max_cpus();
+    if opts.vcpus == 0 || usize::from(opts.vcpus) > usize::from(max_cpus) {
+        anyhow::bail!("--vcpus {}: expected 1 to {max_cpus}", opts.vcpus);
+    }
     let kernel = kernel::build(&opts.kernel)?;
     let (runner, why) = runner::choose(opts.runner, &kernel.bzimage);
     eprintln!("runner: {runner} ({why})");
-    if opts.net.is_some() && runner != RunnerKind::Kvm {
+    if opts.net.is_some() && !matches!(runner, RunnerKind::Kvm | RunnerKind::Nested) {
         anyhow::bail!(
-            "--net needs the kvm runner (our VMM's virtio-net device; the qemu runner has no \
+            "--net needs our VMM (kvm or nested runner; the qemu runner has no \
              vhost-user-net backend for it yet), and the {runner} runner was chosen ({why}); \
-             drop --net, or run on a host with hardware KVM"
+             use --runner nested, or run on a host with hardware KVM"
         );
     }
+    if !opts.l1_append.is_empty() && runner != RunnerKind::Nested {
+        anyhow::bail!("--l1-append is for the nested runner (this run uses {runner})");
+    }
+    let nested_l1 = match runner {
+        RunnerKind::Nested => Some(nested_parts(&opts.kernel)?),
+        _ => None,
+    };
     let agent = agent::build()?;
     let run_dir = paths::new_run_dir().context("creating the run directory")?;
     let initramfs = run_dir.join("initramfs.cpio");
@@ -231,12 +196,22 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
         initramfs,
         cmdline: cmdline.clone(),
         mem_mib: opts.mem_mib,
+        vcpus: opts.vcpus,
         serial_log: run_dir.join("serial.log"),
         echo: opts.echo,
         timeouts: opts.timeouts,
         vsock: Some(runner::VsockSpec::in_dir(&run_dir)),
         net: opts.net.clone(),
         host_kcov: opts.host_kcov,
+        nested: nested_l1
+            .as_ref()
+            .map(|(l1, vmm, init)| runner::nested::NestedSpec {
+                l1_kernel: l1.bzimage.clone(),
+                vmm: vmm.clone(),
+                init: init.clone(),
+                relay_ports: vec![plan.vsock_port()],
+                l1_append: opts.l1_append.clone(),
+            }),
     };
     eprintln!(
         "boot: {} + initramfs, run directory {}",
@@ -247,7 +222,7 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
         Some("vsock") => spec
             .vsock
             .as_ref()
-            .map(|v| VsockReceiver::start(&v.uds, plan.vsock_port(), &run_dir))
+            .map(|v| VsockReceiver::start(&v.uds, plan.vsock_port(), &run_dir.join(STREAM_FILE)))
             .transpose()?,
         _ => None,
     };
@@ -256,7 +231,10 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
         r.finish()?;
     }
     let outcome = outcome?;
+    let mut outcome = outcome;
+    outcome.host_vmlinux = nested_l1.as_ref().map(|(l1, _, _)| l1.vmlinux.clone());
     let record = RunRecord {
+        host_kernel_key: nested_l1.as_ref().map(|(l1, _, _)| l1.meta.key.as_str()),
         runner: runner.to_string(),
         kernel_key: &kernel.meta.key,
         kernel_release: outcome.release.as_deref(),
@@ -274,6 +252,26 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
     Ok((outcome, run_dir))
 }
 
+/// The nested runner's L1 pieces: its kernel (same source as the guest's, default fragments
+/// plus `nested-l1.config`; the user's extra fragments are for the kernel under test), the
+/// static vmm and the L1 init.
+pub fn nested_parts(guest: &KernelOpts) -> Result<(kernel::Kernel, PathBuf, PathBuf)> {
+    let l1_opts = KernelOpts {
+        src: guest.src.clone(),
+        fragments: Vec::new(),
+        extra_fragments: vec![paths::fragment_dir().join(runner::nested::L1_FRAGMENT)],
+        jobs: guest.jobs,
+    };
+    eprintln!(
+        "nested: L1 host kernel (guest kernel + {})",
+        runner::nested::L1_FRAGMENT
+    );
+    let l1 = kernel::build(&l1_opts).context("building the nested runner's L1 kernel")?;
+    let vmm = agent::build_static_vmm()?;
+    let init = agent::build_nested_init()?;
+    Ok((l1, vmm, init))
+}
+
 /// One-paragraph summary for the terminal.
 pub fn summary(outcome: &BootOutcome, echoed: bool) -> String {
     let ready = outcome
@@ -288,8 +286,21 @@ pub fn summary(outcome: &BootOutcome, echoed: bool) -> String {
         outcome.serial_log.display()
     );
     if outcome.status.exit_code() != 0 && !echoed {
-        s.push_str("\nlast console lines:\n");
+        let level = if outcome.l1_log.is_some() {
+            " (L2)"
+        } else {
+            ""
+        };
+        s.push_str(&format!("\nlast console lines{level}:\n"));
         for l in &outcome.tail {
+            s.push_str("  ");
+            s.push_str(l);
+            s.push('\n');
+        }
+    }
+    if let (Some(log), true) = (&outcome.l1_log, outcome.status.exit_code() != 0) {
+        s.push_str(&format!("\nlast console lines (L1, {}):\n", log.display()));
+        for l in &outcome.l1_tail {
             s.push_str("  ");
             s.push_str(l);
             s.push('\n');
@@ -505,7 +516,22 @@ pub const HOST_PCS_FILE: &str = "host-vhost-net.pcs.txt";
 /// directory, and, when the run has a guest stream, in the run store next to the guest's
 /// workloads, labelled source=host (never symbolized against the guest vmlinux). Returns the
 /// line to show the user.
-pub fn store_host_coverage(run_dir: &Path, hc: &vmm::host_kcov::HostCoverage) -> Result<String> {
+pub fn store_host_coverage(
+    run_dir: &Path,
+    hc: &vmm::host_kcov::HostCoverage,
+    host_vmlinux: Option<&Path>,
+) -> Result<String> {
+    // The host kernel's identity, so reports map the PCs onto the right vmlinux.
+    let kernel_build_id = match host_vmlinux {
+        Some(p) => Some(
+            coverage::Vmlinux::open(p)
+                .with_context(|| format!("reading the host kernel {}", p.display()))?
+                .build_id()
+                .map(|b| b.to_hex())
+                .with_context(|| format!("{} has no build-id", p.display()))?,
+        ),
+        None => None,
+    };
     let text = run_dir.join(HOST_PCS_FILE);
     std::fs::write(&text, hc.to_text()).with_context(|| format!("writing {}", text.display()))?;
     let mut msg = format!(
@@ -517,7 +543,7 @@ pub fn store_host_coverage(run_dir: &Path, hc: &vmm::host_kcov::HostCoverage) ->
         crate::report::open_or_collect(run_dir, true)?;
         let info = coverage::store::HostCoverageInfo {
             kernel_release: Some(hc.kernel_release.clone()),
-            kernel_build_id: None,
+            kernel_build_id,
             common_handle: hc.handle,
             mode: hc.coverage.mode,
             overflow: hc.coverage.overflow,
@@ -591,7 +617,7 @@ mod stream_tests {
         };
         // Without a guest stream: only the text file.
         let bare = tempfile::tempdir().unwrap();
-        let m = store_host_coverage(bare.path(), &hc).unwrap();
+        let m = store_host_coverage(bare.path(), &hc, None).unwrap();
         assert!(m.contains("3 PCs (2 distinct)"), "{m}");
         assert!(!m.contains("run store"), "{m}");
         let text = std::fs::read_to_string(bare.path().join(HOST_PCS_FILE)).unwrap();
@@ -628,7 +654,7 @@ mod stream_tests {
             Frame::Done(Done { status: 0 }),
         ]);
         std::fs::write(run.path().join(STREAM_FILE), bytes).unwrap();
-        let m = store_host_coverage(run.path(), &hc).unwrap();
+        let m = store_host_coverage(run.path(), &hc, None).unwrap();
         assert!(m.contains("run store (source=host)"), "{m}");
         let store = coverage::store::Store::open(&crate::report::store_dir(run.path())).unwrap();
         let host = store.host_pcs().unwrap();

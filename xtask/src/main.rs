@@ -69,7 +69,9 @@ enum Cmd {
     },
     /// Build what is missing and boot the guest; exits with the guest's status.
     Boot {
-        /// Where to boot: auto picks kvm where hardware KVM can boot the kernel, else qemu, and says why.
+        /// Where to boot: auto picks kvm where hardware KVM can boot the kernel, else qemu, and
+        /// says why; it never picks nested (our VMM inside a QEMU TCG guest with KVM: the kvm
+        /// path anywhere, but slower than qemu).
         #[arg(long, value_enum, default_value_t = RunnerKind::Auto)]
         runner: RunnerKind,
         #[command(flatten)]
@@ -83,6 +85,9 @@ enum Cmd {
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 512)]
         mem: u64,
+        /// Guest vCPUs.
+        #[arg(long, default_value_t = 1)]
+        vcpus: u8,
         /// Seconds from start until the agent must be running.
         #[arg(long, default_value_t = 120)]
         boot_timeout: u64,
@@ -110,14 +115,18 @@ enum Cmd {
         /// Workload parameter, e.g. frames=100, size=1514, indirect=on (repeatable; testbed.KEY=VALUE).
         #[arg(long, value_name = "KEY=VALUE")]
         param: Vec<String>,
-        /// Give the guest a virtio-net device on the host tap NAME (kvm runner; vhost=on
-        /// hands its rings to the host's vhost-net)
+        /// Give the guest a virtio-net device on the host tap NAME (kvm and nested runners;
+        /// nested: the tap lives in L1; vhost=on hands its rings to the host's vhost-net)
         #[arg(long, value_name = "tap=NAME[,mac=MAC][,vhost=on|off]")]
         net: Option<vmm::devices::virtio::net::NetSpec>,
         /// Collect host kernel coverage of the vhost-net worker serving --net into the run
-        /// store, labelled source=host (kvm runner, kcov host kernel; implies vhost=on)
+        /// store, labelled source=host (kvm runner on a kcov host kernel, or nested: L1's
+        /// vhost worker; implies vhost=on)
         #[arg(long, requires = "net")]
         host_kcov: bool,
+        /// Extra word for the L1 kernel command line (nested runner; repeatable).
+        #[arg(long, value_name = "WORD")]
+        l1_append: Vec<String>,
         /// Command for the agent to run in the guest (from the initramfs, see --include).
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -202,6 +211,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             include,
             append,
             mem,
+            vcpus,
             boot_timeout,
             timeout,
             kernel_log,
@@ -213,6 +223,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             param,
             net,
             host_kcov,
+            l1_append,
             cmd,
         } => {
             let opts = BootOpts {
@@ -222,6 +233,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cmd,
                 append,
                 mem_mib: mem,
+                vcpus,
                 timeouts: Timeouts {
                     boot: Duration::from_secs(boot_timeout),
                     run: Duration::from_secs(timeout),
@@ -237,6 +249,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 net,
                 host_kcov,
+                l1_append,
             };
             let (outcome, run_dir) = boot::boot(&opts)?;
             eprintln!("{}", boot::summary(&outcome, opts.echo));
@@ -250,7 +263,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             if let Some(hc) = &outcome.host_coverage {
-                match boot::store_host_coverage(&run_dir, hc) {
+                match boot::store_host_coverage(&run_dir, hc, outcome.host_vmlinux.as_deref()) {
                     Ok(line) => eprintln!("{line}"),
                     Err(e) => {
                         eprintln!("error: keeping the host coverage: {e:#}");

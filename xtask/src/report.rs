@@ -34,6 +34,80 @@ pub fn goldens_dir() -> PathBuf {
 #[derive(Deserialize)]
 struct RunJson {
     kernel_key: Option<String>,
+    /// The host kernel's cache key, where the host is one of ours (nested runner: L1).
+    #[serde(default)]
+    host_kernel_key: Option<String>,
+}
+
+/// The host kernel's vmlinux of a run: `explicit`, else the cached kernel `run.json` names
+/// (nested runner: the L1 kernel). None where neither is known.
+pub fn host_vmlinux(run_dir: &Path, explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    let bytes = std::fs::read(run_dir.join("run.json")).ok()?;
+    let key = serde_json::from_slice::<RunJson>(&bytes)
+        .ok()?
+        .host_kernel_key?;
+    cached_kernel_dir(&key).map(|d| d.join("vmlinux"))
+}
+
+/// The host coverage of `run`, each entry mapped onto the host kernel's vmlinux when it is
+/// known and its build-id matches the entry's, as text (one report per entry); an entry whose
+/// kernel is unknown gets one line saying so.
+pub fn host_section(
+    run: &LoadedRun,
+    run_dir: &Path,
+    explicit: Option<&Path>,
+    filter: &[PathGlob],
+) -> Result<String> {
+    let mut text = String::new();
+    let entries = run.store.host_pcs()?;
+    if entries.is_empty() {
+        return Ok(text);
+    }
+    let vmlinux = host_vmlinux(run_dir, explicit);
+    for (meta, pcs) in entries {
+        let Some(path) = &vmlinux else {
+            text.push_str(&format!(
+                "host coverage {}: not mapped (the host kernel's vmlinux is unknown; pass \
+                 --host-vmlinux)\n",
+                meta.name
+            ));
+            continue;
+        };
+        let (table, build_id) = site_table(path)?;
+        match (&meta.kernel_build_id, &build_id) {
+            (Some(want), Some(have)) if want != have => bail!(
+                "{}: build-id {have} is not the host kernel's of host coverage {} ({want})",
+                path.display(),
+                meta.name
+            ),
+            (None, _) if explicit.is_none() => {
+                text.push_str(&format!(
+                    "host coverage {}: not mapped (no build-id recorded; pass --host-vmlinux)\n",
+                    meta.name
+                ));
+                continue;
+            }
+            _ => {}
+        }
+        let cov = RunCoverage::build(
+            &table,
+            std::slice::from_ref(&pcs),
+            SourceFilter::Host,
+            Attribution::AllFrames,
+        );
+        let desc = format!(
+            "host kernel {}, build-id {}, vmlinux {}",
+            meta.kernel_release.as_deref().unwrap_or("?"),
+            build_id.as_deref().unwrap_or("?"),
+            path.display()
+        );
+        let title = format!("host coverage {} (source=host)", meta.name);
+        text.push_str(&Report::new(&table, &cov, filter, &title, &desc).text());
+    }
+    Ok(text)
 }
 
 /// The kernel cache key recorded in `RUN_DIR/run.json`, if any.
@@ -349,6 +423,8 @@ pub struct ReportOpts {
     pub patch: Option<PathBuf>,
     /// Kernel source tree for HTML and lcov paths (default: the cached Debian source).
     pub source_root: Option<PathBuf>,
+    /// The host kernel's vmlinux for host coverage (default: the one run.json names).
+    pub host_vmlinux: Option<PathBuf>,
 }
 
 /// `cargo xtask report`: returns the terminal text; writes the requested files.
@@ -380,6 +456,12 @@ pub fn report_run(opts: &ReportOpts, run: &LoadedRun, patch: Option<PatchLines>)
         ));
     }
     text.push_str(&report.text());
+    text.push_str(&host_section(
+        run,
+        &opts.run_dir,
+        opts.host_vmlinux.as_deref(),
+        &filter,
+    )?);
     let source_root = opts.source_root.clone().or_else(default_source_root);
     let patch_cov = patch.map(|p| {
         // Patch lines may lie outside the filter: classify against every file.
@@ -565,6 +647,9 @@ pub struct GoldenOpts {
     pub dir: PathBuf,
     /// vmlinux (default: each run's kernel).
     pub vmlinux: Option<PathBuf>,
+    /// Compare functions only (another runner than the goldens were recorded with: the
+    /// same kernel runs the same functions, lines may differ with timing).
+    pub functions_only: bool,
 }
 
 impl Default for GoldenOpts {
@@ -575,6 +660,7 @@ impl Default for GoldenOpts {
             filter: DEFAULT_FILTER.into(),
             dir: goldens_dir(),
             vmlinux: None,
+            functions_only: false,
         }
     }
 }
@@ -640,6 +726,10 @@ pub fn golden_workload(
     // On another kernel (e.g. a newer Debian kernel package on a fresh machine) line numbers
     // move but function names hold: compare functions only and say so.
     let (golden, note) = match golden.check_kernel(identity.0.as_deref(), identity.1.as_deref()) {
+        Ok(()) if opts.functions_only => (
+            golden.functions_only(),
+            "note: another runner; compared functions only\n".to_string(),
+        ),
         Ok(()) => (golden, String::new()),
         Err(reason) => (
             golden.functions_only(),
@@ -732,7 +822,13 @@ pub fn bench(vmlinux: Option<&Path>) -> Result<()> {
 }
 
 fn parse_sources(s: &str) -> Result<SourceFilter> {
-    SourceFilter::parse(s).ok_or_else(|| anyhow!("--source {s:?}: expected all, remote or local"))
+    match SourceFilter::parse(s) {
+        // Host PCs are mapped onto the host's vmlinux in their own section, never the guest's.
+        Some(SourceFilter::Host) | None => {
+            bail!("--source {s:?}: expected all, remote or local")
+        }
+        Some(f) => Ok(f),
+    }
 }
 
 /// `cargo xtask report` arguments.
@@ -743,6 +839,10 @@ pub struct ReportArgs {
     /// vmlinux of the run's kernel (default: the kernel recorded in run.json, else the default kernel).
     #[arg(long, value_name = "V")]
     pub vmlinux: Option<PathBuf>,
+    /// vmlinux of the host kernel, for host coverage (--host-kcov; default: the one run.json
+    /// names, e.g. the nested runner's L1 kernel; its build-id must match).
+    #[arg(long, value_name = "V")]
+    pub host_vmlinux: Option<PathBuf>,
     /// Write an lcov tracefile (for genhtml and CI tools).
     #[arg(long, value_name = "F")]
     pub lcov: Option<PathBuf>,
@@ -788,6 +888,7 @@ pub fn report_cmd(a: &ReportArgs) -> Result<std::process::ExitCode> {
         filter: a.filter.clone(),
         patch: a.patch.clone(),
         source_root: a.source_root.clone(),
+        host_vmlinux: a.host_vmlinux.clone(),
     })?;
     print!("{text}");
     Ok(std::process::ExitCode::SUCCESS)
@@ -1016,9 +1117,15 @@ mod tests {
         let line = "host coverage vhost-net (host kernel 6.8.0-host): 3 distinct PCs, not \
                     symbolized against the guest vmlinux\n";
         assert!(text.contains(line), "{text}");
+        // No run.json names the host kernel and no build-id was recorded: not mapped, and
+        // the report says so and how to map it.
+        let unmapped = "host coverage vhost-net: not mapped (the host kernel's vmlinux is \
+                        unknown; pass --host-vmlinux)\n";
+        assert!(text.contains(unmapped), "{text}");
         // Nothing else of the terminal report changed.
         assert_eq!(
             text.replacen(line, "", 1)
+                .replacen(unmapped, "", 1)
                 .replace("after.json", "before.json"),
             text0
         );

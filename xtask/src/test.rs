@@ -56,6 +56,9 @@ pub fn run(opts: &TestOpts) -> Result<()> {
     let kernel = kernel::build(&KernelOpts::default())?;
     let agent = agent::build()?;
     let vhost_selftest = agent::build_vhost_selftest()?;
+    // The nested runner's L1 kernel, static vmm and L1 init, built here rather than inside
+    // the first nested test (a cold L1 kernel takes minutes).
+    crate::boot::nested_parts(&KernelOpts::default())?;
     crate::deps::ensure_packages(
         crate::deps::REPORT_CHECK_PACKAGES,
         "the coverage report tests (genhtml, headless chromium, addr2line)",

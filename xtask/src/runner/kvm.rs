@@ -97,7 +97,7 @@ fn boot_checked(spec: &BootSpec, skip_host_check: bool) -> Result<BootOutcome> {
         initrd: Some(spec.initramfs.clone()),
         cmdline: spec.cmdline.clone(),
         mem_mib: spec.mem_mib,
-        vcpus: 1,
+        vcpus: spec.vcpus.max(1),
         serial_log: None,
         serial_stdout: false,
         timeout: None,
@@ -181,6 +181,8 @@ mod tests {
             vsock: None,
             net: None,
             host_kcov: false,
+            nested: None,
+            vcpus: 1,
         })
     }
 
@@ -290,7 +292,7 @@ mod tests {
             .try_iter()
             .map(|e| match e {
                 VmEvent::Line(l) => l,
-                VmEvent::Ended(_) => unreachable!(),
+                VmEvent::Ended(_) | VmEvent::L1Line(_) => unreachable!(),
             })
             .collect();
         assert_eq!(lines[0], "hello");

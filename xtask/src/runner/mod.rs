@@ -5,6 +5,7 @@
 //! agent runs, `@@TESTBED-EXIT@@ <status>` as its last line), and a status.
 
 pub mod kvm;
+pub mod nested;
 pub mod qemu;
 pub mod vsock_echo;
 
@@ -14,7 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 pub use kcov_wire::console::{EXIT_MARKER, READY_MARKER};
@@ -30,6 +31,9 @@ pub enum RunnerKind {
     Kvm,
     /// QEMU TCG (software emulation), microvm machine.
     Qemu,
+    /// Our VMM inside a QEMU TCG guest ("L1") whose KVM runs on emulated SVM: proves the kvm
+    /// path with a real Linux anywhere QEMU runs. Slower than qemu; auto never picks it.
+    Nested,
 }
 
 impl std::fmt::Display for RunnerKind {
@@ -38,6 +42,7 @@ impl std::fmt::Display for RunnerKind {
             RunnerKind::Auto => "auto",
             RunnerKind::Kvm => "kvm",
             RunnerKind::Qemu => "qemu",
+            RunnerKind::Nested => "nested",
         })
     }
 }
@@ -74,6 +79,8 @@ pub enum GuestStatus {
     RunTimeout(Duration),
     /// The VM ended without an exit marker or panic.
     NoStatus(String),
+    /// Nested runner: L1 (the Linux hosting our VMM) failed, so the L2 gave no status.
+    HostFailed(String),
 }
 
 impl GuestStatus {
@@ -83,7 +90,7 @@ impl GuestStatus {
             GuestStatus::Exited(code) => (*code).clamp(0, 255),
             GuestStatus::Panicked(_) => 70,
             GuestStatus::BootTimeout(_) | GuestStatus::RunTimeout(_) => 124,
-            GuestStatus::NoStatus(_) => 71,
+            GuestStatus::NoStatus(_) | GuestStatus::HostFailed(_) => 71,
         }
     }
 
@@ -95,6 +102,7 @@ impl GuestStatus {
             GuestStatus::BootTimeout(t) => format!("the guest agent did not start within {}s (kernel hung or /init failed); raise --boot-timeout if the host is very slow", t.as_secs()),
             GuestStatus::RunTimeout(t) => format!("the guest did not finish within {}s; raise --timeout for long workloads", t.as_secs()),
             GuestStatus::NoStatus(why) => format!("the VM ended without an exit status from the agent ({why})"),
+            GuestStatus::HostFailed(why) => format!("L1 (the nested Linux host running our vmm) failed: {why}"),
         }
     }
 }
@@ -116,28 +124,67 @@ pub struct BootOutcome {
     pub vsock_uds: Option<PathBuf>,
     /// Host-side coverage (`BootSpec::host_kcov` where the host allowed it).
     pub host_coverage: Option<vmm::host_kcov::HostCoverage>,
+    /// The host kernel's vmlinux where it is one of ours (nested runner: L1's).
+    pub host_vmlinux: Option<PathBuf>,
+    /// Nested runner: the L1 console log and its last lines.
+    pub l1_log: Option<PathBuf>,
+    pub l1_tail: Vec<String>,
 }
 
-/// Serial-console state machine: feeds lines, tracks the agent's markers.
-#[derive(Debug, Default)]
+/// Serial-console state machine: feeds lines, tracks the agent's markers (or, for the
+/// nested runner's L1 console, the L1 init's).
+#[derive(Debug)]
 pub struct Console {
+    ready_marker: &'static str,
+    exit_marker: &'static str,
+    error_prefix: Option<&'static str>,
     pub release: Option<String>,
     pub exit: Option<i32>,
     pub panic: Option<String>,
+    /// The first line starting with the error prefix (L1 console), without the prefix.
+    pub error: Option<String>,
     tail: VecDeque<String>,
 }
 
+impl Default for Console {
+    fn default() -> Self {
+        Console {
+            ready_marker: READY_MARKER,
+            exit_marker: EXIT_MARKER,
+            error_prefix: None,
+            release: None,
+            exit: None,
+            panic: None,
+            error: None,
+            tail: VecDeque::new(),
+        }
+    }
+}
+
 impl Console {
+    /// The L1 console of the nested runner (`kcov_wire::nested` markers).
+    pub fn l1() -> Console {
+        use kcov_wire::nested;
+        Console {
+            ready_marker: nested::L1_READY_MARKER,
+            exit_marker: nested::L1_EXIT_MARKER,
+            error_prefix: Some(nested::L1_ERROR_PREFIX),
+            ..Console::default()
+        }
+    }
+
     pub fn feed(&mut self, line: &str) {
-        if let Some(pos) = line.find(READY_MARKER) {
-            let rest = line[pos + READY_MARKER.len()..].trim();
+        if let Some(pos) = line.find(self.ready_marker) {
+            let rest = line[pos + self.ready_marker.len()..].trim();
             self.release = Some(rest.to_string());
-        } else if let Some(pos) = line.find(EXIT_MARKER) {
-            let rest = line[pos + EXIT_MARKER.len()..].trim();
+        } else if let Some(pos) = line.find(self.exit_marker) {
+            let rest = line[pos + self.exit_marker.len()..].trim();
             // A garbled status still ends the run as a failure.
             self.exit = Some(rest.parse().unwrap_or(255));
         } else if line.contains(PANIC_MARKER) && self.panic.is_none() {
             self.panic = Some(line.trim().to_string());
+        } else if let Some(rest) = self.error_prefix.and_then(|p| line.strip_prefix(p)) {
+            self.error.get_or_insert_with(|| rest.trim().to_string());
         }
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
@@ -171,6 +218,8 @@ pub struct Timeouts {
 /// Events from a running VM.
 pub enum VmEvent {
     Line(String),
+    /// A line of the nested runner's L1 (its kernel or init), not of the guest.
+    L1Line(String),
     /// The VM ended (how, in words).
     Ended(String),
 }
@@ -193,6 +242,8 @@ pub fn watch(
     let mut killed = false;
     let mut deadline = start + timeouts.boot;
     let stdout = std::io::stdout();
+    // Nested runner: L1's console (created with its first line).
+    let mut l1: Option<(Console, fs::File, PathBuf)> = None;
     let end = loop {
         let now = Instant::now();
         let wait = deadline.saturating_duration_since(now);
@@ -219,6 +270,25 @@ pub fn watch(
                     deadline = deadline.min(Instant::now() + Duration::from_secs(20));
                 }
             }
+            Ok(VmEvent::L1Line(line)) => {
+                if l1.is_none() {
+                    let path = serial_log.with_file_name(L1_LOG);
+                    l1 = Some((Console::l1(), fs::File::create(&path)?, path));
+                }
+                let Some((c, f, _)) = l1.as_mut() else {
+                    continue;
+                };
+                writeln!(f, "{line}")?;
+                if echo {
+                    let mut out = stdout.lock();
+                    let _ = writeln!(out, "L1| {line}");
+                }
+                c.feed(&line);
+                if c.panic.is_some() || c.exit.is_some() {
+                    // L1 resets right after.
+                    deadline = deadline.min(Instant::now() + Duration::from_secs(20));
+                }
+            }
             Ok(VmEvent::Ended(how)) => break how,
             Err(RecvTimeoutError::Timeout) => {
                 if killed {
@@ -241,9 +311,18 @@ pub fn watch(
         }
     };
     log.flush()?;
-    let status = match timeout_status {
+    let mut status = match timeout_status {
         Some(t) => t,
         None => console.final_status(&end),
+    };
+    if let (Some((c, _, _)), GuestStatus::NoStatus(_)) = (&l1, &status) {
+        if let Some(why) = l1_failure(c) {
+            status = GuestStatus::HostFailed(why);
+        }
+    }
+    let (l1_log, l1_tail) = match &l1 {
+        Some((c, _, path)) => (Some(path.clone()), c.tail()),
+        None => (None, Vec::new()),
     };
     Ok(BootOutcome {
         runner,
@@ -255,7 +334,96 @@ pub fn watch(
         tail: console.tail(),
         vsock_uds: None,
         host_coverage: None,
+        host_vmlinux: None,
+        l1_log,
+        l1_tail,
     })
+}
+
+/// The nested runner's L1 console log, beside the (L2) serial log.
+pub const L1_LOG: &str = "l1-console.log";
+
+/// What L1's console says went wrong at its level, if anything (the L2 gave no status).
+fn l1_failure(l1: &Console) -> Option<String> {
+    if let Some(p) = &l1.panic {
+        return Some(format!("the L1 kernel panicked: {p}"));
+    }
+    if l1.release.is_none() {
+        return Some("L1 never reached its init (see the L1 console)".into());
+    }
+    if let Some(e) = &l1.error {
+        return Some(e.clone());
+    }
+    let vmm_said = l1
+        .tail
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("testbed-l1: vmm: "))
+        .map(|l| format!(": {l}"))
+        .unwrap_or_default();
+    match l1.exit {
+        Some(0) => None,
+        Some(1) => Some(format!("the vmm in L1 could not start the L2{vmm_said}")),
+        Some(2) => Some(format!("the L2 triple-faulted in the vmm{vmm_said}")),
+        Some(4) => Some(format!("KVM in L1 could not run the L2{vmm_said}")),
+        Some(c) => Some(format!("the vmm in L1 exited with status {c}{vmm_said}")),
+        None => Some("L1 ended without the vmm's exit status".into()),
+    }
+}
+
+/// Host end of a guest's vsock stream (`testbed.transport=vsock`): listens on `<uds>_<port>`
+/// (the vsock device's hybrid convention) and copies the one connection's bytes to a file.
+pub struct VsockReceiver {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<()>>,
+    path: PathBuf,
+}
+
+impl VsockReceiver {
+    pub fn start(uds: &Path, port: u32, out: &Path) -> Result<VsockReceiver> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let path = PathBuf::from(format!("{}_{port}", uds.display()));
+        let listener = std::os::unix::net::UnixListener::bind(&path)
+            .with_context(|| format!("listening on {} for the guest's stream", path.display()))?;
+        listener.set_nonblocking(true)?;
+        let out = out.to_path_buf();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stop2 = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || -> Result<()> {
+            loop {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        conn.set_nonblocking(false)?;
+                        let mut file = std::fs::File::create(&out)?;
+                        std::io::copy(&mut conn, &mut file).with_context(|| {
+                            format!("receiving the stream into {}", out.display())
+                        })?;
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if stop2.load(Ordering::Acquire) {
+                            return Ok(());
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        });
+        Ok(VsockReceiver { stop, thread, path })
+    }
+
+    /// After the VM ended: stop waiting for a connection; a connection in progress ends
+    /// when the VM's end closes it.
+    pub fn finish(self) -> Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let r = self
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the stream receiver panicked")));
+        let _ = std::fs::remove_file(&self.path);
+        r
+    }
 }
 
 /// Everything a runner needs for one boot.
@@ -265,6 +433,8 @@ pub struct BootSpec {
     pub initramfs: PathBuf,
     pub cmdline: String,
     pub mem_mib: u64,
+    /// Guest vCPUs.
+    pub vcpus: u8,
     pub serial_log: PathBuf,
     pub echo: bool,
     pub timeouts: Timeouts,
@@ -272,8 +442,10 @@ pub struct BootSpec {
     pub vsock: Option<VsockSpec>,
     /// A virtio-net device on a host tap (kvm runner only).
     pub net: Option<vmm::devices::virtio::net::NetSpec>,
-    /// Collect host kcov of the vhost-net worker serving `net` (kvm runner only).
+    /// Collect host kcov of the vhost-net worker serving `net` (kvm and nested runners).
     pub host_kcov: bool,
+    /// The nested runner's L1 (None for the other runners).
+    pub nested: Option<nested::NestedSpec>,
 }
 
 /// The guest CID runs get unless told otherwise.
@@ -307,6 +479,7 @@ pub fn boot(kind: RunnerKind, spec: &BootSpec) -> Result<BootOutcome> {
     match kind {
         RunnerKind::Qemu => qemu::boot(spec),
         RunnerKind::Kvm => kvm::boot(spec),
+        RunnerKind::Nested => nested::boot(spec),
         RunnerKind::Auto => bail!("choose a runner first (runner::choose)"),
     }
 }

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 
-use super::{watch, BootOutcome, BootSpec, RunnerKind, VmEvent};
+use std::path::Path;
+
+use super::{watch, BootOutcome, BootSpec, RunnerKind, VmEvent, VsockSpec};
 use crate::deps;
 
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -14,12 +16,36 @@ pub const QEMU: &str = "qemu-system-x86_64";
 /// The microvm machine options.
 const MACHINE: &str = "microvm,acpi=off,x-option-roms=off,rtc=off";
 
-/// The QEMU command line for a spec. With vsock, guest RAM is a shared memfd
+/// One QEMU TCG microvm: what it boots, with what.
+pub struct Machine<'a> {
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub cmdline: &'a str,
+    pub mem_mib: u64,
+    pub cpus: u8,
+    pub vsock: Option<&'a VsockSpec>,
+}
+
+impl<'a> Machine<'a> {
+    /// The machine of a plain qemu run of `spec`.
+    pub fn of(spec: &'a BootSpec) -> Machine<'a> {
+        Machine {
+            kernel: &spec.bzimage,
+            initrd: &spec.initramfs,
+            cmdline: &spec.cmdline,
+            mem_mib: spec.mem_mib,
+            cpus: spec.vcpus.max(1),
+            vsock: spec.vsock.as_ref(),
+        }
+    }
+}
+
+/// The QEMU command line for a machine. With vsock, guest RAM is a shared memfd
 /// (the vhost-user backend maps it) and the device is QEMU's
 /// `vhost-user-vsock-device` talking to our backend on `vhost_socket`.
-pub fn command(spec: &BootSpec) -> Command {
+pub fn command(m: &Machine) -> Command {
     let mut cmd = Command::new(QEMU);
-    match &spec.vsock {
+    match m.vsock {
         None => {
             cmd.args(["-M", MACHINE]);
         }
@@ -30,7 +56,7 @@ pub fn command(spec: &BootSpec) -> Command {
                 .arg("-object")
                 .arg(format!(
                     "memory-backend-memfd,id=mem,size={}M,share=on",
-                    spec.mem_mib
+                    m.mem_mib
                 ))
                 .arg("-chardev")
                 .arg(chardev)
@@ -38,7 +64,9 @@ pub fn command(spec: &BootSpec) -> Command {
         }
     }
     cmd.args(["-accel", "tcg", "-cpu", "max", "-m"])
-        .arg(spec.mem_mib.to_string())
+        .arg(m.mem_mib.to_string())
+        .arg("-smp")
+        .arg(m.cpus.to_string())
         .args([
             "-nographic",
             "-no-reboot",
@@ -47,18 +75,29 @@ pub fn command(spec: &BootSpec) -> Command {
             "stdio",
             "-kernel",
         ])
-        .arg(&spec.bzimage)
+        .arg(m.kernel)
         .arg("-initrd")
-        .arg(&spec.initramfs)
+        .arg(m.initrd)
         .arg("-append")
-        .arg(&spec.cmdline);
+        .arg(m.cmdline);
     cmd
 }
 
 pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
+    boot_machine(spec, RunnerKind::Qemu, &Machine::of(spec), VmEvent::Line)
+}
+
+/// Runs machine `m` for `spec` (its vsock backend, console watch, timeouts); each console
+/// line becomes the event `route` makes of it.
+pub fn boot_machine(
+    spec: &BootSpec,
+    runner: RunnerKind,
+    m: &Machine,
+    route: fn(String) -> VmEvent,
+) -> Result<BootOutcome> {
     deps::ensure_packages(deps::QEMU_PACKAGES, "the qemu runner")?;
     // The backend binds its sockets before QEMU starts (QEMU connects to it).
-    let backend = match &spec.vsock {
+    let backend = match m.vsock {
         None => None,
         Some(v) => {
             let cfg = vsock::vhost_user::BackendConfig::new(&v.vhost_socket, &v.uds, v.guest_cid);
@@ -71,7 +110,7 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
             })?)
         }
     };
-    let outcome = boot_qemu(spec);
+    let outcome = boot_qemu(spec, runner, m, route);
     if let Some(b) = backend {
         // QEMU is gone: its vhost-user connection closed and the backend ends.
         if let Err(e) = b.stop() {
@@ -79,12 +118,17 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
         }
     }
     let mut outcome = outcome?;
-    outcome.vsock_uds = spec.vsock.as_ref().map(|v| v.uds.clone());
+    outcome.vsock_uds = m.vsock.map(|v| v.uds.clone());
     Ok(outcome)
 }
 
-fn boot_qemu(spec: &BootSpec) -> Result<BootOutcome> {
-    let mut child = command(spec)
+fn boot_qemu(
+    spec: &BootSpec,
+    runner: RunnerKind,
+    m: &Machine,
+    route: fn(String) -> VmEvent,
+) -> Result<BootOutcome> {
+    let mut child = command(m)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -113,14 +157,14 @@ fn boot_qemu(spec: &BootSpec) -> Result<BootOutcome> {
             }
             let line = String::from_utf8_lossy(&buf);
             let line = line.trim_end_matches(['\n', '\r']).to_string();
-            let _ = tx2.send(VmEvent::Line(line));
+            let _ = tx2.send(route(line));
             buf.clear();
         }
         let _ = tx2.send(VmEvent::Ended("qemu exited".into()));
     });
     let pid = child.id();
     let outcome = watch(
-        RunnerKind::Qemu,
+        runner,
         &rx,
         &spec.serial_log,
         spec.echo,

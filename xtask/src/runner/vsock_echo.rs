@@ -293,6 +293,8 @@ pub fn run(
     let spec = BootSpec {
         net: None,
         host_kcov: false,
+        nested: None,
+        vcpus: 1,
         bzimage: bzimage.to_path_buf(),
         initramfs,
         cmdline: format!("{} quiet", crate::boot::BASE_CMDLINE),
