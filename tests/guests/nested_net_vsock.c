@@ -1,5 +1,7 @@
-/* L2 check for the nested runner (tests/tests/nested.rs): Linux's virtio-mmio, virtio_net and
- * virtio_vsock drivers on our VMM's devices.
+/* L2 check for the nested runner (tests/tests/nested.rs, cargo xtask bench nested): Linux's
+ * virtio-mmio, virtio_net and virtio_vsock drivers on our VMM's devices.
+ * Usage: check [TCP_BYTES [VSOCK_BYTES]]; TCP_BYTES 0 skips the net steps (no net device, e.g.
+ * under the qemu runner, whose vsock echo peer is then the host).
  *  1. unbind and re-bind each virtio-mmio device (device reset + re-probe by the driver);
  *  2. eth0 = 10.0.2.15/24, TCP to L1's echo service 10.0.2.1:7000, N bytes each way, checked;
  *  3. AF_VSOCK to CID 2 port 7001 (L1's vsock echo), 1 MiB each way, checked;
@@ -154,29 +156,34 @@ static void print_features(unsigned id, const char *what) {
 
 int main(int argc, char **argv) {
     unsigned long long tcp_bytes = argc > 1 ? strtoull(argv[1], 0, 0) : 16ull << 20;
+    unsigned long long vsock_bytes = argc > 2 ? strtoull(argv[2], 0, 0) : 1ull << 20;
     setvbuf(stdout, 0, _IOLBF, 0);
-    rebind(1, "net");
-    rebind(19, "vsock");
-    net_up("eth0");
-    print_features(1, "net");
+    if (tcp_bytes) {
+        rebind(1, "net");
+        rebind(19, "vsock");
+        net_up("eth0");
+        print_features(1, "net");
+    }
 
     int s = -1;
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(7000)};
     inet_pton(AF_INET, "10.0.2.1", &sin.sin_addr);
-    for (int i = 0;; i++) {
+    for (int i = 0; tcp_bytes; i++) {
         s = socket(AF_INET, SOCK_STREAM, 0);
         if (connect(s, (struct sockaddr *)&sin, sizeof sin) == 0) break;
         close(s);
         if (i > 100) fail("connect 10.0.2.1:7000");
         usleep(100000);
     }
-    echo_check(s, tcp_bytes, "tcp echo");
-    close(s);
+    if (tcp_bytes) {
+        echo_check(s, tcp_bytes, "tcp echo");
+        close(s);
+    }
 
     int v = socket(AF_VSOCK, SOCK_STREAM, 0);
     struct sockaddr_vm svm = {.svm_family = AF_VSOCK, .svm_cid = 2, .svm_port = 7001};
     if (connect(v, (struct sockaddr *)&svm, sizeof svm) < 0) fail("vsock connect 2:7001");
-    echo_check(v, 1 << 20, "vsock echo");
+    echo_check(v, vsock_bytes, "vsock echo");
     close(v);
 
     char irq[16384];

@@ -37,6 +37,15 @@ pub fn xtask(args: &[&str]) -> Option<Output> {
     Some(out)
 }
 
+/// Compiles the C program `src` (text) into the static binary `dir/name` for the guest.
+pub fn static_c(dir: &std::path::Path, name: &str, src: &str) -> PathBuf {
+    let c = dir.join(format!("{name}.c"));
+    std::fs::write(&c, src).unwrap();
+    let bin = dir.join(name);
+    xtask::agent::gcc_static(&c, &bin).unwrap_or_else(|e| panic!("{e:#}"));
+    bin
+}
+
 /// stdout + stderr as text, for assertions and failure messages.
 pub fn text(out: &Output) -> String {
     format!(

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use kcov_wire::{CoverageSource, Decoder, Frame};
 use tests::{functions, stream_path, text, vhost_source_pcs, vmlinux, xtask};
@@ -294,9 +294,9 @@ fn agent_rejects_malformed_plan() {
 /// A static C program that is its own vhost-net owner: everything it opens reports under
 /// the handle the agent enabled before starting it.
 fn vhost_owner_program(dir: &Path) -> PathBuf {
-    let src = dir.join("owner.c");
-    std::fs::write(
-        &src,
+    tests::static_c(
+        dir,
+        "owner",
         r#"#include <fcntl.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -312,16 +312,6 @@ int main(void) {
 }
 "#,
     )
-    .unwrap();
-    let bin = dir.join("owner");
-    let st = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .expect("running gcc");
-    assert!(st.success(), "gcc -static failed");
-    bin
 }
 
 #[test]

@@ -1,9 +1,6 @@
 //! Boots the guest kernel + initramfs under the qemu runner through the
 //! `cargo xtask` binary and checks the agent's report and exit statuses.
 
-use std::path::Path;
-use std::process::Command;
-
 use tests::{text, xtask};
 
 const BOOT: &[&str] = &["boot", "--runner", "qemu"];
@@ -34,28 +31,13 @@ fn agent_reports_kcov_and_vhost_and_succeeds() {
     assert!(all.contains("runner: qemu"), "{all}");
 }
 
-/// Compiles a static C program that exits with `code`.
-fn static_exit_program(dir: &Path, code: i32) -> std::path::PathBuf {
-    let src = dir.join("exit.c");
-    std::fs::write(&src, format!("int main(void) {{ return {code}; }}\n")).unwrap();
-    let bin = dir.join(format!("exit{code}"));
-    let status = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .expect("running gcc");
-    assert!(status.success(), "gcc -static failed");
-    bin
-}
-
 #[test]
 fn failing_guest_command_gives_its_status() {
     if tests::artifact("TESTBED_XTASK_BIN").is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let bin = static_exit_program(dir.path(), 3);
+    let bin = tests::static_c(dir.path(), "exit3", "int main(void) { return 3; }\n");
     let include = format!("{}:/bin/exit3", bin.display());
     let out = boot(&["--include", &include, "--", "/bin/exit3"]).unwrap();
     let all = text(&out);

@@ -17,21 +17,6 @@ fn boot(extra: &[&str]) -> Option<Output> {
     xtask(&args)
 }
 
-/// Compiles a static C program from `src` into `dir/name`.
-fn static_program(dir: &Path, name: &str, src: &str) -> PathBuf {
-    let c = dir.join(format!("{name}.c"));
-    std::fs::write(&c, src).unwrap();
-    let bin = dir.join(name);
-    let status = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&bin)
-        .arg(&c)
-        .status()
-        .expect("running gcc");
-    assert!(status.success(), "gcc -static failed");
-    bin
-}
-
 /// The run directory of a boot (from its "boot: ... run directory DIR" line).
 fn run_dir(out: &Output) -> PathBuf {
     let all = text(out);
@@ -144,7 +129,7 @@ fn nested_exit_statuses_propagate() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let bin = static_program(tmp.path(), "exit3", "int main(void) { return 3; }\n");
+    let bin = tests::static_c(tmp.path(), "exit3", "int main(void) { return 3; }\n");
     let include = format!("{}:/bin/exit3", bin.display());
     let out = boot(&["--include", &include, "--", "/bin/exit3"]).unwrap();
     let all = text(&out);
@@ -169,7 +154,7 @@ fn nested_hang_times_out_and_leaves_nothing() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let bin = static_program(
+    let bin = tests::static_c(
         tmp.path(),
         "spin",
         "int main(void) { for (;;) { __asm__ volatile(\"\"); } }\n",
@@ -182,13 +167,25 @@ fn nested_hang_times_out_and_leaves_nothing() {
     assert_nothing_left(&run_dir(&out));
 }
 
-/// Faults at L1's level: nested paging left on, and an L1 kernel panic, each end in one
-/// line naming L1, with L1's console tail, fast (no timeout).
+/// Faults at L1's level: a QEMU CPU without SVM, an L1 kernel without KVM, nested paging
+/// left on, and an L1 kernel panic, each end in one line naming L1, with L1's console tail,
+/// fast (no timeout).
 #[test]
 fn nested_l1_faults_are_named() {
     if tests::artifact("TESTBED_XTASK_BIN").is_none() {
         return;
     }
+    let out = boot(&["--no-echo", "--l1-cpu", "max,svm=off"]).unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(71), "{all}");
+    assert!(all.contains("the L1 CPU has no SVM"), "{all}");
+
+    // kvm_amd's initcall skipped: the L1 kernel has no /dev/kvm.
+    let out = boot(&["--no-echo", "--l1-append", "initcall_blacklist=svm_init"]).unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(71), "{all}");
+    assert!(all.contains("the L1 kernel has no /dev/kvm"), "{all}");
+
     let out = boot(&["--no-echo", "--l1-append", "kvm_amd.npt=1"]).unwrap();
     let all = text(&out);
     assert_eq!(out.status.code(), Some(71), "{all}");
@@ -210,17 +207,11 @@ fn nested_l1_faults_are_named() {
     assert_nothing_left(&run_dir(&out));
 }
 
-/// Compiles the L2 side of the net and vsock checks (`tests/guests/nested_net_vsock.c`).
+/// Compiles the L2 side of the net and vsock checks.
 fn net_vsock_check(dir: &Path) -> PathBuf {
-    let src = xtask::paths::workspace_root().join("tests/guests/nested_net_vsock.c");
+    let src = xtask::paths::workspace_root().join(xtask::bench::NESTED_CHECK_SRC);
     let bin = dir.join("nested_net_vsock");
-    let status = Command::new("gcc")
-        .args(["-static", "-O2", "-Wall", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .expect("running gcc");
-    assert!(status.success(), "gcc -static {} failed", src.display());
+    xtask::agent::gcc_static(&src, &bin).unwrap_or_else(|e| panic!("{e:#}"));
     bin
 }
 

@@ -1,6 +1,6 @@
 //! Builds the guest agent as a static x86_64 binary (`-C target-feature=+crt-static`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -64,6 +64,26 @@ pub fn build_vhost_selftest() -> Result<PathBuf> {
         &["--package", "vmm", "--example", "vhost_net_selftest"],
         "examples/vhost_net_selftest",
     )
+}
+
+/// Compiles the C program `src` into the static binary `out` (`gcc -static -O2`), for guests
+/// that have no libc: test programs, bench helpers. The error carries gcc's messages.
+pub fn gcc_static(src: &Path, out: &Path) -> Result<()> {
+    deps::ensure_packages(&["gcc", "libc6-dev"], "static guest test programs")?;
+    let o = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(out)
+        .arg(src)
+        .output()
+        .context("running gcc")?;
+    if !o.status.success() {
+        bail!(
+            "gcc -static {} failed:\n{}",
+            src.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// True when an ELF64 little-endian file has a PT_INTERP program header

@@ -366,3 +366,145 @@ fn bench_dir(name: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// `nested`: the nested runner next to the qemu runner, same kernel, same work, same run:
+/// boot to the agent (median of `runs`; nested also L1 to its init), the agent's PCs
+/// shipped per second over vsock (vhost-net-tx, vhost-vsock), and echo throughput: vsock
+/// (qemu: guest ↔ host through the vhost-user backend; nested: L2 ↔ L1 through our VMM's
+/// device) and, nested only (the qemu runner has no --net), TCP through our virtio-net
+/// device and a tap into L1.
+pub fn nested(runs: usize) -> Result<()> {
+    use crate::boot::{self, BootOpts, PlanOpts};
+    use crate::runner::RunnerKind;
+    const VSOCK_BYTES: u64 = 4 << 20;
+    const TCP_BYTES: u64 = 8 << 20;
+    let workloads = ["vhost-net-tx", "vhost-vsock"];
+    let secs = |v: &mut Vec<Duration>| format!("{:.1} s", median(v).as_secs_f64());
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let mut rows = Vec::new();
+    for runner in [RunnerKind::Qemu, RunnerKind::Nested] {
+        let (mut ready, mut l1_ready) = (Vec::new(), Vec::new());
+        let mut shipped: Vec<Vec<f64>> = vec![Vec::new(); workloads.len()];
+        for i in 0..runs.max(1) {
+            eprintln!("bench nested: {runner} run {} of {runs}", i + 1);
+            let opts = BootOpts {
+                runner,
+                echo: false,
+                plan: PlanOpts {
+                    workloads: workloads.iter().map(|w| w.to_string()).collect(),
+                    ..PlanOpts::default()
+                },
+                ..BootOpts::default()
+            };
+            let (outcome, run_dir) = boot::boot(&opts)?;
+            if outcome.status.exit_code() != 0 {
+                bail!("{runner} run failed: {}", outcome.status.describe());
+            }
+            let report = boot::collect_stream(&run_dir, &outcome.serial_log)?
+                .context("the run produced no coverage stream")?;
+            ready.extend(outcome.ready_after);
+            l1_ready.extend(outcome.l1_ready_after);
+            for (k, w) in workloads.iter().enumerate() {
+                shipped[k].extend(report.workload(w).and_then(|s| s.pcs_shipped_per_sec()));
+            }
+        }
+        rows.push((runner, ready, l1_ready, shipped));
+    }
+    // Echo throughput.
+    let dir = bench_dir("nested")?;
+    let kernel = crate::kernel::build(&crate::kernel::KernelOpts::default())?;
+    let agent = crate::agent::build()?;
+    std::fs::create_dir_all(dir.join("qemu"))?;
+    let qemu_echo = crate::runner::vsock_echo::run(
+        &kernel.bzimage,
+        &agent,
+        &dir.join("qemu"),
+        VSOCK_BYTES,
+        1 << 16,
+    );
+    let check = compile_nested_check(&dir)?;
+    let opts = BootOpts {
+        runner: RunnerKind::Nested,
+        echo: false,
+        includes: vec![format!("{}:/bin/check", check.display())],
+        cmd: vec![
+            "/bin/check".into(),
+            TCP_BYTES.to_string(),
+            VSOCK_BYTES.to_string(),
+        ],
+        net: Some("tap=tap0".parse().map_err(|e| anyhow::anyhow!("{e}"))?),
+        vcpus: 2,
+        plan: PlanOpts {
+            transport: Some("console".into()),
+            cover: Some("off".into()),
+            ..PlanOpts::default()
+        },
+        ..BootOpts::default()
+    };
+    let nested_echo = boot::boot(&opts);
+    let _ = std::fs::remove_dir_all(&dir);
+    let qemu_echo = qemu_echo?;
+    let (outcome, _) = nested_echo?;
+    if outcome.status.exit_code() != 0 {
+        bail!("nested echo run failed: {}", outcome.status.describe());
+    }
+    let log = std::fs::read_to_string(&outcome.serial_log)?;
+    let rate = |what: &str| -> Option<f64> {
+        log.lines()
+            .find_map(|l| l.strip_prefix(&format!("nested-check: {what}: ")))?
+            .rsplit_once(", ")?
+            .1
+            .strip_suffix(" MB/s")?
+            .parse()
+            .ok()
+    };
+
+    println!("nested vs qemu runner (same kernel and work, this run; medians of {runs}):");
+    let [(_, qr, _, qs), (_, nr, nl1, ns)] = &mut rows[..] else {
+        bail!("two runners expected");
+    };
+    let (q_ready, n_ready) = (median(qr), median(nr));
+    println!(
+        "  boot to agent ready: qemu {}, nested {} ({:.1}x qemu; L1 to its init {})",
+        secs(qr),
+        secs(nr),
+        n_ready.as_secs_f64() / q_ready.as_secs_f64().max(1e-9),
+        secs(nl1)
+    );
+    for (k, w) in workloads.iter().enumerate() {
+        let (q, n) = (med(&mut qs[k]), med(&mut ns[k]));
+        println!(
+            "  {w}: PCs shipped over vsock: qemu {q:.0}/s, nested {n:.0}/s ({:.2}x qemu)",
+            n / q.max(1e-9)
+        );
+    }
+    let nv = rate("vsock echo").unwrap_or(0.0);
+    println!(
+        "  vsock echo ({} MiB): qemu {:.1} MB/s each way (guest-host), nested {nv:.1} MB/s (L2-L1, our device; {:.2}x qemu)",
+        VSOCK_BYTES >> 20,
+        qemu_echo.mb_per_s(),
+        nv / qemu_echo.mb_per_s().max(1e-9)
+    );
+    match rate("tcp echo") {
+        Some(t) => println!(
+            "  TCP echo ({} MiB, nested only: our virtio-net + tap into L1): {t:.1} MB/s ({:.2}x nested vsock)",
+            TCP_BYTES >> 20,
+            t / nv.max(1e-9)
+        ),
+        None => println!("  TCP echo: no figure in the run's console"),
+    }
+    Ok(())
+}
+
+/// The L2 side of the nested net and vsock checks (shared with tests/tests/nested.rs).
+pub const NESTED_CHECK_SRC: &str = "tests/guests/nested_net_vsock.c";
+
+/// Compiles [`NESTED_CHECK_SRC`] (static) into `dir`.
+fn compile_nested_check(dir: &Path) -> Result<PathBuf> {
+    let bin = dir.join("nested_net_vsock");
+    crate::agent::gcc_static(&paths::workspace_root().join(NESTED_CHECK_SRC), &bin)?;
+    Ok(bin)
+}

@@ -46,6 +46,8 @@ pub struct BootOpts {
     pub host_kcov: bool,
     /// Extra words for the nested runner's L1 kernel command line.
     pub l1_append: Vec<String>,
+    /// QEMU `-cpu` model of the nested runner's L1 (None: `max`, which emulates SVM).
+    pub l1_cpu: Option<String>,
 }
 
 /// What the agent runs and how it collects coverage; becomes `testbed.*` cmdline words.
@@ -117,6 +119,7 @@ impl Default for BootOpts {
             net: None,
             host_kcov: false,
             l1_append: Vec::new(),
+            l1_cpu: None,
         }
     }
 }
@@ -165,8 +168,10 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
              use --runner nested, or run on a host with hardware KVM"
         );
     }
-    if !opts.l1_append.is_empty() && runner != RunnerKind::Nested {
-        anyhow::bail!("--l1-append is for the nested runner (this run uses {runner})");
+    if (!opts.l1_append.is_empty() || opts.l1_cpu.is_some()) && runner != RunnerKind::Nested {
+        anyhow::bail!(
+            "--l1-append and --l1-cpu are for the nested runner (this run uses {runner})"
+        );
     }
     let nested_l1 = match runner {
         RunnerKind::Nested => Some(nested_parts(&opts.kernel)?),
@@ -211,6 +216,7 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
                 init: init.clone(),
                 relay_ports: vec![plan.vsock_port()],
                 l1_append: opts.l1_append.clone(),
+                l1_cpu: opts.l1_cpu.clone().unwrap_or_else(|| "max".into()),
             }),
     };
     eprintln!(

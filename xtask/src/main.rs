@@ -127,6 +127,9 @@ enum Cmd {
         /// Extra word for the L1 kernel command line (nested runner; repeatable).
         #[arg(long, value_name = "WORD")]
         l1_append: Vec<String>,
+        /// QEMU -cpu model for L1 (nested runner; default max, which emulates SVM).
+        #[arg(long, value_name = "MODEL")]
+        l1_cpu: Option<String>,
         /// Command for the agent to run in the guest (from the initramfs, see --include).
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -174,6 +177,12 @@ enum BenchCmd {
         /// vmlinux (default: the cached kernel's).
         #[arg(long)]
         vmlinux: Option<PathBuf>,
+    },
+    /// Nested runner vs qemu runner: boot, stream rate, vsock and TCP echo throughput.
+    Nested {
+        /// Boots per runner for the boot and stream figures (median reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// vhost workloads with coverage on vs off, and PCs/s shipped over vsock vs console.
     Workload {
@@ -224,6 +233,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             net,
             host_kcov,
             l1_append,
+            l1_cpu,
             cmd,
         } => {
             let opts = BootOpts {
@@ -250,6 +260,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 net,
                 host_kcov,
                 l1_append,
+                l1_cpu,
             };
             let (outcome, run_dir) = boot::boot(&opts)?;
             eprintln!("{}", boot::summary(&outcome, opts.echo));
@@ -293,6 +304,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             BenchCmd::Net { frames } => xtask::bench::net(frames)?,
             BenchCmd::Symbolize { vmlinux } => xtask::report::bench(vmlinux.as_deref())?,
             BenchCmd::Workload { frames } => xtask::bench::workload(frames)?,
+            BenchCmd::Nested { runs } => xtask::bench::nested(runs)?,
         },
         Cmd::Test { no_lint, args } => test::run(&test::TestOpts {
             lint: !no_lint,

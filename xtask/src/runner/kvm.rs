@@ -271,11 +271,10 @@ mod tests {
         assert_eq!(out.vsock_uds.as_deref(), Some(uds.as_path()));
         let got = sink.join().unwrap();
         assert_eq!(got.len(), bytes);
-        let bad = got
-            .iter()
-            .enumerate()
-            .position(|(i, b)| *b != vmm::devices::virtio::vsock::stream_pattern(i as u64));
-        assert_eq!(bad, None);
+        assert_eq!(
+            vmm::devices::virtio::vsock::first_stream_mismatch(&got),
+            None
+        );
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub struct BootOutcome {
     pub host_coverage: Option<vmm::host_kcov::HostCoverage>,
     /// The host kernel's vmlinux where it is one of ours (nested runner: L1's).
     pub host_vmlinux: Option<PathBuf>,
+    /// Nested runner: runner start → the L1 init running.
+    pub l1_ready_after: Option<Duration>,
     /// Nested runner: the L1 console log and its last lines.
     pub l1_log: Option<PathBuf>,
     pub l1_tail: Vec<String>,
@@ -244,6 +246,7 @@ pub fn watch(
     let stdout = std::io::stdout();
     // Nested runner: L1's console (created with its first line).
     let mut l1: Option<(Console, fs::File, PathBuf)> = None;
+    let mut l1_ready_after = None;
     let end = loop {
         let now = Instant::now();
         let wait = deadline.saturating_duration_since(now);
@@ -284,6 +287,9 @@ pub fn watch(
                     let _ = writeln!(out, "L1| {line}");
                 }
                 c.feed(&line);
+                if l1_ready_after.is_none() && c.release.is_some() {
+                    l1_ready_after = Some(start.elapsed());
+                }
                 if c.panic.is_some() || c.exit.is_some() {
                     // L1 resets right after.
                     deadline = deadline.min(Instant::now() + Duration::from_secs(20));
@@ -335,6 +341,7 @@ pub fn watch(
         vsock_uds: None,
         host_coverage: None,
         host_vmlinux: None,
+        l1_ready_after,
         l1_log,
         l1_tail,
     })

@@ -96,6 +96,8 @@ pub struct NestedSpec {
     pub relay_ports: Vec<u32>,
     /// Extra L1 kernel command-line words (after [`L1_CMDLINE`], so they override it).
     pub l1_append: Vec<String>,
+    /// QEMU `-cpu` model of L1 (it must emulate SVM: `max`).
+    pub l1_cpu: String,
 }
 
 /// The vmm's argv inside L1 for `spec`.
@@ -200,6 +202,7 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
         cmdline: &cmdline,
         mem_mib: spec.mem_mib + L1_EXTRA_MIB,
         cpus: spec.vcpus.max(L1_MIN_CPUS),
+        cpu: &n.l1_cpu,
         vsock: spec.vsock.as_ref(),
     };
     // L1 sends the vmm's host-kcov file after the vmm ended.
@@ -293,6 +296,7 @@ mod tests {
             init: dir.path().join("l1init"),
             relay_ports: vec![10_000],
             l1_append: Vec::new(),
+            l1_cpu: "max".into(),
         };
         let out = dir.path().join("l1.cpio");
         write_l1_initramfs(&s, &n, &out).unwrap();

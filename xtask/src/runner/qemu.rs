@@ -23,6 +23,8 @@ pub struct Machine<'a> {
     pub cmdline: &'a str,
     pub mem_mib: u64,
     pub cpus: u8,
+    /// QEMU `-cpu` model (`max`: every feature TCG emulates, SVM included).
+    pub cpu: &'a str,
     pub vsock: Option<&'a VsockSpec>,
 }
 
@@ -35,6 +37,7 @@ impl<'a> Machine<'a> {
             cmdline: &spec.cmdline,
             mem_mib: spec.mem_mib,
             cpus: spec.vcpus.max(1),
+            cpu: "max",
             vsock: spec.vsock.as_ref(),
         }
     }
@@ -63,7 +66,7 @@ pub fn command(m: &Machine) -> Command {
                 .args(["-device", "vhost-user-vsock-device,chardev=vsock0"]);
         }
     }
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-m"])
+    cmd.args(["-accel", "tcg", "-cpu", m.cpu, "-m"])
         .arg(m.mem_mib.to_string())
         .arg("-smp")
         .arg(m.cpus.to_string())

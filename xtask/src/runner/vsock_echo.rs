@@ -8,7 +8,6 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -113,21 +112,10 @@ int main(int argc, char **argv) {
 
 /// Compiles [`GUEST_SRC`] statically into `dir`.
 pub fn compile_guest(dir: &Path) -> Result<PathBuf> {
-    crate::deps::ensure_packages(&["gcc", "libc6-dev"], "the vsock echo guest program")?;
     let src = dir.join("vsock-echo.c");
     std::fs::write(&src, GUEST_SRC)?;
     let bin = dir.join("vsock-echo");
-    let out = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .context("running gcc")?;
-    ensure!(
-        out.status.success(),
-        "gcc -static vsock-echo.c failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::agent::gcc_static(&src, &bin)?;
     Ok(bin)
 }
 

@@ -434,6 +434,13 @@ pub fn stream_pattern(i: u64) -> u8 {
     (w.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (8 * (i % 8))) as u8
 }
 
+/// The first byte of `got` that is not the `vsock_stream` guest's ([`stream_pattern`]).
+pub fn first_stream_mismatch(got: &[u8]) -> Option<usize> {
+    got.iter()
+        .enumerate()
+        .position(|(i, b)| *b != stream_pattern(i as u64))
+}
+
 /// What [`bench_guest_to_host`] measured.
 #[derive(Debug, Clone, Copy)]
 pub struct VsockBench {
