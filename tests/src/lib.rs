@@ -46,6 +46,41 @@ pub fn static_c(dir: &std::path::Path, name: &str, src: &str) -> PathBuf {
     bin
 }
 
+/// A static guest program that spins forever (a hung command).
+pub fn spin_program(dir: &std::path::Path) -> PathBuf {
+    static_c(
+        dir,
+        "spin",
+        "int main(void) { for (;;) { __asm__ volatile(\"\"); } }\n",
+    )
+}
+
+/// No QEMU of the run in `dir` (its sockets and images live there) may outlive the run: waits
+/// up to 5 s for them to go, then fails naming what is left.
+pub fn assert_no_qemu_left(dir: &std::path::Path) {
+    let needle = dir.to_string_lossy().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let ps = Command::new("ps")
+            .args(["-eo", "pid,args"])
+            .output()
+            .unwrap();
+        let left: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .filter(|l| l.contains(&needle) && l.contains("qemu-system"))
+            .map(str::to_string)
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left running: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// stdout + stderr as text, for assertions and failure messages.
 pub fn text(out: &Output) -> String {
     format!(

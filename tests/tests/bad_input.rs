@@ -78,6 +78,56 @@ fn net_options_are_checked_before_any_build() {
     }
 }
 
+/// The agent's plan, memory, timeouts, vCPUs and L1 options are refused before anything is
+/// built or booted, each with one error line naming the value.
+#[test]
+fn boot_input_is_checked_before_any_build() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--workload", "bogus"], "unknown workload \"bogus\""),
+        (&["--workload", "cmd"], "workload cmd needs a command"),
+        (&["--area", "7"], "bad value \"7\" for testbed.area"),
+        (
+            &["--param", "frames=0"],
+            "bad value \"0\" for testbed.frames",
+        ),
+        (
+            &["--param", "nosuchkey=1"],
+            "unknown plan key testbed.nosuchkey",
+        ),
+        (
+            &["--append", "testbed.cover=maybe"],
+            "bad value \"maybe\" for testbed.cover",
+        ),
+        (&["--mem", "0"], "--mem 0: expected 64 to"),
+        (&["--mem", "99999999"], "--mem 99999999: expected 64 to"),
+        (&["--timeout", "0"], "--timeout 0: expected a positive"),
+        (
+            &["--boot-timeout", "0"],
+            "--boot-timeout 0: expected a positive",
+        ),
+        (&["--vcpus", "0"], "--vcpus 0: expected 1 to"),
+        (&["--l1-append", "loglevel=8"], "are for the nested runner"),
+        (&["--l1-cpu", "max"], "are for the nested runner"),
+    ];
+    for (extra, want) in cases {
+        let args: Vec<&str> = ["boot", "--runner", "qemu"]
+            .iter()
+            .chain(*extra)
+            .copied()
+            .collect();
+        let Some(out) = xtask(&args) else { return };
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        let errors = error_lines(&out);
+        assert_eq!(errors.len(), 1, "{args:?}: {}", text(&out));
+        assert!(errors[0].contains(want), "{args:?}: {errors:?}");
+        let all = text(&out);
+        assert!(
+            !all.contains("kernel:") && !all.contains("boot:"),
+            "{args:?}: no build or boot step may run: {all}"
+        );
+    }
+}
+
 #[test]
 fn unknown_fragment_option_fails_and_keeps_cache() {
     if tests::artifact("TESTBED_XTASK_BIN").is_none() {

@@ -68,3 +68,62 @@ fn kernel_panic_is_a_failure() {
     assert_eq!(out.status.code(), Some(70), "{all}");
     assert!(all.contains("guest kernel panicked"), "{all}");
 }
+
+/// Killing `xtask boot` (SIGKILL or SIGTERM to it alone, as a CI runner's timeout does) takes
+/// QEMU with it, and run.json, written before the VM started, names the kernel.
+#[test]
+fn killing_xtask_takes_qemu_with_it() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let Some(bin) = tests::artifact("TESTBED_XTASK_BIN") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let spin = tests::spin_program(tmp.path());
+    let include = format!("{}:/bin/spin", spin.display());
+    for sig in [libc::SIGKILL, libc::SIGTERM] {
+        let mut child = Command::new(&bin)
+            .args([
+                "boot",
+                "--runner",
+                "qemu",
+                "--include",
+                &include,
+                "--",
+                "/bin/spin",
+            ])
+            .current_dir(xtask::paths::workspace_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let dir = std::thread::spawn(move || {
+            BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .find_map(|l| {
+                    l.split_once("run directory ")
+                        .map(|(_, d)| d.trim().to_string())
+                })
+        });
+        let ready = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("testbed-agent: running /bin/spin"));
+        assert!(ready, "the guest never ran the command");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        let _ = child.wait();
+        let dir = std::path::PathBuf::from(dir.join().unwrap().expect("no run directory line"));
+        tests::assert_no_qemu_left(&dir);
+        let run: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
+        assert!(
+            run["kernel_key"].as_str().is_some_and(|k| !k.is_empty()),
+            "{run}"
+        );
+        assert_eq!(run["exit_code"], serde_json::Value::Null, "{run}");
+    }
+}

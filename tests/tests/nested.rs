@@ -5,8 +5,7 @@
 //! Each boot costs tens of seconds of TCG, so the cases share boots where they can.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 use tests::{stream_path, text, xtask};
 
@@ -25,28 +24,6 @@ fn run_dir(out: &Output) -> PathBuf {
         .find_map(|l| l.split_once("run directory ").map(|(_, d)| d.trim()))
         .unwrap_or_else(|| panic!("no run directory in:\n{all}"));
     PathBuf::from(dir)
-}
-
-/// No QEMU or vmm of this run may outlive it.
-fn assert_nothing_left(dir: &Path) {
-    let needle = dir.to_string_lossy().to_string();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let ps = Command::new("ps")
-            .args(["-eo", "pid,args"])
-            .output()
-            .unwrap();
-        let left: Vec<String> = String::from_utf8_lossy(&ps.stdout)
-            .lines()
-            .filter(|l| l.contains(&needle) && l.contains("qemu-system"))
-            .map(str::to_string)
-            .collect();
-        if left.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "left running: {left:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Our VMM boots the kcov kernel with 2 vCPUs; the agent's vhost workloads stream their
@@ -119,7 +96,7 @@ fn nested_runs_the_kcov_kernel_and_streams_coverage_through_our_vsock_device() {
             o => panic!("nested {w} against the qemu golden: {o:?}"),
         }
     }
-    assert_nothing_left(&dir);
+    tests::assert_no_qemu_left(&dir);
 }
 
 /// Exit statuses cross both levels: a command's status, a guest kernel panic (70).
@@ -144,7 +121,7 @@ fn nested_exit_statuses_propagate() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(70), "{all}");
     assert!(all.contains("guest kernel panicked"), "{all}");
-    assert_nothing_left(&run_dir(&out));
+    tests::assert_no_qemu_left(&run_dir(&out));
 }
 
 /// An L2 that hangs is stopped at --timeout (124), QEMU and the vmm with it.
@@ -154,17 +131,13 @@ fn nested_hang_times_out_and_leaves_nothing() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let bin = tests::static_c(
-        tmp.path(),
-        "spin",
-        "int main(void) { for (;;) { __asm__ volatile(\"\"); } }\n",
-    );
+    let bin = tests::spin_program(tmp.path());
     let include = format!("{}:/bin/spin", bin.display());
     let out = boot(&["--timeout", "5", "--include", &include, "--", "/bin/spin"]).unwrap();
     let all = text(&out);
     assert_eq!(out.status.code(), Some(124), "{all}");
     assert!(all.contains("did not finish within 5s"), "{all}");
-    assert_nothing_left(&run_dir(&out));
+    tests::assert_no_qemu_left(&run_dir(&out));
 }
 
 /// Faults at L1's level: a QEMU CPU without SVM, an L1 kernel without KVM, nested paging
@@ -204,7 +177,7 @@ fn nested_l1_faults_are_named() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(71), "{all}");
     assert!(all.contains("the L1 kernel panicked"), "{all}");
-    assert_nothing_left(&run_dir(&out));
+    tests::assert_no_qemu_left(&run_dir(&out));
 }
 
 /// Compiles the L2 side of the net and vsock checks.
@@ -322,7 +295,7 @@ fn nested_net(vhost: bool) {
             assert!(hit > 0, "{f} has no line hit in L1's kernel:\n{host}");
         }
     }
-    assert_nothing_left(&dir);
+    tests::assert_no_qemu_left(&dir);
 }
 
 #[test]

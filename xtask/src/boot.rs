@@ -68,7 +68,48 @@ pub struct PlanOpts {
 /// Default AF_VSOCK port of the agent's stream (guest-agent `plan::DEFAULT_PORT`).
 pub const DEFAULT_STREAM_PORT: u32 = 10_000;
 
+/// Guest memory the runners accept, in MiB: enough for the kernel and initramfs, at most the
+/// host's memory.
+pub const MIN_MEM_MIB: u64 = 64;
+
+/// Refuses memory sizes and timeouts no run can use, before anything is built.
+fn check_limits(opts: &BootOpts) -> Result<()> {
+    let host_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(u64::MAX);
+    if opts.mem_mib < MIN_MEM_MIB || opts.mem_mib > host_mib {
+        anyhow::bail!(
+            "--mem {}: expected {MIN_MEM_MIB} to {host_mib} MiB (this host's memory)",
+            opts.mem_mib
+        );
+    }
+    if opts.timeouts.boot.is_zero() {
+        anyhow::bail!("--boot-timeout 0: expected a positive number of seconds");
+    }
+    if opts.timeouts.run.is_zero() {
+        anyhow::bail!("--timeout 0: expected a positive number of seconds");
+    }
+    Ok(())
+}
+
 impl PlanOpts {
+    /// The plan with its transport filled in: every run has a virtio-vsock device, so the
+    /// agent streams over vsock when it has work (workloads or a command) unless told
+    /// otherwise (the console transport is the fallback for guests without one).
+    pub fn with_default_transport(&self, has_command: bool) -> PlanOpts {
+        let mut plan = self.clone();
+        if plan.transport.is_none() && (!plan.workloads.is_empty() || has_command) {
+            plan.transport = Some("vsock".into());
+        }
+        plan
+    }
+
     /// The vsock port of the stream (`--param port=P`, else the default).
     pub fn vsock_port(&self) -> u32 {
         self.params
@@ -135,9 +176,19 @@ struct RunRecord<'a> {
     cmdline: &'a str,
     command: &'a [String],
     status: String,
-    exit_code: i32,
+    /// None while the VM runs (or when xtask was killed before it ended).
+    exit_code: Option<i32>,
     ready_after_ms: Option<u128>,
-    total_ms: u128,
+    total_ms: Option<u128>,
+}
+
+/// Writes `run.json` atomically (a reader never sees half a file).
+fn write_record(run_dir: &Path, record: &RunRecord) -> Result<()> {
+    coverage::store::write_atomic(
+        &run_dir.join("run.json"),
+        &serde_json::to_vec_pretty(record)?,
+    )
+    .with_context(|| format!("writing {}", run_dir.join("run.json").display()))
 }
 
 /// Builds the kernel, agent and initramfs as needed and boots them.
@@ -158,6 +209,22 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
     if opts.vcpus == 0 || usize::from(opts.vcpus) > usize::from(max_cpus) {
         anyhow::bail!("--vcpus {}: expected 1 to {max_cpus}", opts.vcpus);
     }
+    check_limits(opts)?;
+    // auto never picks nested, so L1 options need it asked for.
+    if (!opts.l1_append.is_empty() || opts.l1_cpu.is_some()) && opts.runner != RunnerKind::Nested {
+        anyhow::bail!("--l1-append and --l1-cpu are for the nested runner (--runner nested)");
+    }
+    // The agent's plan, parsed here exactly as the agent will parse it: a typo fails now,
+    // not after a kernel build and a boot.
+    let plan = opts.plan.with_default_transport(!opts.cmd.is_empty());
+    let words: Vec<String> = plan
+        .cmdline_words()
+        .into_iter()
+        .chain(opts.append.clone())
+        .collect();
+    if let Err(e) = guest_agent::plan::Plan::parse(&words.join(" "), !opts.cmd.is_empty()) {
+        anyhow::bail!("the agent's plan: {e}");
+    }
     let kernel = kernel::build(&opts.kernel)?;
     let (runner, why) = runner::choose(opts.runner, &kernel.bzimage);
     eprintln!("runner: {runner} ({why})");
@@ -166,11 +233,6 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
             "--net needs our VMM (kvm or nested runner; the qemu runner has no \
              vhost-user-net backend for it yet), and the {runner} runner was chosen ({why}); \
              use --runner nested, or run on a host with hardware KVM"
-        );
-    }
-    if (!opts.l1_append.is_empty() || opts.l1_cpu.is_some()) && runner != RunnerKind::Nested {
-        anyhow::bail!(
-            "--l1-append and --l1-cpu are for the nested runner (this run uses {runner})"
         );
     }
     let nested_l1 = match runner {
@@ -186,13 +248,7 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
     if !opts.kernel_log {
         cmdline.push_str(" quiet");
     }
-    // Every run has a virtio-vsock device, so the agent streams over vsock unless told
-    // otherwise (the console transport is the fallback for guests without one).
-    let mut plan = opts.plan.clone();
-    if plan.transport.is_none() && (!plan.workloads.is_empty() || !opts.cmd.is_empty()) {
-        plan.transport = Some("vsock".into());
-    }
-    for word in plan.cmdline_words().iter().chain(&opts.append) {
+    for word in &words {
         cmdline.push(' ');
         cmdline.push_str(word);
     }
@@ -232,29 +288,33 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
             .transpose()?,
         _ => None,
     };
+    let mut record = RunRecord {
+        host_kernel_key: nested_l1.as_ref().map(|(l1, _, _)| l1.meta.key.as_str()),
+        runner: runner.to_string(),
+        kernel_key: &kernel.meta.key,
+        kernel_release: None,
+        cmdline: &cmdline,
+        command: &opts.cmd,
+        status: "running (the VM has not ended yet, or xtask was killed)".into(),
+        exit_code: None,
+        ready_after_ms: None,
+        total_ms: None,
+    };
+    // Before the VM starts: a killed boot still names its kernel, so reports of whatever was
+    // streamed are checked against the right vmlinux.
+    write_record(&run_dir, &record)?;
     let outcome = runner::boot(runner, &spec);
     if let Some(r) = receiver {
         r.finish()?;
     }
-    let outcome = outcome?;
-    let mut outcome = outcome;
+    let mut outcome = outcome?;
     outcome.host_vmlinux = nested_l1.as_ref().map(|(l1, _, _)| l1.vmlinux.clone());
-    let record = RunRecord {
-        host_kernel_key: nested_l1.as_ref().map(|(l1, _, _)| l1.meta.key.as_str()),
-        runner: runner.to_string(),
-        kernel_key: &kernel.meta.key,
-        kernel_release: outcome.release.as_deref(),
-        cmdline: &cmdline,
-        command: &opts.cmd,
-        status: outcome.status.describe(),
-        exit_code: outcome.status.exit_code(),
-        ready_after_ms: outcome.ready_after.map(|d| d.as_millis()),
-        total_ms: outcome.total.as_millis(),
-    };
-    std::fs::write(
-        run_dir.join("run.json"),
-        serde_json::to_vec_pretty(&record)?,
-    )?;
+    record.kernel_release = outcome.release.as_deref();
+    record.status = outcome.status.describe();
+    record.exit_code = Some(outcome.status.exit_code());
+    record.ready_after_ms = outcome.ready_after.map(|d| d.as_millis());
+    record.total_ms = Some(outcome.total.as_millis());
+    write_record(&run_dir, &record)?;
     Ok((outcome, run_dir))
 }
 

@@ -90,6 +90,28 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
     boot_machine(spec, RunnerKind::Qemu, &Machine::of(spec), VmEvent::Line)
 }
 
+/// QEMU must not outlive us: killed by SIGKILL, SIGTERM or SIGINT, xtask can run no clean-up,
+/// so the kernel kills the child when its parent dies (`PR_SET_PDEATHSIG`). The thread that
+/// spawns QEMU waits for it, so the signal cannot fire early (it follows the spawning thread).
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: between fork and exec only async-signal-safe calls: prctl, getppid, _exit.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before prctl took effect: go now.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Runs machine `m` for `spec` (its vsock backend, console watch, timeouts); each console
 /// line becomes the event `route` makes of it.
 pub fn boot_machine(
@@ -131,12 +153,12 @@ fn boot_qemu(
     m: &Machine,
     route: fn(String) -> VmEvent,
 ) -> Result<BootOutcome> {
-    let mut child = command(m)
-        .stdin(Stdio::null())
+    let mut cmd = command(m);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {QEMU}"))?;
+        .stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().with_context(|| format!("starting {QEMU}"))?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let stdout = child.stdout.take().context("qemu stdout")?;
     let stderr = child.stderr.take().context("qemu stderr")?;
