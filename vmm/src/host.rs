@@ -78,6 +78,10 @@ pub enum HostCheckError {
         /// Cause.
         reason: String,
     },
+    /// The file is no kernel we can boot (said before anything about PVM): the loader's
+    /// own one-line reason, which names the file.
+    #[error("{0}; pass a bzImage or an ELF vmlinux")]
+    NotAKernel(String),
 }
 
 /// Where `host_check` looks (overridable for tests).
@@ -157,6 +161,17 @@ pub fn host_check_with(paths: &HostPaths, kernel: &Path) -> Result<HostKvm, Host
             path,
             reason: format!("KVM_GET_API_VERSION returned {api_version}, expected 12"),
         });
+    }
+    // Not a kernel at all: say that first, not what its version string lacks.
+    match crate::kernel::check_kernel(kernel) {
+        Err(crate::Error::KernelIo { source, .. }) => {
+            return Err(HostCheckError::KernelUnreadable {
+                kernel: kernel.to_path_buf(),
+                reason: source.to_string(),
+            })
+        }
+        Err(e) => return Err(HostCheckError::NotAKernel(e.to_string())),
+        Ok(_) => {}
     }
     let version =
         crate::kernel::kernel_version(kernel).map_err(|e| HostCheckError::KernelUnreadable {

@@ -167,6 +167,20 @@ fn binary_reports_bad_input() {
             "invalid value",
         ),
         (vec!["--mem".into(), "64".into()], "--kernel"),
+        // With the host check on: a file that is no kernel is said to be one first (not what
+        // its version string lacks), a missing one is named once.
+        (
+            vec!["--kernel".into(), junk.display().to_string()],
+            "is not a bootable x86-64 Linux kernel",
+        ),
+        (
+            vec!["--kernel".into(), "/bin/ls".into()],
+            "/bin/ls is not a bootable x86-64 Linux kernel",
+        ),
+        (
+            vec!["--kernel".into(), "/no/such/kernel".into()],
+            "cannot read kernel /no/such/kernel: No such file",
+        ),
     ];
     for (args, want) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_vmm"))
@@ -178,6 +192,8 @@ fn binary_reports_bad_input() {
         assert!(err.contains(want), "{args:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
         assert!(!err.contains("panicked"));
+        // Each cause once ("cannot read kernel X: cannot read kernel X: ..." was seen).
+        assert!(err.matches("/no/such/kernel").count() <= 1, "{err}");
     }
     if common::is_pvm() {
         // PVM host, test guest is not a PVM-aware Linux: refused at once.
