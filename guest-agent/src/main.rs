@@ -94,7 +94,7 @@ fn run() -> Result<i32, String> {
         // Nothing to measure: no stream, the report above is all.
         return Ok(0);
     }
-    send(&mut sink, Frame::Hello(hello))?;
+    send_now(&mut sink, Frame::Hello(hello))?;
     if plan.cover != Cover::Off && !Path::new(KCOV_PATH).exists() {
         let msg = format!("kcov missing: {KCOV_PATH} does not exist (CONFIG_KCOV=y and debugfs needed; use testbed.cover=off to run without coverage)");
         println!("testbed-agent: error: {msg}");
@@ -106,7 +106,7 @@ fn run() -> Result<i32, String> {
     }
     let mut status = 0;
     for &w in &plan.workloads {
-        send(
+        send_now(
             &mut sink,
             Frame::WorkloadStart(WorkloadStart {
                 name: w.name().into(),
@@ -145,7 +145,7 @@ fn run() -> Result<i32, String> {
                 out.duration.as_millis()
             ),
         }
-        send(
+        send_now(
             &mut sink,
             Frame::WorkloadResult(WorkloadResult {
                 name: w.name().into(),
@@ -175,6 +175,15 @@ const STREAM_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn send(sink: &mut Sink, frame: Frame) -> Result<(), String> {
     kcov_wire::write_frame(sink, &frame).map_err(|e| format!("sending the stream: {e}"))
+}
+
+/// Sends a frame that marks a boundary (Hello, WorkloadStart, WorkloadResult) and flushes:
+/// whatever happens next (a workload that hangs or panics the kernel, a host timeout), the
+/// host has everything up to here.
+fn send_now(sink: &mut Sink, frame: Frame) -> Result<(), String> {
+    send(sink, frame)?;
+    sink.flush()
+        .map_err(|e| format!("flushing the stream: {e}"))
 }
 
 /// Hello, Error, Done: a run that cannot start.

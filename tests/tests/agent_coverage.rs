@@ -353,3 +353,41 @@ fn agent_vsock_transport_ships_the_same_stream() {
         assert!(w.remote.len() > 100, "{name}: {} PCs", w.remote.len());
     }
 }
+
+/// Finished workloads reach the host even when a later one hangs: the agent flushes at each
+/// frame boundary (Hello, WorkloadStart, WorkloadResult), so a run stopped at --timeout
+/// keeps workload 1's result and coverage, and shows which workload was running.
+#[test]
+fn a_hanging_workload_keeps_the_finished_ones() {
+    if tests::artifact("TESTBED_XTASK_BIN").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let spin = tests::spin_program(tmp.path());
+    let include = format!("{}:/bin/spin", spin.display());
+    let out = boot(&[
+        "--timeout",
+        "20",
+        "--workload",
+        "vhost-net-tx",
+        "--workload",
+        "cmd",
+        "--include",
+        &include,
+        "--",
+        "/bin/spin",
+    ])
+    .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(124), "{all}");
+    let s = read_stream(&stream_path(&out));
+    let tx = &s.workloads["vhost-net-tx"];
+    assert_eq!(tx.status, Some(0), "{all}");
+    assert!(!tx.remote.is_empty(), "{all}");
+    let cmd = s
+        .workloads
+        .get("cmd")
+        .expect("the hanging workload's start");
+    assert_eq!(cmd.status, None);
+    assert_eq!(s.done, None);
+}
