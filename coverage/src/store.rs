@@ -453,9 +453,39 @@ fn file_safe(name: &str) -> String {
     }
 }
 
+/// `incomplete_reason` of a store whose collector is (or was, if it died) still writing.
+pub const IN_PROGRESS: &str = "collection in progress (or the collector died)";
+
+/// True when `dir` holds a store whose collection never ended and whose lock nobody holds:
+/// its collector died (e.g. `kill -9`); collecting again is safe.
+pub fn collection_died(dir: &Path) -> Result<bool, StoreError> {
+    let Ok(store) = Store::open_partial(dir) else {
+        return Ok(false);
+    };
+    if store.meta.complete || store.meta.incomplete_reason.as_deref() != Some(IN_PROGRESS) {
+        return Ok(false);
+    }
+    match lock_store(dir) {
+        Ok(_lock) => Ok(true),
+        Err(StoreError::Busy { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits until no writer holds the store's lock (a reader that found a collection under way).
+pub fn wait_for_writer(dir: &Path) -> Result<(), StoreError> {
+    flock_store(dir, true).map(drop)
+}
+
 /// Takes the store's lock without waiting; [`StoreError::Busy`] when another writer holds it.
 /// The lock is released when the returned file is closed.
 fn lock_store(dir: &Path) -> Result<std::fs::File, StoreError> {
+    flock_store(dir, false)
+}
+
+/// The store's lock file, locked exclusively: waiting for it when `wait`, else
+/// [`StoreError::Busy`] when another writer holds it.
+fn flock_store(dir: &Path, wait: bool) -> Result<std::fs::File, StoreError> {
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -463,8 +493,13 @@ fn lock_store(dir: &Path) -> Result<std::fs::File, StoreError> {
         .write(true)
         .open(&path)
         .map_err(io_err(&path))?;
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
     // SAFETY: flock on a valid open fd that `file` owns; no memory is passed.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
         let e = std::io::Error::last_os_error();
         return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
             StoreError::Busy {
@@ -667,7 +702,7 @@ impl Collector {
             meta: StoreMeta {
                 format: STORE_FORMAT_VERSION,
                 complete: false,
-                incomplete_reason: Some("collection in progress (or the collector died)".into()),
+                incomplete_reason: Some(IN_PROGRESS.into()),
                 kernel,
                 agent: None,
                 workloads: Vec::new(),

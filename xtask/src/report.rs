@@ -187,42 +187,65 @@ pub fn store_dir(run_dir: &Path) -> PathBuf {
 /// An incomplete store is an error unless `partial`.
 pub fn open_or_collect(run_dir: &Path, partial: bool) -> Result<Store> {
     let dir = store_dir(run_dir);
-    if !dir.join(META_FILE).is_file() {
-        let stream = run_dir.join(STREAM_FILE);
-        if !stream.is_file() {
-            bail!(
-                "{}: no coverage here (neither {STORE_DIR}/ nor {STREAM_FILE}); give a run \
-                 directory written by `cargo xtask boot` with a workload",
-                run_dir.display()
-            );
-        }
-        let key = run_kernel_key(run_dir);
-        let kdir = key.as_deref().and_then(cached_kernel_dir);
-        let build_id = kdir.as_ref().and_then(|d| {
-            Vmlinux::open(d.join("vmlinux"))
-                .ok()
-                .and_then(|v| v.build_id().map(|b| b.to_hex()))
-        });
-        let identity = KernelIdentity {
-            release: None,
-            build_id,
-            kernel_key: key,
-            config_hash: kdir.and_then(|d| sha256_hex(&d.join("config"))),
-        };
-        let s = collect_file(&stream, &dir, identity)?;
-        if !s.complete {
-            eprintln!(
+    let stream = run_dir.join(STREAM_FILE);
+    // No store yet, or one whose collector died mid-way (its lock is free): collect. A store
+    // another process is collecting right now is waited for, not refused.
+    let missing = !dir.join(META_FILE).is_file();
+    if missing && !stream.is_file() {
+        bail!(
+            "{}: no coverage here (neither {STORE_DIR}/ nor {STREAM_FILE}); give a run \
+             directory written by `cargo xtask boot` with a workload",
+            run_dir.display()
+        );
+    }
+    let died = !missing && stream.is_file() && coverage::store::collection_died(&dir)?;
+    if died {
+        eprintln!(
+            "report: the collection of {} was interrupted (its collector died); collecting again",
+            dir.display()
+        );
+    }
+    if missing || died {
+        match collect_file(&stream, &dir, run_identity(run_dir)) {
+            Ok(s) if !s.complete => eprintln!(
                 "report: {} is incomplete: {}",
                 stream.display(),
                 s.incomplete_reason.as_deref().unwrap_or("?")
-            );
+            ),
+            Ok(_) => {}
+            // Another report is collecting it: wait for it to finish.
+            Err(StoreError::Busy { .. }) => coverage::store::wait_for_writer(&dir)?,
+            // Another report finished it between our checks.
+            Err(StoreError::AlreadyComplete { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
+    } else if !dir.join(coverage::store::COMPLETE_MARKER).exists() {
+        // A live collector may be writing it (its meta.json and the marker come last, under
+        // its lock): wait for the lock; without a writer this returns at once.
+        coverage::store::wait_for_writer(&dir)?;
     }
     Ok(if partial {
         Store::open_partial(&dir)?
     } else {
         Store::open(&dir)?
     })
+}
+
+/// The kernel a run booted (`run.json`'s key, its cached vmlinux's build-id and config).
+fn run_identity(run_dir: &Path) -> KernelIdentity {
+    let key = run_kernel_key(run_dir);
+    let kdir = key.as_deref().and_then(cached_kernel_dir);
+    let build_id = kdir.as_ref().and_then(|d| {
+        Vmlinux::open(d.join("vmlinux"))
+            .ok()
+            .and_then(|v| v.build_id().map(|b| b.to_hex()))
+    });
+    KernelIdentity {
+        release: None,
+        build_id,
+        kernel_key: key,
+        config_hash: kdir.and_then(|d| sha256_hex(&d.join("config"))),
+    }
 }
 
 /// A site table and its image's build-id (hex).
@@ -1051,8 +1074,60 @@ mod tests {
         let bytes: Vec<u8> = frames.iter().flat_map(|f| encode(f).unwrap()).collect();
         let run = root.join("run");
         let s = collect(&bytes[..], &run.join(STORE_DIR), KernelIdentity::default()).unwrap();
+        std::fs::write(run.join("stream.bin"), &bytes).unwrap();
         assert!(s.complete, "{s:?}");
         run
+    }
+
+    /// The stream of [`run_dir`]'s run, and a run directory holding only it (no store yet).
+    fn fresh_run(root: &Path) -> PathBuf {
+        let collected = run_dir(&root.join("src"));
+        let run = root.join("fresh");
+        std::fs::create_dir_all(&run).unwrap();
+        let bytes = std::fs::read(collected.join("stream.bin")).unwrap();
+        std::fs::write(run.join(STREAM_FILE), bytes).unwrap();
+        run
+    }
+
+    /// A collector killed mid-way (here: dropped before its end, which frees the lock as a
+    /// kill does) leaves the store "in progress"; the next report collects it again.
+    #[test]
+    fn a_dead_collector_is_detected_and_the_run_collected_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = fresh_run(tmp.path());
+        let dir = store_dir(&run);
+        drop(coverage::store::Collector::create(&dir, KernelIdentity::default()).unwrap());
+        assert!(
+            Store::open(&dir).is_err(),
+            "the dead collection must look incomplete"
+        );
+        assert!(coverage::store::collection_died(&dir).unwrap());
+        let store = open_or_collect(&run, false).unwrap();
+        assert!(store.meta.complete);
+        assert!(!coverage::store::collection_died(&dir).unwrap());
+    }
+
+    /// Concurrent first reports of one run: one collects, the others wait for it; all read
+    /// the same complete store.
+    #[test]
+    fn concurrent_first_reports_wait_for_the_collector() {
+        let tmp = tempfile::tempdir().unwrap();
+        for round in 0..10 {
+            let run = fresh_run(&tmp.path().join(format!("r{round}")));
+            let threads: Vec<_> = (0..3)
+                .map(|_| {
+                    let run = run.clone();
+                    std::thread::spawn(move || open_or_collect(&run, false).map(|s| s.meta))
+                })
+                .collect();
+            for t in threads {
+                let meta = t
+                    .join()
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("round {round}: {e:#}"));
+                assert!(meta.complete);
+            }
+        }
     }
 
     fn render(run: &Path, json: &Path) -> (String, serde_json::Value) {
