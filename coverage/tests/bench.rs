@@ -7,7 +7,11 @@ use std::time::Duration;
 #[test]
 fn bench_symbolize_and_report() {
     if std::env::var("TESTBED_BENCH").as_deref() != Ok("1") {
-        eprintln!("SKIP: set TESTBED_BENCH=1 (and TESTBED_VMLINUX) to run the coverage benchmarks");
+        test_skip::skip(
+            std::thread::current().name().unwrap_or("coverage bench"),
+            test_skip::OPT_IN,
+            "set TESTBED_BENCH=1 (and TESTBED_VMLINUX) to run the coverage benchmarks",
+        );
         return;
     }
     let vm =

@@ -24,7 +24,13 @@ fn vmlinux_path() -> Option<PathBuf> {
             if std::env::var("TESTBED_REQUIRE_KERNEL").as_deref() == Ok("1") {
                 panic!("TESTBED_REQUIRE_KERNEL=1 but TESTBED_VMLINUX is not set");
             }
-            eprintln!("SKIP: TESTBED_VMLINUX not set (run via cargo xtask test)");
+            test_skip::skip(
+                std::thread::current()
+                    .name()
+                    .unwrap_or("coverage kernel test"),
+                test_skip::ARTIFACTS,
+                "TESTBED_VMLINUX not set (run via cargo xtask test)",
+            );
             None
         }
     }

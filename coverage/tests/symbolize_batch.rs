@@ -41,7 +41,11 @@ fn vmlinux_path() -> Option<PathBuf> {
     if std::env::var("TESTBED_REQUIRE_KERNEL").as_deref() == Ok("1") {
         panic!("TESTBED_REQUIRE_KERNEL=1 but TESTBED_VMLINUX is not set");
     }
-    eprintln!("SKIP: no kernel: TESTBED_VMLINUX is not set and the kcov-testbed cache has none");
+    test_skip::skip(
+        std::thread::current().name().unwrap_or("symbolize_batch"),
+        test_skip::ARTIFACTS,
+        "no kernel: TESTBED_VMLINUX is not set and the kcov-testbed cache has none",
+    );
     None
 }
 

@@ -276,7 +276,11 @@ mod tests {
     fn pattern_names_come_back_resolved() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 || !std::path::Path::new(TUN_PATH).exists() {
-            eprintln!("SKIP: pattern_names_come_back_resolved: needs root and {TUN_PATH}");
+            test_skip::skip(
+                "pattern_names_come_back_resolved",
+                test_skip::ROOT_TUN,
+                format!("needs root and {TUN_PATH}"),
+            );
             return;
         }
         let t = Tap::open("fet%d").unwrap();

@@ -189,7 +189,11 @@ mod tests {
     #[test]
     fn missing_vhost_net_is_named() {
         match probe() {
-            Ok(()) => eprintln!("SKIP: missing_vhost_net_is_named: this kernel has vhost-net"),
+            Ok(()) => test_skip::skip(
+                "missing_vhost_net_is_named",
+                test_skip::NO_HOST_VHOST_NET,
+                "this kernel has vhost-net",
+            ),
             Err(e) => {
                 let m = e.to_string();
                 assert!(m.contains(VHOST_NET_PATH), "{m}");

@@ -20,10 +20,22 @@ pub fn artifact(var: &str) -> Option<PathBuf> {
             if std::env::var("TESTBED_REQUIRE_KERNEL").as_deref() == Ok("1") {
                 panic!("{var} is not set although TESTBED_REQUIRE_KERNEL=1");
             }
-            eprintln!("SKIP: {var} not set (run via `cargo xtask test`, which builds the guest kernel and agent)");
+            test_skip::skip(
+                &current_test(),
+                test_skip::ARTIFACTS,
+                format!("{var} not set (run via `cargo xtask test`, which builds the guest kernel and agent)"),
+            );
             None
         }
     }
+}
+
+/// The running test's name (libtest names each test's thread after it).
+pub fn current_test() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("unknown test")
+        .to_string()
 }
 
 /// Runs the xtask binary (the same one `cargo xtask` runs) with `args`.

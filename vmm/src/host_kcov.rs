@@ -363,7 +363,7 @@ mod tests {
     #[test]
     fn host_kcov_on_this_host() {
         match HostKcov::start() {
-            Err(e) => eprintln!("SKIP: host_kcov_on_this_host: {e}"),
+            Err(e) => test_skip::skip("host_kcov_on_this_host", test_skip::HOST_KCOV, e),
             Ok(h) => {
                 // A job runs on the owner thread, whose own syscalls are not traced.
                 let owner = h.owner();

@@ -246,8 +246,10 @@ fn pvh_entry_gets_start_info() {
     let o = run_with_devices(&cfg(guest(&d, "pvh.elf", PVH)), p.devices()).unwrap();
     assert_eq!(o.boot_protocol, BootProtocol::Pvh);
     if o.exit != VmExit::Reset && is_pvm() {
-        eprintln!(
-            "SKIP: pvh_entry_gets_start_info: 32-bit PVH entry does not run under PVM: {o:?}"
+        test_skip::skip(
+            "pvh_entry_gets_start_info",
+            test_skip::HW_KVM,
+            format!("32-bit PVH entry does not run under PVM: {o:?}"),
         );
         return;
     }
@@ -302,8 +304,10 @@ fn linux_boots_to_console_output() {
         return;
     }
     let Some(k) = std::env::var_os("VMM_TEST_KERNEL") else {
-        eprintln!(
-            "SKIP: linux_boots_to_console_output: set VMM_TEST_KERNEL to a bzImage or vmlinux"
+        test_skip::skip(
+            "linux_boots_to_console_output",
+            test_skip::ARTIFACTS,
+            "set VMM_TEST_KERNEL to a bzImage or vmlinux (cargo xtask test does)",
         );
         return;
     };

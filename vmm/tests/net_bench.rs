@@ -19,7 +19,12 @@ fn ready_or_skip(test: &str, need_kvm: bool) -> bool {
     match host_ready(need_kvm) {
         Ok(()) => true,
         Err(NetBenchError::Unavailable(why)) => {
-            eprintln!("SKIP: {test}: {why}");
+            let need = if why.contains("/dev/kvm") {
+                test_skip::KVM
+            } else {
+                test_skip::ROOT_TUN
+            };
+            test_skip::skip(test, need, why);
             false
         }
         Err(e) => panic!("{test}: {e}"),

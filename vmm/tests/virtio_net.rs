@@ -58,11 +58,15 @@ fn rx_frame(i: usize) -> Vec<u8> {
 fn root_and_tun_or_skip(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: {test}: not root (creating a tap needs CAP_NET_ADMIN)");
+        test_skip::skip(
+            test,
+            test_skip::ROOT_TUN,
+            "not root (creating a tap needs CAP_NET_ADMIN)",
+        );
         return false;
     }
     if !std::path::Path::new(TUN_PATH).exists() {
-        eprintln!("SKIP: {test}: {TUN_PATH} is missing");
+        test_skip::skip(test, test_skip::ROOT_TUN, format!("{TUN_PATH} is missing"));
         return false;
     }
     true
@@ -218,7 +222,7 @@ fn guest_frames_cross_the_tap_both_ways() {
 fn guest_frames_cross_host_vhost_net_both_ways() {
     let test = "guest_frames_cross_host_vhost_net_both_ways";
     if let Err(why) = frontends::vhost_net::probe() {
-        eprintln!("SKIP: {test}: {why}");
+        test_skip::skip(test, test_skip::HOST_VHOST_NET, why);
         return;
     }
     tap_round_trip(test, true, true);
@@ -398,7 +402,11 @@ fn tap_errors_are_typed_and_one_line() {
         );
         assert!(err.contains("permission denied"), "{err}");
     } else {
-        eprintln!("SKIP: {test}: EPERM case: {setpriv} missing");
+        test_skip::skip(
+            test,
+            test_skip::SETPRIV,
+            format!("EPERM case: {setpriv} missing"),
+        );
     }
 }
 
@@ -475,7 +483,11 @@ fn vmm_binary_vhost_and_host_kcov_fall_back_where_the_host_lacks_them() {
     assert!(!err.contains("panicked"), "{err}");
     match frontends::vhost_net::probe() {
         Err(why) => {
-            eprintln!("SKIP (partly): {test}: host vhost-net data path: {why}");
+            test_skip::skip(
+                &format!("{test} (partly)"),
+                test_skip::HOST_VHOST_NET,
+                format!("host vhost-net data path: {why}"),
+            );
             assert!(
                 err.contains("/dev/vhost-net is missing")
                     && err.contains("using the userspace tap backend, without host coverage"),
@@ -485,7 +497,11 @@ fn vmm_binary_vhost_and_host_kcov_fall_back_where_the_host_lacks_them() {
         }
         Ok(()) => match vmm::host_kcov::HostKcov::start() {
             Err(why) => {
-                eprintln!("SKIP (partly): {test}: host kcov: {why}");
+                test_skip::skip(
+                    &format!("{test} (partly)"),
+                    test_skip::HOST_KCOV,
+                    format!("host kcov: {why}"),
+                );
                 assert!(err.contains("going on without host coverage"), "{err}");
             }
             Ok(h) => {

@@ -989,9 +989,13 @@ pub fn golden_cmd(a: &GoldenArgs) -> Result<std::process::ExitCode> {
         a.workloads.clone()
     };
     let mut failed = false;
+    let mut skipped = 0;
     for w in &names {
         match golden_workload(w, &opts, &mut |w| boot_workload(w))? {
-            GoldenOutcome::Skipped(r) => println!("golden {w}: SKIP: {r}"),
+            GoldenOutcome::Skipped(r) => {
+                skipped += 1;
+                println!("golden {w}: SKIPPED: {r}");
+            }
             GoldenOutcome::Passed(t) => print!("golden {w}: ok\n{t}"),
             GoldenOutcome::Updated(p, t) => println!("golden {w}: wrote {}: {t}", p.display()),
             GoldenOutcome::Failed(t) => {
@@ -1000,7 +1004,14 @@ pub fn golden_cmd(a: &GoldenArgs) -> Result<std::process::ExitCode> {
             }
         }
     }
-    Ok(if failed {
+    if skipped > 0 {
+        // A workload that could not be checked is no pass.
+        eprintln!(
+            "golden: {skipped} of {} workloads skipped, not checked",
+            names.len()
+        );
+    }
+    Ok(if failed || skipped > 0 {
         std::process::ExitCode::FAILURE
     } else {
         std::process::ExitCode::SUCCESS

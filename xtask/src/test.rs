@@ -64,6 +64,12 @@ pub fn run(opts: &TestOpts) -> Result<()> {
         "the coverage report tests (genhtml, headless chromium, addr2line)",
     )?;
     let xtask_bin = std::env::current_exe().context("locating the xtask binary")?;
+    let skip_dir = paths::workspace_root()
+        .join("target/testbed")
+        .join(format!("skips-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&skip_dir);
+    std::fs::create_dir_all(&skip_dir)
+        .with_context(|| format!("creating {}", skip_dir.display()))?;
     let mut cmd = paths::cargo();
     if has_nextest() {
         cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
@@ -77,6 +83,257 @@ pub fn run(opts: &TestOpts) -> Result<()> {
         .env("TESTBED_KCONFIG", &kernel.config)
         .env("TESTBED_AGENT", &agent)
         .env("TESTBED_VHOST_SELFTEST", &vhost_selftest)
-        .env("TESTBED_XTASK_BIN", &xtask_bin);
-    step("test suite", &mut cmd)
+        .env("TESTBED_XTASK_BIN", &xtask_bin)
+        // A real kernel for the vmm's hardware-KVM boot test (it skips, recorded, without).
+        .env("VMM_TEST_KERNEL", &kernel.bzimage)
+        .env(test_skip::DIR_VAR, &skip_dir);
+    eprintln!("test: test suite");
+    let (ok, counts) = run_counting(&mut cmd)?;
+    let skips = read_skips(&skip_dir)?;
+    let _ = std::fs::remove_dir_all(&skip_dir);
+    let verdict = report_skips(&skips, counts);
+    if !ok {
+        bail!("test suite failed");
+    }
+    verdict
+}
+
+/// Passed and failed test counts as the runner reported them (skipped tests among "passed").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl Counts {
+    /// Adds the counts one runner line reports: nextest's `Summary [..] N tests run: P passed
+    /// (..), F failed, ..` or libtest's `test result: ok. P passed; F failed; ..`.
+    pub fn add_line(&mut self, line: &str) {
+        let is_summary = (line.contains("Summary [") && line.contains("tests run:"))
+            || line.trim_start().starts_with("test result:");
+        if !is_summary {
+            return;
+        }
+        let number_before = |word: &str| -> u64 {
+            let words: Vec<&str> = line
+                .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+                .filter(|w| !w.is_empty())
+                .collect();
+            words
+                .windows(2)
+                .find(|w| w[1] == word)
+                .and_then(|w| w[0].parse().ok())
+                .unwrap_or(0)
+        };
+        self.passed += number_before("passed");
+        self.failed += number_before("failed");
+    }
+}
+
+/// Runs `cmd`, copying its output through and counting the tests its summary lines report.
+fn run_counting(cmd: &mut Command) -> Result<(bool, Counts)> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Mutex};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running the test suite")?;
+    let counts = Arc::new(Mutex::new(Counts::default()));
+    let pipe = |r: Box<dyn std::io::Read + Send>, to_stderr: bool| {
+        let counts = Arc::clone(&counts);
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                if let Ok(mut c) = counts.lock() {
+                    c.add_line(&line);
+                }
+                if to_stderr {
+                    let _ = writeln!(std::io::stderr().lock(), "{line}");
+                } else {
+                    let _ = writeln!(std::io::stdout().lock(), "{line}");
+                }
+            }
+        })
+    };
+    let out = pipe(Box::new(child.stdout.take().context("stdout")?), false);
+    let err = pipe(Box::new(child.stderr.take().context("stderr")?), true);
+    let status = child.wait()?;
+    let _ = out.join();
+    let _ = err.join();
+    let c = counts.lock().map(|c| *c).unwrap_or_default();
+    Ok((status.success(), c))
+}
+
+/// One recorded skip.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skip {
+    pub test: String,
+    pub capability: String,
+    pub reason: String,
+}
+
+impl Skip {
+    /// A skip of part of a test (the rest ran and passed): listed, not counted.
+    pub fn partial(&self) -> bool {
+        self.test.ends_with("(partly)")
+    }
+}
+
+fn read_skips(dir: &std::path::Path) -> Result<Vec<Skip>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let text = std::fs::read_to_string(e?.path())?;
+        for line in text.lines() {
+            if let Some((t, c, r)) = test_skip::parse_record(line) {
+                out.push(Skip {
+                    test: t.into(),
+                    capability: c.into(),
+                    reason: r.into(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.test.cmp(&b.test));
+    Ok(out)
+}
+
+/// Whether this machine has `capability` (a [`test_skip`] name); None for an unknown one.
+pub fn machine_has(capability: &str) -> Option<bool> {
+    let exists = |p: &str| std::path::Path::new(p).exists();
+    let kvm = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok()
+    };
+    let vhost_net = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/vhost-net")
+            .is_ok()
+    };
+    Some(match capability {
+        test_skip::KVM => kvm(),
+        test_skip::HW_KVM => {
+            kvm()
+                && !vmm::host::is_pvm_host(&vmm::host::HostPaths::default())
+                && vmm::host::cpuinfo_has_hw_virt(
+                    &std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
+                )
+        }
+        test_skip::ROOT_TUN => {
+            // SAFETY: geteuid has no preconditions.
+            let root = unsafe { libc::geteuid() } == 0;
+            root && exists("/dev/net/tun")
+        }
+        test_skip::HOST_VHOST_NET => vhost_net(),
+        test_skip::NO_HOST_VHOST_NET => !vhost_net(),
+        test_skip::HOST_KCOV => exists("/sys/kernel/debug/kcov"),
+        test_skip::SETPRIV => Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        // `cargo xtask test` built and installed them before running the suite.
+        test_skip::ARTIFACTS => true,
+        test_skip::OPT_IN => false,
+        _ => return None,
+    })
+}
+
+/// Prints the skips (test, what it needs, why) and the closing count line, skips counted as
+/// skipped; fails when a test skipped for a capability this machine has (or an unknown one).
+fn report_skips(skips: &[Skip], counts: Counts) -> Result<()> {
+    let whole: Vec<&Skip> = skips.iter().filter(|s| !s.partial()).collect();
+    let mut wrong = Vec::new();
+    if !skips.is_empty() {
+        eprintln!(
+            "test: skipped (a test marked \"(partly)\" ran its other checks and counts as \
+             passed; the others count as skipped):"
+        );
+        for s in skips {
+            eprintln!("  {}: needs {}: {}", s.test, s.capability, s.reason);
+            match machine_has(&s.capability) {
+                Some(false) => {}
+                Some(true) => wrong.push(format!(
+                    "{} skipped for {}, which this machine has",
+                    s.test, s.capability
+                )),
+                None => wrong.push(format!(
+                    "{} skipped for an unknown capability {:?}",
+                    s.test, s.capability
+                )),
+            }
+        }
+    }
+    let skipped = whole.len() as u64;
+    // The plain closing line CI reads: skips are not passes.
+    eprintln!(
+        "test: {} passed, {} failed, {skipped} skipped",
+        counts.passed.saturating_sub(skipped),
+        counts.failed
+    );
+    if !wrong.is_empty() {
+        bail!(
+            "{} skip(s) this machine should have run:\n  {}",
+            wrong.len(),
+            wrong.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_come_from_nextest_and_libtest_summaries() {
+        let mut c = Counts::default();
+        c.add_line(
+            "     Summary [ 210.170s] 314 tests run: 312 passed (2 slow), 2 failed, 0 skipped",
+        );
+        assert_eq!(
+            c,
+            Counts {
+                passed: 312,
+                failed: 2
+            }
+        );
+        let mut c = Counts::default();
+        c.add_line("test result: ok. 5 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out");
+        c.add_line("test result: FAILED. 3 passed; 1 failed; 0 ignored");
+        c.add_line("note: 4 passed elsewhere");
+        assert_eq!(
+            c,
+            Counts {
+                passed: 8,
+                failed: 1
+            }
+        );
+    }
+
+    #[test]
+    fn skips_of_missing_capabilities_pass_others_fail() {
+        let skip = |t: &str, c: &str| Skip {
+            test: t.into(),
+            capability: c.into(),
+            reason: "r".into(),
+        };
+        // Opt-in is never required; artifacts always are under cargo xtask test.
+        assert!(report_skips(&[skip("a", test_skip::OPT_IN)], Counts::default()).is_ok());
+        let e = report_skips(&[skip("b", test_skip::ARTIFACTS)], Counts::default()).unwrap_err();
+        assert!(e.to_string().contains("b skipped for artifacts"), "{e}");
+        let e = report_skips(&[skip("c", "warp-drive")], Counts::default()).unwrap_err();
+        assert!(e.to_string().contains("unknown capability"), "{e}");
+        // Exactly one of a pair of opposite capabilities is present.
+        assert_ne!(
+            machine_has(test_skip::HOST_VHOST_NET),
+            machine_has(test_skip::NO_HOST_VHOST_NET)
+        );
+        for c in test_skip::ALL {
+            assert!(machine_has(c).is_some(), "{c} has no probe");
+        }
+    }
 }

@@ -242,7 +242,11 @@ pub fn tool(name: &str) -> Option<PathBuf> {
         if std::env::var("TESTBED_REQUIRE_KERNEL").as_deref() == Ok("1") {
             panic!("{name} is missing although `cargo xtask test` installs it (deps::REPORT_CHECK_PACKAGES)");
         }
-        eprintln!("SKIP: {name} not installed (`cargo xtask test` installs it)");
+        test_skip::skip(
+            &tests::current_test(),
+            test_skip::ARTIFACTS,
+            format!("{name} not installed (`cargo xtask test` installs it)"),
+        );
     }
     found
 }

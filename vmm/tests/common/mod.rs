@@ -135,7 +135,7 @@ pub fn kvm_or_skip(test: &str) -> bool {
     match kvm_ioctls::Kvm::new() {
         Ok(_) => true,
         Err(e) => {
-            eprintln!("SKIP: {test}: cannot open /dev/kvm: {e}");
+            test_skip::skip(test, test_skip::KVM, format!("cannot open /dev/kvm: {e}"));
             false
         }
     }
@@ -152,7 +152,11 @@ pub fn hw_kvm_or_skip(test: &str) -> bool {
         return false;
     }
     if is_pvm() {
-        eprintln!("SKIP: {test}: /dev/kvm is PVM (no vmx/svm); this test needs hardware KVM");
+        test_skip::skip(
+            test,
+            test_skip::HW_KVM,
+            "/dev/kvm is PVM (no vmx/svm); this test needs hardware KVM",
+        );
         return false;
     }
     true

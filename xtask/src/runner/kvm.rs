@@ -159,8 +159,10 @@ mod tests {
             .write(true)
             .open("/dev/kvm")
         {
-            eprintln!(
-                "SKIP: /dev/kvm not usable ({e}); the kvm runner cannot run test guests here"
+            test_skip::skip(
+                std::thread::current().name().unwrap_or("kvm runner test"),
+                test_skip::KVM,
+                format!("/dev/kvm not usable ({e}); the kvm runner cannot run test guests here"),
             );
             return None;
         }

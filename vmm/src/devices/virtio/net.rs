@@ -1192,7 +1192,7 @@ mod tests {
         let ok = unsafe { libc::geteuid() } == 0
             && std::path::Path::new(super::super::tap::TUN_PATH).exists();
         if !ok {
-            eprintln!("SKIP: {test}: needs root and /dev/net/tun");
+            test_skip::skip(test, test_skip::ROOT_TUN, "needs root and /dev/net/tun");
         }
         ok
     }
@@ -1757,7 +1757,11 @@ mod tests {
             Err(why) => {
                 // No host vhost-net: activation is refused with the reason, nothing runs,
                 // and the device can be reset and tried again.
-                eprintln!("SKIP (partly): host vhost-net data path: {why}");
+                test_skip::skip(
+                    "vhost backend data path (partly)",
+                    test_skip::HOST_VHOST_NET,
+                    format!("host vhost-net data path: {why}"),
+                );
                 match dev.activate(activation_ctx(&mem, true)) {
                     Err(ActivateError::Backend(m)) => assert!(m.contains("/dev/vhost-net"), "{m}"),
                     other => panic!("expected a backend error, got {other:?}"),
