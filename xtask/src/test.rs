@@ -200,20 +200,15 @@ fn read_skips(dir: &std::path::Path) -> Result<Vec<Skip>> {
 /// Whether this machine has `capability` (a [`test_skip`] name); None for an unknown one.
 pub fn machine_has(capability: &str) -> Option<bool> {
     let exists = |p: &str| std::path::Path::new(p).exists();
-    let kvm = || {
+    let openable = |p: &str| {
         std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open("/dev/kvm")
+            .open(p)
             .is_ok()
     };
-    let vhost_net = || {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/vhost-net")
-            .is_ok()
-    };
+    let kvm = || openable("/dev/kvm");
+    let vhost_net = || openable("/dev/vhost-net");
     Some(match capability {
         test_skip::KVM => kvm(),
         test_skip::HW_KVM => {
