@@ -165,9 +165,12 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         }
-        if args.verbose {
-            vsock::log_to_stderr(vsock::LevelFilter::Debug);
-        }
+        // Warnings (a guest connect nobody listens for, a refused host CONNECT) always.
+        vsock::log_to_stderr(if args.verbose {
+            vsock::LevelFilter::Debug
+        } else {
+            vsock::LevelFilter::Warn
+        });
     }
     let mut host_kcov = None;
     if let Some(spec) = &args.net {

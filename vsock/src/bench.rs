@@ -54,9 +54,9 @@ pub fn core(packets: u64, payload: usize) -> Result<CoreBench> {
     let mut m = Muxer::new(&uds, 3, limits)?;
     let lpath = listener_path(&uds, 9000);
     let _ = std::fs::remove_file(&lpath);
-    let listener = UnixListener::bind(&lpath).map_err(|source| crate::Error::Bind {
+    let listener = UnixListener::bind(&lpath).map_err(|cause| crate::Error::Bind {
         path: lpath.clone(),
-        source,
+        cause,
     })?;
     let mut d = GuestDriver::new(3);
     d.send(d.hdr(1, 9000, OP_REQUEST), &[]);

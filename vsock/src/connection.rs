@@ -395,6 +395,15 @@ impl Connection {
         self.peer_fwd_cnt = Wrapping(pkt.fwd_cnt());
         let op = pkt.op();
         if op == OP_RST {
+            if self.state == ConnState::LocalInit {
+                // At the default level: a host CONNECT the guest refuses otherwise leaves no
+                // trace but a closed socket.
+                log::warn!(
+                    "vsock: host CONNECT {}: the guest refused it (nothing listens on that port \
+                     in the guest)",
+                    pkt.src_port()
+                );
+            }
             self.state = ConnState::Closed;
             self.pending = 0;
             return;

@@ -99,10 +99,12 @@ pub enum Error {
     InvalidGuestCid(u64),
     #[error("{0} exists and is not a Unix socket; refusing to replace it (remove it or pick another --uds path)")]
     UdsPathNotSocket(std::path::PathBuf),
-    #[error("binding the vsock Unix socket {path}: {source}")]
+    // `cause`, not `source`: the message carries it, and a source would print it twice in an
+    // error chain ("Caused by: ..." repeating the same text).
+    #[error("binding the vsock Unix socket {path}: {cause}")]
     Bind {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("epoll: {0}")]
     Epoll(std::io::Error),
@@ -114,10 +116,10 @@ pub enum Error {
     Packet(#[from] virtio_vsock::packet::Error),
     #[error("vhost-user: {0}")]
     VhostUser(String),
-    #[error("vhost-user socket {path}: {source}")]
+    #[error("vhost-user socket {path}: {cause}")]
     VhostUserSocket {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -161,7 +163,14 @@ impl log::Log for StderrLog {
         true
     }
     fn log(&self, record: &log::Record) {
-        eprintln!("vsock {}: {}", record.level(), record.args());
+        let level = match record.level() {
+            log::Level::Error => "error",
+            log::Level::Warn => "warning",
+            log::Level::Info => "info",
+            log::Level::Debug => "debug",
+            log::Level::Trace => "trace",
+        };
+        eprintln!("{level}: {}", record.args());
     }
     fn flush(&self) {}
 }
@@ -169,12 +178,33 @@ impl log::Log for StderrLog {
 static STDERR_LOG: StderrLog = StderrLog;
 
 /// Sends `log` records (this crate's and vhost-user's) to stderr, for
-/// binaries that have no logger of their own.
+/// binaries that have no logger of their own; called again, only the level changes.
 pub fn log_to_stderr(level: log::LevelFilter) {
-    if log::set_logger(&STDERR_LOG).is_ok() {
-        log::set_max_level(level);
-    }
+    let _ = log::set_logger(&STDERR_LOG);
+    log::set_max_level(level);
 }
 
 /// A full vsock backend.
 pub trait VsockBackend: VsockChannel + VsockEpollListener + Send {}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    /// The cause is in the message once and is not also a `source()` (an error chain would
+    /// print it twice).
+    #[test]
+    fn causes_are_printed_once() {
+        let e = Error::VhostUserSocket {
+            path: "/no/dir/v.sock".into(),
+            cause: std::io::Error::other("socket error: No such file or directory"),
+        };
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(e.to_string().matches("No such file").count(), 1, "{e}");
+        let b = Error::Bind {
+            path: "/x".into(),
+            cause: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert!(std::error::Error::source(&b).is_none());
+    }
+}

@@ -157,17 +157,17 @@ impl Muxer {
         validate_guest_cid(guest_cid)?;
         match std::fs::symlink_metadata(uds) {
             Ok(m) if m.file_type().is_socket() => {
-                std::fs::remove_file(uds).map_err(|source| Error::Bind {
+                std::fs::remove_file(uds).map_err(|cause| Error::Bind {
                     path: uds.to_path_buf(),
-                    source,
+                    cause,
                 })?;
             }
             Ok(_) => return Err(Error::UdsPathNotSocket(uds.to_path_buf())),
             Err(_) => {}
         }
-        let bind_err = |source| Error::Bind {
+        let bind_err = |cause| Error::Bind {
             path: uds.to_path_buf(),
-            source,
+            cause,
         };
         let listener = UnixListener::bind(uds).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
@@ -310,7 +310,14 @@ impl Muxer {
                 self.insert_conn(conn);
             }
             Err(e) => {
-                log::debug!("vsock: guest connect to {}: {e}", path.display());
+                // At the default level: a guest whose connects all fail otherwise leaves no
+                // trace on the host.
+                log::warn!(
+                    "vsock: the guest connected to host port {} but nothing listens on {} \
+                     ({e}); the guest gets a reset",
+                    pkt.dst_port(),
+                    path.display()
+                );
                 self.queue_rst(pkt.dst_port(), pkt.src_port());
             }
         }

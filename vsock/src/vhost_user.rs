@@ -226,7 +226,7 @@ pub fn spawn(cfg: &BackendConfig) -> Result<BackendHandle> {
     let backend = VhostUserVsock::new(muxer, cfg.guest_cid)?;
     let listener = Listener::new(&cfg.vhost_socket, true).map_err(|e| Error::VhostUserSocket {
         path: cfg.vhost_socket.clone(),
-        source: io::Error::other(e.to_string()),
+        cause: io::Error::other(e.to_string()),
     })?;
     let shutdown = Arc::new(Mutex::new(None));
     let slot = Arc::clone(&shutdown);

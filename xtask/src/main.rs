@@ -315,6 +315,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // The vsock backend's warnings (a guest connect nobody listens for, a refused host
+    // CONNECT) reach the user at the default level.
+    vsock::log_to_stderr(vsock::LevelFilter::Warn);
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
