@@ -453,6 +453,44 @@ fn file_safe(name: &str) -> String {
     }
 }
 
+/// What went wrong in the run a store holds, one line each: agent errors, workloads that failed,
+/// a non-zero final status, and (with `cut_short`) workloads that never reported and a missing
+/// final status (a stream cut short). Empty for a run that succeeded.
+pub fn run_failures(meta: &StoreMeta, cut_short: bool) -> Vec<String> {
+    let mut out: Vec<String> = meta
+        .errors
+        .iter()
+        .map(|e| format!("agent error: {e}"))
+        .collect();
+    for w in &meta.workloads {
+        match &w.result {
+            Some(r) if r.status != 0 => out.push(format!(
+                "workload {} failed (status {}){}",
+                w.name,
+                r.status,
+                r.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )),
+            Some(_) => {}
+            None if !cut_short => {}
+            None => out.push(format!(
+                "workload {} has no result (the stream ended inside it: a hang, a panic or a \
+                 timeout)",
+                w.name
+            )),
+        }
+    }
+    match meta.done_status {
+        Some(0) => {}
+        Some(s) => out.push(format!("the agent ended with status {s}")),
+        None if cut_short => out.push("the stream ended before the agent's final status".into()),
+        None => {}
+    }
+    out
+}
+
 /// `incomplete_reason` of a store whose collector is (or was, if it died) still writing.
 pub const IN_PROGRESS: &str = "collection in progress (or the collector died)";
 

@@ -478,6 +478,13 @@ pub fn report_run(opts: &ReportOpts, run: &LoadedRun, patch: Option<PatchLines>)
             run.store.meta.incomplete_reason.as_deref().unwrap_or("?")
         ));
     }
+    let failures = coverage::store::run_failures(&run.store.meta, true);
+    if !failures.is_empty() {
+        text.push_str("RUN FAILED: this coverage is what ran before or besides the failure:\n");
+        for f in &failures {
+            text.push_str(&format!("  - {f}\n"));
+        }
+    }
     text.push_str(&report.text());
     text.push_str(&host_section(
         run,
@@ -564,6 +571,11 @@ pub fn diff(opts: &DiffOpts) -> Result<(String, CoverageDiff)> {
         text.push_str(
             "note: the runs are on different kernels; lines are compared by file and number\n",
         );
+    }
+    for (name, run) in [("A", &a), ("B", &b)] {
+        for f in coverage::store::run_failures(&run.store.meta, true) {
+            text.push_str(&format!("note: run {name} FAILED: {f}\n"));
+        }
     }
     text.push_str(&d.text(&ra.title, &rb.title));
     if let Some(path) = &opts.json {
@@ -893,6 +905,10 @@ pub struct ReportArgs {
     /// Report an incomplete store (a run whose stream was cut) instead of refusing it.
     #[arg(long)]
     pub partial: bool,
+    /// Exit 0 even when the run failed (agent error, failed workload): the report says so
+    /// either way.
+    #[arg(long)]
+    pub allow_failed: bool,
 }
 
 /// Runs `cargo xtask report`.
@@ -914,7 +930,29 @@ pub fn report_cmd(a: &ReportArgs) -> Result<std::process::ExitCode> {
         host_vmlinux: a.host_vmlinux.clone(),
     })?;
     print!("{text}");
-    Ok(std::process::ExitCode::SUCCESS)
+    Ok(failed_run_exit(&[&a.run_dir], a.allow_failed, a.partial))
+}
+
+/// Exit status of a report or diff: failure when one of `runs` failed (agent error, failed
+/// workload, non-zero final status; with `partial` a stream cut short was asked for and does
+/// not count), unless `allow_failed`; says so in one line.
+fn failed_run_exit(runs: &[&Path], allow_failed: bool, partial: bool) -> std::process::ExitCode {
+    let failed: Vec<String> = runs
+        .iter()
+        .filter(|r| {
+            Store::open_partial(&store_dir(r))
+                .is_ok_and(|s| !coverage::store::run_failures(&s.meta, !partial).is_empty())
+        })
+        .map(|r| r.display().to_string())
+        .collect();
+    if failed.is_empty() || allow_failed {
+        return std::process::ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "error: run {} failed (see RUN FAILED above); pass --allow-failed to exit 0 anyway",
+        failed.join(" and ")
+    );
+    std::process::ExitCode::FAILURE
 }
 
 /// `cargo xtask diff` arguments.
@@ -942,6 +980,10 @@ pub struct DiffArgs {
     /// Write the diff as JSON.
     #[arg(long, value_name = "F")]
     pub json: Option<PathBuf>,
+    /// Exit 0 even when a run failed (agent error, failed workload): the diff says so either
+    /// way.
+    #[arg(long)]
+    pub allow_failed: bool,
 }
 
 /// Runs `cargo xtask diff`.
@@ -956,7 +998,11 @@ pub fn diff_cmd(a: &DiffArgs) -> Result<std::process::ExitCode> {
         json: a.json.clone(),
     })?;
     print!("{text}");
-    Ok(std::process::ExitCode::SUCCESS)
+    Ok(failed_run_exit(
+        &[&a.run_a, &a.run_b],
+        a.allow_failed,
+        false,
+    ))
 }
 
 /// `cargo xtask golden` arguments.
@@ -1056,6 +1102,11 @@ mod tests {
 
     /// A run directory whose store holds guest PC 0x15 (net.c line 10) of workload `w`.
     fn run_dir(root: &Path) -> PathBuf {
+        run_with_status(root, 0)
+    }
+
+    /// A collected run whose workload `w` and agent end with `status` (an error if non-zero).
+    fn run_with_status(root: &Path, status: i32) -> PathBuf {
         let frames = [
             Frame::Hello(Hello {
                 agent_version: "t".into(),
@@ -1075,12 +1126,12 @@ mod tests {
             }),
             Frame::WorkloadResult(WorkloadResult {
                 name: "w".into(),
-                status: 0,
+                status,
                 duration_us: 1,
                 counters: vec![],
-                error: None,
+                error: (status != 0).then(|| "boom".to_string()),
             }),
-            Frame::Done(Done { status: 0 }),
+            Frame::Done(Done { status }),
         ];
         let bytes: Vec<u8> = frames.iter().flat_map(|f| encode(f).unwrap()).collect();
         let run = root.join("run");
@@ -1098,6 +1149,30 @@ mod tests {
         let bytes = std::fs::read(collected.join("stream.bin")).unwrap();
         std::fs::write(run.join(STREAM_FILE), bytes).unwrap();
         run
+    }
+
+    /// A run whose agent failed is reported with what failed, and report/diff exit non-zero
+    /// unless --allow-failed.
+    #[test]
+    fn failed_runs_say_so_and_fail_the_command() {
+        let tmp = tempfile::tempdir().unwrap();
+        let good = run_with_status(&tmp.path().join("good"), 0);
+        let bad = run_with_status(&tmp.path().join("bad"), 2);
+        let (text, _) = render(&bad, &tmp.path().join("bad.json"));
+        assert!(text.starts_with("RUN FAILED"), "{text}");
+        assert!(
+            text.contains("workload w failed (status 2): boom"),
+            "{text}"
+        );
+        assert!(text.contains("the agent ended with status 2"), "{text}");
+        let (text, _) = render(&good, &tmp.path().join("good.json"));
+        assert!(!text.contains("FAILED"), "{text}");
+        let code = |runs: &[&Path], allow| format!("{:?}", failed_run_exit(runs, allow, false));
+        let ok = format!("{:?}", std::process::ExitCode::SUCCESS);
+        assert_eq!(code(&[&good], false), ok);
+        assert_ne!(code(&[&bad], false), ok);
+        assert_ne!(code(&[&good, &bad], false), ok);
+        assert_eq!(code(&[&bad], true), ok);
     }
 
     /// A collector killed mid-way (here: dropped before its end, which frees the lock as a
