@@ -295,8 +295,11 @@ impl PatchLines {
 /// Coverage of one file's added lines.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PatchFile {
-    /// Path.
+    /// Path (as the kernel's debug info names it when the patch path matched one after
+    /// dropping leading components, like `patch -p`).
     pub path: String,
+    /// The file is not in the kernel's debug info (no line of it can be instrumented).
+    pub unknown: bool,
     /// Added or changed lines.
     pub changed: Vec<u32>,
     /// Those with instrumented sites.
@@ -320,14 +323,28 @@ pub struct PatchCoverage {
     pub hit: usize,
 }
 
+/// The report file a patch path names: the path itself, else the path with leading components
+/// dropped one at a time (`patch -p1`, `-p2`, ...: `new/drivers/vhost/net.c` of a plain
+/// `diff -u old/ new/` is `drivers/vhost/net.c`).
+fn find_file<'r>(report: &'r Report, path: &str) -> Option<&'r crate::report::FileReport> {
+    let mut p = path;
+    loop {
+        if let Some(f) = report.files.iter().find(|f| f.path == p) {
+            return Some(f);
+        }
+        p = p.split_once('/')?.1;
+    }
+}
+
 impl PatchCoverage {
     /// Classifies `patch` against `report` (use a report whose filter covers the patched files).
     pub fn new(patch: &PatchLines, report: &Report) -> Self {
         let mut out = PatchCoverage::default();
         for (path, changed) in &patch.files {
-            let fr = report.files.iter().find(|f| &f.path == path);
+            let fr = find_file(report, path);
             let mut pf = PatchFile {
-                path: path.clone(),
+                path: fr.map(|f| f.path.clone()).unwrap_or_else(|| path.clone()),
+                unknown: fr.is_none(),
                 changed: changed.clone(),
                 ..PatchFile::default()
             };
@@ -374,14 +391,26 @@ impl PatchCoverage {
                 String::new()
             }
         );
+        if !self.files.is_empty() && self.files.iter().all(|f| f.unknown) {
+            let _ = writeln!(
+                s,
+                "WARNING: no file of the patch is in the kernel's debug info (is it a patch of \
+                 this kernel's tree, with paths relative to its top?)"
+            );
+        }
         for f in &self.files {
             let _ = writeln!(
                 s,
-                "  {}: {} changed, {} instrumented, {} hit",
+                "  {}: {} changed, {} instrumented, {} hit{}",
                 f.path,
                 f.changed.len(),
                 f.instrumented.len(),
-                f.hit.len()
+                f.hit.len(),
+                if f.unknown {
+                    " (not in the kernel's debug info)"
+                } else {
+                    ""
+                }
             );
             if !f.hit.is_empty() {
                 let _ = writeln!(s, "    hit:    {}", ranges(&f.hit));
@@ -494,6 +523,36 @@ deleted file mode 100644
         let c = PatchCoverage::new(&p, &r);
         assert_eq!(c.files[0].missed, [10]);
         assert!(c.text().contains("missed: 10"), "{}", c.text());
+    }
+
+    /// A plain `diff -u old/ new/` (no a/ b/ prefixes) matches like `patch -p1`; a patch of
+    /// files the kernel does not know says so instead of a silent 0.
+    #[test]
+    fn patch_paths_drop_leading_components_and_unknown_files_are_named() {
+        let plain = PATCH
+            .replace("--- a/drivers/vhost/net.c", "--- old/drivers/vhost/net.c")
+            .replace("+++ b/drivers/vhost/net.c", "+++ new/drivers/vhost/net.c");
+        let p = PatchLines::parse(&plain).unwrap();
+        let c = PatchCoverage::new(&p, &report(&[(0x15, 1), (0x25, 1)]));
+        assert_eq!(c.files[0].path, "drivers/vhost/net.c");
+        assert!(!c.files[0].unknown);
+        assert_eq!((c.changed, c.instrumented, c.hit), (4, 2, 2));
+        assert!(!c.text().contains("WARNING"), "{}", c.text());
+
+        let other = PATCH
+            .replace("a/drivers/vhost/net.c", "a/fs/nosuch.c")
+            .replace("b/drivers/vhost/net.c", "b/fs/nosuch.c");
+        let c = PatchCoverage::new(&PatchLines::parse(&other).unwrap(), &report(&[]));
+        assert!(c.files[0].unknown);
+        let t = c.text();
+        assert!(
+            t.contains("WARNING: no file of the patch is in the kernel's debug info"),
+            "{t}"
+        );
+        assert!(
+            t.contains("fs/nosuch.c: 4 changed, 0 instrumented, 0 hit (not in"),
+            "{t}"
+        );
     }
 
     #[test]

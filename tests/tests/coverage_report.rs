@@ -383,6 +383,28 @@ fn coverage_patch_exact() {
     };
     assert!(ok, "{stdout}{stderr}");
     eprintln!("{stdout}");
+    // A byte that is not UTF-8 in an added line does not refuse the patch: it is named.
+    let mut latin1 = diff.clone().into_bytes();
+    let at = latin1.windows(3).position(|w| w == b"\n+a").unwrap() + 3;
+    latin1.insert(at, 0xe9);
+    let bad_line = latin1[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+    let patch2 = tmp.path().join("latin1.diff");
+    std::fs::write(&patch2, &latin1).unwrap();
+    let (ok2, stdout2, stderr2, _) = xtask_run(&[
+        "report",
+        s(&run),
+        "--vmlinux",
+        s(&vm),
+        "--patch",
+        s(&patch2),
+    ])
+    .unwrap();
+    assert!(ok2, "{stdout2}{stderr2}");
+    assert!(
+        stderr2.contains(&format!("line(s) {bad_line} are not UTF-8")),
+        "{stderr2}"
+    );
+    assert!(stdout2.contains("patch coverage:"), "{stdout2}");
     let v = json(&js);
     let p = &v["patch"];
     let nums = |x: &serde_json::Value| -> Vec<u32> {

@@ -455,8 +455,24 @@ pub fn report(opts: &ReportOpts) -> Result<String> {
     // Cheap input checks first, so bad input fails before anything is read or written.
     let patch = match &opts.patch {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading the patch {}", p.display()))?;
+            let bytes =
+                std::fs::read(p).with_context(|| format!("reading the patch {}", p.display()))?;
+            // Bytes that are not UTF-8 (a Latin-1 comment, say) do not spoil the patch: they
+            // are read as U+FFFD and named by line.
+            let bad: Vec<String> = bytes
+                .split(|&b| b == b'\n')
+                .enumerate()
+                .filter(|(_, l)| std::str::from_utf8(l).is_err())
+                .map(|(i, _)| (i + 1).to_string())
+                .collect();
+            if !bad.is_empty() {
+                eprintln!(
+                    "report: warning: {} line(s) {} are not UTF-8; read with U+FFFD",
+                    p.display(),
+                    bad.join(", ")
+                );
+            }
+            let text = String::from_utf8_lossy(&bytes);
             Some(PatchLines::parse(&text).with_context(|| format!("{}", p.display()))?)
         }
         None => None,
