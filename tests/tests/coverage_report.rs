@@ -573,6 +573,33 @@ fn coverage_bad_inputs() {
         xtask_run(&["report", s(&cut), "--vmlinux", s(&vm), "--partial"]).unwrap();
     assert!(ok, "{stderr}");
     assert!(stdout.contains("WARNING: partial report"), "{stdout}");
+
+    // The agent ran another kernel than run.json names: said at the top, not silently mapped.
+    let elsewhere = tmp.path().join("elsewhere");
+    write_run(
+        &elsewhere,
+        &stream_on(
+            "0.0.1-elsewhere",
+            &[Workload {
+                name: "w",
+                pcs: pcs.clone(),
+                status: 0,
+            }],
+            &[],
+            true,
+        ),
+    );
+    let (ok, stdout, stderr, _) = xtask_run(&["report", s(&elsewhere)]).unwrap();
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("WARNING: the agent ran on kernel 0.0.1-elsewhere, but the run's kernel"),
+        "{stdout}"
+    );
+    let good_run = tmp.path().join("good-release");
+    write_run(&good_run, &good);
+    let (ok, stdout, stderr, _) = xtask_run(&["report", s(&good_run)]).unwrap();
+    assert!(ok, "{stderr}");
+    assert!(!stdout.contains("WARNING"), "{stdout}");
 }
 
 /// A real run: boot the guest with the vhost-net-tx workload, then report on its run

@@ -231,6 +231,14 @@ pub fn open_or_collect(run_dir: &Path, partial: bool) -> Result<Store> {
     })
 }
 
+/// The release of the kernel `run.json` names, from its cache entry.
+fn built_release(run_dir: &Path) -> Option<String> {
+    let dir = cached_kernel_dir(&run_kernel_key(run_dir)?)?;
+    let meta: crate::kernel::KernelMeta =
+        serde_json::from_slice(&std::fs::read(dir.join("kernel.json")).ok()?).ok()?;
+    Some(meta.release)
+}
+
 /// The kernel a run booted (`run.json`'s key, its cached vmlinux's build-id and config).
 fn run_identity(run_dir: &Path) -> KernelIdentity {
     let key = run_kernel_key(run_dir);
@@ -493,6 +501,22 @@ pub fn report_run(opts: &ReportOpts, run: &LoadedRun, patch: Option<PatchLines>)
             "WARNING: partial report of an incomplete store: {}\n",
             run.store.meta.incomplete_reason.as_deref().unwrap_or("?")
         ));
+    }
+    // The agent's Hello names the kernel that really ran: it must be the run's kernel.
+    if let (Some(hello), Some(built)) = (
+        run.store
+            .meta
+            .agent
+            .as_ref()
+            .map(|a| a.kernel_release.as_str()),
+        built_release(&opts.run_dir),
+    ) {
+        if hello != built {
+            text.push_str(&format!(
+                "WARNING: the agent ran on kernel {hello}, but the run's kernel (run.json) is \
+                 {built}: the coverage may be mapped onto the wrong vmlinux\n"
+            ));
+        }
     }
     let failures = coverage::store::run_failures(&run.store.meta, true);
     if !failures.is_empty() {

@@ -112,8 +112,23 @@ pub struct Workload<'a> {
     pub status: i32,
 }
 
-/// A kcov-wire stream: Hello, per workload Start/Chunks/Result, optional Error frames, Done.
+/// The release of the kernel the synthetic runs name (the cached kernel of TESTBED_VMLINUX).
+pub fn kernel_release() -> String {
+    vmlinux()
+        .and_then(|v| std::fs::read(v.with_file_name("kernel.json")).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|j| j["release"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "6.12.117".into())
+}
+
+/// A kcov-wire stream: Hello (the run's kernel release), per workload Start/Chunks/Result,
+/// optional Error frames, Done.
 pub fn stream(workloads: &[Workload], errors: &[&str], done: bool) -> Vec<u8> {
+    stream_on(&kernel_release(), workloads, errors, done)
+}
+
+/// [`stream`] whose Hello says the agent ran on kernel `release`.
+pub fn stream_on(release: &str, workloads: &[Workload], errors: &[&str], done: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let put = |f: Frame, out: &mut Vec<u8>| {
         encode_into(&f, out).unwrap();
@@ -121,7 +136,7 @@ pub fn stream(workloads: &[Workload], errors: &[&str], done: bool) -> Vec<u8> {
     put(
         Frame::Hello(Hello {
             agent_version: "synthetic".into(),
-            kernel_release: "6.12.117".into(),
+            kernel_release: release.into(),
             kcov_mode: KcovMode::Pc,
             area_words: 1 << 18,
             common_handle: 0x0100_0000_0000_0001,
