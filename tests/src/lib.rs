@@ -93,6 +93,17 @@ pub fn assert_no_qemu_left(dir: &std::path::Path) {
     }
 }
 
+/// Asserts that `out` exited with `code` and its output contains every one of `lines`;
+/// returns the output (stdout + stderr) for further checks.
+pub fn assert_exit_with(out: &Output, code: i32, lines: &[&str]) -> String {
+    let all = text(out);
+    assert_eq!(out.status.code(), Some(code), "{all}");
+    for line in lines {
+        assert!(all.contains(line), "missing {line:?} in:\n{all}");
+    }
+    all
+}
+
 /// stdout + stderr as text, for assertions and failure messages.
 pub fn text(out: &Output) -> String {
     format!(

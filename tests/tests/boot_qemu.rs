@@ -13,16 +13,16 @@ fn boot(extra: &[&str]) -> Option<std::process::Output> {
 #[test]
 fn agent_reports_kcov_and_vhost_and_succeeds() {
     let Some(out) = boot(&[]) else { return };
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{all}");
-    for line in [
-        "testbed-agent: kcov /sys/kernel/debug/kcov: present",
-        "testbed-agent: vhost-net /dev/vhost-net: present",
-        "testbed-agent: vhost-vsock /dev/vhost-vsock: present",
-        "@@TESTBED-EXIT@@ 0",
-    ] {
-        assert!(all.contains(line), "missing {line:?} in:\n{all}");
-    }
+    let all = tests::assert_exit_with(
+        &out,
+        0,
+        &[
+            "testbed-agent: kcov /sys/kernel/debug/kcov: present",
+            "testbed-agent: vhost-net /dev/vhost-net: present",
+            "testbed-agent: vhost-vsock /dev/vhost-vsock: present",
+            "@@TESTBED-EXIT@@ 0",
+        ],
+    );
     let release = all
         .lines()
         .find_map(|l| l.strip_prefix("@@TESTBED-READY@@ "))

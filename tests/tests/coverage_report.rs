@@ -469,15 +469,20 @@ fn coverage_bad_inputs() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let pcs = pcs_of(t, &sites_of(t, "vhost_dev_init"));
-    let good = stream(
-        &[Workload {
-            name: "w",
-            pcs: pcs.clone(),
-            status: 0,
-        }],
-        &[],
-        true,
-    );
+    // One workload "w" that covers vhost_dev_init, as the agent on `release` sends it.
+    let one_workload = |release: &str| {
+        stream_on(
+            release,
+            &[Workload {
+                name: "w",
+                pcs: pcs.clone(),
+                status: 0,
+            }],
+            &[],
+            true,
+        )
+    };
+    let good = one_workload(&kernel_release());
     let run = tmp.path().join("run");
     write_run(&run, &good);
     // Collect the store once with a good report.
@@ -576,19 +581,7 @@ fn coverage_bad_inputs() {
 
     // The agent ran another kernel than run.json names: said at the top, not silently mapped.
     let elsewhere = tmp.path().join("elsewhere");
-    write_run(
-        &elsewhere,
-        &stream_on(
-            "0.0.1-elsewhere",
-            &[Workload {
-                name: "w",
-                pcs: pcs.clone(),
-                status: 0,
-            }],
-            &[],
-            true,
-        ),
-    );
+    write_run(&elsewhere, &one_workload("0.0.1-elsewhere"));
     let (ok, stdout, stderr, _) = xtask_run(&["report", s(&elsewhere)]).unwrap();
     assert!(ok, "{stderr}");
     assert!(

@@ -42,17 +42,17 @@ fn nested_runs_the_kcov_kernel_and_streams_coverage_through_our_vsock_device() {
     ]) else {
         return;
     };
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{all}");
-    assert!(all.contains("runner: nested"), "{all}");
-    for line in [
-        "testbed-agent: kcov /sys/kernel/debug/kcov: present",
-        "testbed-agent: vhost-net /dev/vhost-net: present",
-        "testbed-agent: cpus online: 0-1",
-        "@@TESTBED-EXIT@@ 0",
-    ] {
-        assert!(all.contains(line), "missing {line:?} in:\n{all}");
-    }
+    let all = tests::assert_exit_with(
+        &out,
+        0,
+        &[
+            "runner: nested",
+            "testbed-agent: kcov /sys/kernel/debug/kcov: present",
+            "testbed-agent: vhost-net /dev/vhost-net: present",
+            "testbed-agent: cpus online: 0-1",
+            "@@TESTBED-EXIT@@ 0",
+        ],
+    );
     let dir = run_dir(&out);
     let l1 = std::fs::read_to_string(dir.join("l1-console.log")).unwrap();
     assert!(l1.contains("@@TESTBED-L1-READY@@"), "{l1}");
@@ -224,18 +224,18 @@ fn nested_net(vhost: bool) {
     }
     args.extend(["--", "/bin/check"]);
     let out = boot(&args).unwrap();
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{all}");
-    for want in [
-        "nested-check: re-bound virtio-mmio.",
-        " (net)",
-        " (vsock)",
-        "nested-check: tcp echo: 16777216 bytes both ways, byte-exact",
-        "nested-check: vsock echo: 1048576 bytes both ways, byte-exact",
-        "nested-check: ok",
-    ] {
-        assert!(all.contains(want), "missing {want:?} in:\n{all}");
-    }
+    let all = tests::assert_exit_with(
+        &out,
+        0,
+        &[
+            "nested-check: re-bound virtio-mmio.",
+            " (net)",
+            " (vsock)",
+            "nested-check: tcp echo: 16777216 bytes both ways, byte-exact",
+            "nested-check: vsock echo: 1048576 bytes both ways, byte-exact",
+            "nested-check: ok",
+        ],
+    );
     // Negotiated virtio-net features (a bit string, bit 0 first): CSUM, GUEST_CSUM,
     // GUEST_TSO4, HOST_TSO4.
     let features = all
