@@ -338,11 +338,7 @@ fn read_command() -> Result<Option<Vec<String>>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("read {CMD_FILE}: {e}")),
     };
-    let argv: Vec<String> = raw
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let argv = kcov_wire::console::parse_argv(&raw);
     Ok(if argv.is_empty() { None } else { Some(argv) })
 }
 

@@ -28,6 +28,24 @@ pub const READY_MARKER: &str = "@@TESTBED-READY@@";
 pub const EXIT_MARKER: &str = "@@TESTBED-EXIT@@";
 /// Host → agent: the user command's argv, NUL-separated, in the initramfs.
 pub const CMD_FILE: &str = "/etc/testbed/cmd";
+/// Renders an argv as NUL-separated bytes (the form of [`CMD_FILE`]).
+pub fn render_argv(argv: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for a in argv {
+        out.extend_from_slice(a.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// Parses NUL-separated argv bytes (empty words dropped, invalid UTF-8 replaced).
+pub fn parse_argv(raw: &[u8]) -> Vec<String> {
+    raw.split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
 /// Prefix of a stream line (see the module docs).
 pub const STREAM_MARKER: &str = "@@KCOV@@";
 /// Most stream bytes one line carries (a multiple of 3, so only the last line of a flush
@@ -298,6 +316,16 @@ impl LineAssembler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argv_round_trips() {
+        let a: Vec<String> = ["--cmdline", "console=ttyS0 quiet", "--mem", "256"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(parse_argv(&render_argv(&a)), a);
+        assert_eq!(parse_argv(b"\0\0a\0"), vec!["a".to_string()]);
+    }
 
     fn lines_of(bytes: &[u8], writes: usize) -> Vec<String> {
         let mut w = LineWriter::new(Vec::new());

@@ -4,7 +4,8 @@
 //!
 //! # L1 initramfs
 //! The host packs the L1 init as `/init` and the files below; [`VMM_ARGV_FILE`] holds the
-//! vmm's argv (NUL-separated, without the program), [`RELAY_FILE`] the vsock ports to relay
+//! vmm's argv (without the program, NUL-separated like [`crate::console::CMD_FILE`]:
+//! [`crate::console::render_argv`]), [`RELAY_FILE`] the vsock ports to relay
 //! ([`render_ports`]/[`parse_ports`]).
 //!
 //! # L1 console
@@ -82,24 +83,6 @@ pub fn parse_ports(text: &str) -> Result<Vec<u32>, String> {
         .collect()
 }
 
-/// Renders an argv as NUL-separated bytes.
-pub fn render_argv(argv: &[String]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for a in argv {
-        out.extend_from_slice(a.as_bytes());
-        out.push(0);
-    }
-    out
-}
-
-/// Parses NUL-separated argv bytes (empty words dropped, invalid UTF-8 replaced).
-pub fn parse_argv(raw: &[u8]) -> Vec<String> {
-    raw.split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
-
 /// How one line of the L1 console is to be read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum L1Line<'a> {
@@ -130,16 +113,6 @@ mod tests {
         let e = parse_ports("10000\nx1\n").unwrap_err();
         assert!(e.contains("\"x1\""), "{e}");
         assert!(parse_ports("99999999999").is_err());
-    }
-
-    #[test]
-    fn argv_round_trips() {
-        let a: Vec<String> = ["--cmdline", "console=ttyS0 quiet", "--mem", "256"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(parse_argv(&render_argv(&a)), a);
-        assert_eq!(parse_argv(b"\0\0a\0"), vec!["a".to_string()]);
     }
 
     #[test]

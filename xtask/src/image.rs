@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use images::{Include, Initramfs};
 
-use kcov_wire::console::CMD_FILE;
+use kcov_wire::console::{render_argv, CMD_FILE};
 
 /// Builds the initramfs into `out`.
 pub fn build(agent: &Path, includes: &[Include], cmd: &[String], out: &Path) -> Result<()> {
@@ -18,12 +18,7 @@ pub fn build(agent: &Path, includes: &[Include], cmd: &[String], out: &Path) -> 
         img.add_include(inc)?;
     }
     if !cmd.is_empty() {
-        let mut argv = Vec::new();
-        for a in cmd {
-            argv.extend_from_slice(a.as_bytes());
-            argv.push(0);
-        }
-        img.add_file(CMD_FILE, argv, 0o644)?;
+        img.add_file(CMD_FILE, render_argv(cmd), 0o644)?;
     }
     img.write_file(out)?;
     Ok(())

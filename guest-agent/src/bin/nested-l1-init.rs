@@ -97,7 +97,7 @@ fn run(console: &Console) -> Result<i32, String> {
     if let Some(why) = kvm_problem() {
         return Err(why);
     }
-    let argv = nested::parse_argv(
+    let argv = kcov_wire::console::parse_argv(
         &std::fs::read(nested::VMM_ARGV_FILE)
             .map_err(|e| format!("reading {}: {e}", nested::VMM_ARGV_FILE))?,
     );

@@ -123,20 +123,7 @@ pub fn vmm_argv(spec: &BootSpec) -> Vec<String> {
         ]);
     }
     if let Some(n) = &spec.net {
-        let mac = n
-            .mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        a.extend([
-            "--net".into(),
-            format!(
-                "tap={},mac={mac},vhost={}",
-                n.tap,
-                if n.vhost { "on" } else { "off" }
-            ),
-        ]);
+        a.extend(["--net".into(), n.to_string()]);
         if spec.host_kcov {
             a.extend(["--host-kcov".into(), nested::HOST_KCOV_FILE.into()]);
         }
@@ -155,7 +142,7 @@ pub fn write_l1_initramfs(spec: &BootSpec, n: &NestedSpec, out: &Path) -> Result
     img.add_file(nested::L2_INITRAMFS_FILE, read(&spec.initramfs)?, 0o644)?;
     img.add_file(
         nested::VMM_ARGV_FILE,
-        nested::render_argv(&vmm_argv(spec)),
+        kcov_wire::console::render_argv(&vmm_argv(spec)),
         0o644,
     )?;
     img.add_file(

@@ -386,6 +386,26 @@ impl std::str::FromStr for NetSpec {
     }
 }
 
+/// The `--net` form again (`tap=NAME,mac=..,vhost=on|off`), every key given: it parses back
+/// to the same spec (the nested runner hands it to the vmm inside L1).
+impl std::fmt::Display for NetSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.mac;
+        write!(
+            f,
+            "tap={},mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x},vhost={}",
+            self.tap,
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5],
+            if self.vhost { "on" } else { "off" }
+        )
+    }
+}
+
 /// A device built from a [`NetSpec`] by [`NetSpec::build`].
 pub struct BuiltNet {
     /// The device.
@@ -1659,6 +1679,17 @@ mod tests {
         ] {
             assert_eq!(parse_mac(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn net_spec_displays_in_its_own_form() {
+        for text in ["tap=tap0", "tap=t1,mac=02:00:00:aa:bb:cc,vhost=on"] {
+            let spec: NetSpec = text.parse().unwrap();
+            let shown = spec.to_string();
+            assert_eq!(shown.parse::<NetSpec>().unwrap(), spec, "{shown}");
+        }
+        let spec: NetSpec = "tap=tap0".parse().unwrap();
+        assert_eq!(spec.to_string(), "tap=tap0,mac=52:54:00:12:34:56,vhost=off");
     }
 
     #[test]
