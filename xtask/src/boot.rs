@@ -351,26 +351,28 @@ pub fn summary(outcome: &BootOutcome, echoed: bool) -> String {
         outcome.runner,
         outcome.serial_log.display()
     );
-    if outcome.status.exit_code() != 0 && !echoed {
+    let mut tail = |title: String, lines: &[String]| {
+        s.push_str(&format!("\n{title}:\n"));
+        for l in lines {
+            s.push_str("  ");
+            s.push_str(l);
+            s.push('\n');
+        }
+    };
+    let failed = outcome.status.exit_code() != 0;
+    if failed && !echoed {
         let level = if outcome.l1_log.is_some() {
             " (L2)"
         } else {
             ""
         };
-        s.push_str(&format!("\nlast console lines{level}:\n"));
-        for l in &outcome.tail {
-            s.push_str("  ");
-            s.push_str(l);
-            s.push('\n');
-        }
+        tail(format!("last console lines{level}"), &outcome.tail);
     }
-    if let (Some(log), true) = (&outcome.l1_log, outcome.status.exit_code() != 0) {
-        s.push_str(&format!("\nlast console lines (L1, {}):\n", log.display()));
-        for l in &outcome.l1_tail {
-            s.push_str("  ");
-            s.push_str(l);
-            s.push('\n');
-        }
+    if let (Some(log), true) = (&outcome.l1_log, failed) {
+        tail(
+            format!("last console lines (L1, {})", log.display()),
+            &outcome.l1_tail,
+        );
     }
     s
 }

@@ -427,7 +427,8 @@ fn cache_key(identity: &str, fragments: &[Fragment], toolchain: &str) -> String 
     hex::encode(h.finalize())[..24].to_string()
 }
 
-fn cached_kernel(dir: &Path, cached: bool) -> Option<Kernel> {
+/// The complete kernel in cache directory `dir` (metadata and every file), if it is one.
+pub fn cached_kernel(dir: &Path, cached: bool) -> Option<Kernel> {
     let meta: KernelMeta = serde_json::from_slice(&fs::read(dir.join("kernel.json")).ok()?).ok()?;
     let k = Kernel {
         dir: dir.to_path_buf(),

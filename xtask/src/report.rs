@@ -45,11 +45,7 @@ pub fn host_vmlinux(run_dir: &Path, explicit: Option<&Path>) -> Option<PathBuf> 
     if let Some(p) = explicit {
         return Some(p.to_path_buf());
     }
-    let bytes = std::fs::read(run_dir.join("run.json")).ok()?;
-    let key = serde_json::from_slice::<RunJson>(&bytes)
-        .ok()?
-        .host_kernel_key?;
-    cached_kernel_dir(&key).map(|d| d.join("vmlinux"))
+    cached_kernel_dir(&run_json(run_dir)?.host_kernel_key?).map(|d| d.join("vmlinux"))
 }
 
 /// The host coverage of `run`, each entry mapped onto the host kernel's vmlinux when it is
@@ -110,10 +106,14 @@ pub fn host_section(
     Ok(text)
 }
 
+/// `RUN_DIR/run.json`, if it is there and readable.
+fn run_json(run_dir: &Path) -> Option<RunJson> {
+    serde_json::from_slice(&std::fs::read(run_dir.join("run.json")).ok()?).ok()
+}
+
 /// The kernel cache key recorded in `RUN_DIR/run.json`, if any.
 pub fn run_kernel_key(run_dir: &Path) -> Option<String> {
-    let bytes = std::fs::read(run_dir.join("run.json")).ok()?;
-    serde_json::from_slice::<RunJson>(&bytes).ok()?.kernel_key
+    run_json(run_dir)?.kernel_key
 }
 
 fn cached_kernel_dir(key: &str) -> Option<PathBuf> {
@@ -234,9 +234,7 @@ pub fn open_or_collect(run_dir: &Path, partial: bool) -> Result<Store> {
 /// The release of the kernel `run.json` names, from its cache entry.
 fn built_release(run_dir: &Path) -> Option<String> {
     let dir = cached_kernel_dir(&run_kernel_key(run_dir)?)?;
-    let meta: crate::kernel::KernelMeta =
-        serde_json::from_slice(&std::fs::read(dir.join("kernel.json")).ok()?).ok()?;
-    Some(meta.release)
+    Some(kernel::cached_kernel(&dir, true)?.meta.release)
 }
 
 /// The kernel a run booted (`run.json`'s key, its cached vmlinux's build-id and config).
