@@ -135,7 +135,7 @@ fn run(console: &Console) -> Result<i32, String> {
     let c2 = console.clone();
     let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen2 = Arc::clone(&seen);
-    let out_thread = std::thread::spawn(move || print_lines(out, &c2, L2_PREFIX, &seen2));
+    let out_thread = std::thread::spawn(move || print_lines(out, &c2, L2_PREFIX, Some(&seen2)));
     if let Some(tap) = tap {
         let c5 = console.clone();
         std::thread::spawn(move || {
@@ -145,37 +145,31 @@ fn run(console: &Console) -> Result<i32, String> {
         });
     }
     // A vmm whose L2 says nothing for a long time: say what its threads are doing, so a
-    // hang can be told from slowness (L1's console reaches the host; L2's is silent).
+    // hang can be told from slowness (L1's console reaches the host; L2's is silent). Ends at
+    // the first L2 line or when the vmm ends (`seen` is set then too).
     let c4 = console.clone();
     let pid = child.id();
+    let seen3 = Arc::clone(&seen);
     std::thread::spawn(move || {
-        for wait in [30u64, 60, 120] {
-            std::thread::sleep(Duration::from_secs(wait / 2));
-            if seen.load(std::sync::atomic::Ordering::Acquire) {
-                return;
-            }
-            std::thread::sleep(Duration::from_secs(wait / 2));
-            if seen.load(std::sync::atomic::Ordering::Acquire) {
-                return;
+        for after in [30u64, 60, 120] {
+            while start.elapsed() < Duration::from_secs(after) {
+                if seen3.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
             }
             c4.say(&format!(
-                "no L2 output after {wait}s: {}",
+                "no L2 output after {after}s: {}",
                 stall_report(pid)
             ));
         }
     });
     let c3 = console.clone();
-    let err_thread = std::thread::spawn(move || {
-        print_lines(
-            err,
-            &c3,
-            "testbed-l1: vmm: ",
-            &Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        )
-    });
+    let err_thread = std::thread::spawn(move || print_lines(err, &c3, "testbed-l1: vmm: ", None));
     let status = child
         .wait()
         .map_err(|e| format!("waiting for the vmm: {e}"))?;
+    seen.store(true, std::sync::atomic::Ordering::Release);
     let _ = out_thread.join();
     let _ = err_thread.join();
     use std::os::unix::process::ExitStatusExt;
@@ -211,12 +205,12 @@ fn run(console: &Console) -> Result<i32, String> {
 }
 
 /// Copies `from` line by line onto the console with `prefix`; a last line without a newline
-/// is printed too. Bytes that are not UTF-8 are replaced.
+/// is printed too. Bytes that are not UTF-8 are replaced. `seen` is set at the first line.
 fn print_lines(
     from: impl Read,
     console: &Console,
     prefix: &str,
-    seen: &std::sync::atomic::AtomicBool,
+    seen: Option<&std::sync::atomic::AtomicBool>,
 ) {
     let mut reader = BufReader::new(from);
     let mut buf = Vec::new();
@@ -224,7 +218,9 @@ fn print_lines(
         if n == 0 {
             break;
         }
-        seen.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(seen) = seen {
+            seen.store(true, std::sync::atomic::Ordering::Release);
+        }
         let line = String::from_utf8_lossy(&buf);
         console.line(&format!("{prefix}{}", line.trim_end_matches(['\n', '\r'])));
         buf.clear();
