@@ -58,6 +58,15 @@ pub fn static_c(dir: &std::path::Path, name: &str, src: &str) -> PathBuf {
     bin
 }
 
+/// A static guest program that exits with `code`.
+pub fn exit_program(dir: &std::path::Path, code: i32) -> PathBuf {
+    static_c(
+        dir,
+        &format!("exit{code}"),
+        &format!("int main(void) {{ return {code}; }}\n"),
+    )
+}
+
 /// A static guest program that spins forever (a hung command).
 pub fn spin_program(dir: &std::path::Path) -> PathBuf {
     static_c(

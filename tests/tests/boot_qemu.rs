@@ -37,15 +37,10 @@ fn failing_guest_command_gives_its_status() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let bin = tests::static_c(dir.path(), "exit3", "int main(void) { return 3; }\n");
+    let bin = tests::exit_program(dir.path(), 3);
     let include = format!("{}:/bin/exit3", bin.display());
     let out = boot(&["--include", &include, "--", "/bin/exit3"]).unwrap();
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(3), "{all}");
-    assert!(
-        all.contains("testbed-agent: command exited with status 3"),
-        "{all}"
-    );
+    tests::assert_exit_with(&out, 3, &["testbed-agent: command exited with status 3"]);
 }
 
 #[test]
@@ -64,9 +59,7 @@ fn kernel_panic_is_a_failure() {
     let Some(out) = boot(&["--append", "rdinit=/none", "--append", "init=/none"]) else {
         return;
     };
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(70), "{all}");
-    assert!(all.contains("guest kernel panicked"), "{all}");
+    tests::assert_exit_with(&out, 70, &["guest kernel panicked"]);
 }
 
 /// Killing `xtask boot` (SIGKILL or SIGTERM to it alone, as a CI runner's timeout does) takes

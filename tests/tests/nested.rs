@@ -106,21 +106,14 @@ fn nested_exit_statuses_propagate() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let bin = tests::static_c(tmp.path(), "exit3", "int main(void) { return 3; }\n");
+    let bin = tests::exit_program(tmp.path(), 3);
     let include = format!("{}:/bin/exit3", bin.display());
     let out = boot(&["--include", &include, "--", "/bin/exit3"]).unwrap();
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(3), "{all}");
-    assert!(
-        all.contains("testbed-agent: command exited with status 3"),
-        "{all}"
-    );
+    tests::assert_exit_with(&out, 3, &["testbed-agent: command exited with status 3"]);
 
     // No init in L2: its kernel panics; L1 and the vmm are fine.
     let out = boot(&["--append", "rdinit=/none", "--append", "init=/none"]).unwrap();
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(70), "{all}");
-    assert!(all.contains("guest kernel panicked"), "{all}");
+    tests::assert_exit_with(&out, 70, &["guest kernel panicked"]);
     tests::assert_no_qemu_left(&run_dir(&out));
 }
 
