@@ -100,6 +100,10 @@ pub struct FunctionCoverage {
     pub lines: Option<(u32, u32)>,
     /// Each line of its own file that its frames name, and whether one of its sites there was hit.
     pub line_hits: BTreeMap<u32, bool>,
+    /// The entry site of each of its instances (its out-of-line body, and each place it was
+    /// inlined): the lowest-addressed site of the instance, i.e. its entry block, laid out
+    /// first. Their hit counts summed are how often the function was entered.
+    pub entries: Vec<u64>,
 }
 
 impl FunctionCoverage {
@@ -159,6 +163,14 @@ impl<'g> FileFilter<'g> {
     }
 }
 
+/// Identifies an inlining chain (the frames above a function's own frame).
+fn chain_hash(chain: &[Frame]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    chain.hash(&mut h);
+    h.finish()
+}
+
 /// Coverage of every instrumented line and function.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CoverageMap {
@@ -189,13 +201,16 @@ impl CoverageMap {
         let mut seen_lines: Vec<(&Arc<str>, u32)> = Vec::new();
         let mut seen_funcs: Vec<(Option<&Arc<str>>, &Arc<str>)> = Vec::new();
         let mut files = FileFilter::new(globs);
-        for (site, frames) in table.sites.iter().zip(&table.frames) {
+        // (function, instance) pairs met so far; an instance is told by the inlining chain
+        // above the function's frame (empty for the out-of-line body).
+        let mut instances: HashSet<(FunctionKey, u64)> = HashSet::new();
+        for (site, all_frames) in table.sites.iter().zip(&table.frames) {
             if site.kind != options.kind {
                 continue;
             }
             let frames: &[Frame] = match options.attribution {
-                Attribution::AllFrames => frames,
-                Attribution::Innermost => &frames[..frames.len().min(1)],
+                Attribution::AllFrames => all_frames,
+                Attribution::Innermost => &all_frames[..all_frames.len().min(1)],
             };
             if globs.is_some() && !frames.iter().any(|f| files.admits(f.file.as_ref())) {
                 continue;
@@ -204,7 +219,7 @@ impl CoverageMap {
             let is_hit = hit(addr);
             seen_lines.clear();
             seen_funcs.clear();
-            for f in frames {
+            for (k, f) in frames.iter().enumerate() {
                 if !files.admits(f.file.as_ref()) {
                     continue;
                 }
@@ -224,13 +239,16 @@ impl CoverageMap {
                     let key = (f.file.as_ref(), name);
                     if !seen_funcs.contains(&key) {
                         seen_funcs.push(key);
-                        let func = map
-                            .functions
-                            .entry(FunctionKey {
-                                file: f.file.clone(),
-                                name: name.clone(),
-                            })
-                            .or_default();
+                        let fkey = FunctionKey {
+                            file: f.file.clone(),
+                            name: name.clone(),
+                        };
+                        let first =
+                            instances.insert((fkey.clone(), chain_hash(&all_frames[k + 1..])));
+                        let func = map.functions.entry(fkey).or_default();
+                        if first {
+                            func.entries.push(addr);
+                        }
                         func.sites.add(addr, is_hit);
                         if let Some(l) = f.line {
                             *func.line_hits.entry(l).or_insert(false) |= is_hit;
@@ -348,6 +366,7 @@ mod tests {
             call_len: 5,
             ret_addr: a + 5,
             kind,
+            tail: false,
         };
         SiteTable {
             sites: vec![
@@ -469,5 +488,64 @@ mod tests {
         );
         assert_eq!(cmp.summary().sites, 1);
         assert_eq!(cmp.summary().sites_hit, 1);
+    }
+
+    #[test]
+    fn entries_are_the_first_site_of_each_instance() {
+        let f = |func: &str, line| Frame {
+            function: Some(Arc::from(func)),
+            file: Some(Arc::from("drivers/vhost/net.c")),
+            line: Some(line),
+        };
+        let site = |a: u64| CallSite {
+            call_addr: a,
+            call_len: 5,
+            ret_addr: a + 5,
+            kind: SiteKind::Pc,
+            tail: false,
+        };
+        // handle_tx (out of line, lines 10-12) inlines helper twice (call lines 11 and 12);
+        // helper's own body is lines 3-4.
+        let t = SiteTable {
+            sites: [0x10, 0x20, 0x30, 0x40, 0x50, 0x60]
+                .into_iter()
+                .map(site)
+                .collect(),
+            frames: vec![
+                vec![f("handle_tx", 10)],
+                vec![f("helper", 3), f("handle_tx", 11)],
+                vec![f("helper", 4), f("handle_tx", 11)],
+                vec![f("helper", 3), f("handle_tx", 12)],
+                vec![f("helper", 4), f("handle_tx", 12)],
+                vec![f("handle_tx", 12)],
+            ],
+            ..SiteTable::default()
+        };
+        let map = CoverageMap::build(&t, &|_| true, MapOptions::default());
+        let get = |name: &str| {
+            map.functions
+                .iter()
+                .find(|(k, _)| &*k.name == name)
+                .map(|(_, v)| v.entries.clone())
+                .unwrap()
+        };
+        assert_eq!(get("handle_tx"), vec![0x10]);
+        assert_eq!(get("helper"), vec![0x20, 0x40]);
+        // Innermost attribution tells instances apart the same way.
+        let inner = CoverageMap::build(
+            &t,
+            &|_| true,
+            MapOptions {
+                attribution: Attribution::Innermost,
+                ..MapOptions::default()
+            },
+        );
+        let helper = inner
+            .functions
+            .iter()
+            .find(|(k, _)| &*k.name == "helper")
+            .unwrap()
+            .1;
+        assert_eq!(helper.entries, vec![0x20, 0x40]);
     }
 }

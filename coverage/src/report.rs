@@ -168,6 +168,12 @@ pub struct FunctionReport {
     pub sites_hit: usize,
     /// Highest hit count among its sites.
     pub count: u64,
+    /// How often it was entered: the hit counts of its instances' entry sites, summed
+    /// ([`crate::map::FunctionCoverage::entries`]); lcov's `FNDA`.
+    pub calls: u64,
+    /// Its declaration line (`DW_AT_decl_line`), when [`Report::with_decl_lines`] knew it;
+    /// lcov's `FN` (else `first_line`).
+    pub decl_line: Option<u32>,
 }
 
 /// A file of a report.
@@ -356,6 +362,12 @@ impl Report {
                 sites: fc.sites.instrumented(),
                 sites_hit: fc.sites.hit_count(),
                 count: max_count(&fc.sites.hit),
+                calls: fc
+                    .entries
+                    .iter()
+                    .map(|s| run.counts.get(s).copied().unwrap_or(0))
+                    .fold(0u64, u64::saturating_add),
+                decl_line: None,
             });
         }
         let files: Vec<FileReport> = files.into_values().collect();
@@ -381,6 +393,22 @@ impl Report {
         }
     }
 
+    /// The report with each function's declaration line from `decl` (keyed by file and name,
+    /// [`crate::symbolizer::decl_lines`]); functions it does not know keep `None`.
+    pub fn with_decl_lines(mut self, decl: &crate::symbolizer::DeclLines) -> Self {
+        for f in &mut self.files {
+            for g in &mut f.functions {
+                g.decl_line = decl.get(&(f.path.clone(), g.name.clone())).copied();
+            }
+        }
+        self
+    }
+
+    /// The files the report shows (what [`crate::symbolizer::decl_lines`] needs).
+    pub fn file_paths(&self) -> std::collections::BTreeSet<&str> {
+        self.files.iter().map(|f| f.path.as_str()).collect()
+    }
+
     /// The report with the run's host kernel coverage listed (text: one line each; JSON:
     /// `host`). Its PCs stay out of every file, line and function count.
     pub fn with_host(mut self, host: Vec<HostCoverageReport>) -> Self {
@@ -396,8 +424,9 @@ impl Report {
         let _ = writeln!(s, "filter:   {}", self.filter.join(" "));
         let _ = writeln!(
             s,
-            "PCs:      {} distinct, {} sites hit, {} unmatched (no hook call returns there: \
-             mostly hooks reached by tail jumps, credited to the caller){}",
+            "PCs:      {} distinct, {} sites hit, {} unmatched (no instrumented call returns \
+             there: calls through pointers into functions that tail-jump into kcov, or another \
+             image){}",
             self.pcs.distinct,
             self.pcs.sites_hit,
             self.pcs.unmatched,
@@ -479,13 +508,18 @@ impl Report {
         for f in &self.files {
             let _ = writeln!(s, "TN:{tn}");
             let _ = writeln!(s, "SF:{}", source_path(source_root, &f.path).display());
+            let fn_line = |g: &FunctionReport| g.decl_line.or(g.first_line).unwrap_or(1);
             let mut funcs: Vec<&FunctionReport> = f.functions.iter().collect();
-            funcs.sort_by_key(|g| (g.first_line, g.name.clone()));
+            funcs.sort_by_key(|g| (fn_line(g), g.name.clone()));
             for g in &funcs {
-                let _ = writeln!(s, "FN:{},{}", g.first_line.unwrap_or(1), g.name);
+                let _ = writeln!(s, "FN:{},{}", fn_line(g), g.name);
             }
+            // FNDA is the number of calls; a function whose blocks ran although no entry was
+            // seen (its entry block's PC lost to an area overflow, or code entered by a jump)
+            // still counts as hit, with 1.
             for g in &funcs {
-                let _ = writeln!(s, "FNDA:{},{}", g.count, g.name);
+                let calls = if g.sites_hit > 0 { g.calls.max(1) } else { 0 };
+                let _ = writeln!(s, "FNDA:{},{}", calls, g.name);
             }
             let _ = writeln!(s, "FNF:{}", f.functions_total);
             let _ = writeln!(s, "FNH:{}", f.functions_hit);
@@ -537,6 +571,7 @@ pub(crate) mod tests {
             call_len: 5,
             ret_addr: a + 5,
             kind: SiteKind::Pc,
+            tail: false,
         };
         SiteTable {
             sites: vec![site(0x10), site(0x20), site(0x30), site(0x40), site(0x50)],
@@ -593,6 +628,42 @@ pub(crate) mod tests {
         let json: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
         assert_eq!(json["totals"]["lines_hit"], 2);
         assert_eq!(json["files"][1]["path"], "drivers/vhost/vhost.c");
+
+        // FNDA counts calls (the entry site), not the hottest line.
+        let hot = RunCoverage::build(
+            &t,
+            &[pcs(&[(0x15, 3), (0x25, 67)])],
+            SourceFilter::All,
+            Attribution::AllFrames,
+        );
+        let r = Report::new(&t, &hot, &[PathGlob::new(DEFAULT_FILTER)], "t", "k");
+        let g = &r.files[0].functions[0];
+        assert_eq!((g.calls, g.count), (3, 67));
+        // FN is the declaration line when known, else the first instrumented line.
+        let lcov = r.lcov("t", None);
+        assert!(
+            lcov.contains("FN:10,handle_tx\nFNDA:3,handle_tx\n"),
+            "{lcov}"
+        );
+        let decl = crate::symbolizer::DeclLines::from([(
+            ("drivers/vhost/net.c".to_string(), "handle_tx".to_string()),
+            8,
+        )]);
+        let lcov = r.with_decl_lines(&decl).lcov("t", None);
+        assert!(
+            lcov.contains("FN:8,handle_tx\nFNDA:3,handle_tx\n"),
+            "{lcov}"
+        );
+        // Blocks ran but the entry's PC is missing (an overflowed area): still a hit function.
+        let no_entry = RunCoverage::build(
+            &t,
+            &[pcs(&[(0x25, 5)])],
+            SourceFilter::All,
+            Attribution::AllFrames,
+        );
+        let r = Report::new(&t, &no_entry, &[PathGlob::new(DEFAULT_FILTER)], "t", "k");
+        assert_eq!(r.files[0].functions[0].calls, 0);
+        assert!(r.lcov("t", None).contains("FNDA:1,handle_tx\n"));
 
         // Only local coverage: nothing.
         let local = RunCoverage::build(

@@ -141,6 +141,88 @@ fn kernel_sites_match_objdump() {
 }
 
 #[test]
+fn kernel_tail_jumping_callees_credit_their_callers() {
+    let Some(k) = kernel() else { return };
+    // gcc turns a function's trailing hook call into `jmp __sanitizer_cov_trace_pc`; the hook
+    // then records the return address of the call into that function.
+    assert!(
+        k.scan.tail_calls.len() > 100,
+        "{} tail calls",
+        k.scan.tail_calls.len()
+    );
+    let tails: Vec<_> = k.scan.sites.iter().filter(|s| s.tail).collect();
+    assert_eq!(tails.len(), k.scan.tail_return_sites);
+    assert!(tails.len() > 1000, "{} tail-return sites", tails.len());
+    let syms = k.vm.symbols();
+    for s in &tails {
+        // A direct `call rel32` to the start of a function symbol.
+        let code = k.vm.code(s.call_addr, 5).unwrap();
+        assert_eq!(code[0], 0xe8);
+        let rel = i32::from_le_bytes(code[1..5].try_into().unwrap());
+        let target = s.ret_addr.wrapping_add(rel as i64 as u64);
+        let f = syms.lookup(target).unwrap();
+        assert_eq!(
+            f.addr, target,
+            "call at {:#x} lands inside {}",
+            s.call_addr, f.name
+        );
+    }
+    // Such calls in drivers/vhost are symbolized to the caller's line.
+    let in_vhost = k
+        .table
+        .sites
+        .iter()
+        .zip(&k.table.frames)
+        .filter(|(s, fr)| {
+            s.tail
+                && fr.iter().any(|f| {
+                    f.file
+                        .as_deref()
+                        .is_some_and(|p| p.starts_with("drivers/vhost/"))
+                })
+        })
+        .count();
+    assert!(
+        in_vhost > 10,
+        "{in_vhost} tail-return sites in drivers/vhost"
+    );
+}
+
+#[test]
+fn kernel_decl_lines_are_declarations() {
+    let Some(k) = kernel() else { return };
+    let files = std::collections::BTreeSet::from(["drivers/vhost/net.c"]);
+    let decl = coverage::symbolizer::decl_lines(&k.vm, &k.table.src_roots, &files).unwrap();
+    let line = |name: &str| decl[&("drivers/vhost/net.c".to_string(), name.to_string())];
+    // Each declaration comes before every instrumented line of the function.
+    let map = CoverageMap::build(&k.table, &|_| false, MapOptions::default());
+    for name in ["handle_tx_copy", "handle_tx", "vhost_net_open"] {
+        let (_, f) = map
+            .functions
+            .iter()
+            .find(|(key, _)| {
+                &*key.name == name && key.file.as_deref() == Some("drivers/vhost/net.c")
+            })
+            .unwrap();
+        let (first, _) = f.lines.unwrap();
+        assert!(
+            line(name) < first,
+            "{name}: declared at {}, first site line {first}",
+            line(name)
+        );
+        assert!(
+            first - line(name) < 40,
+            "{name}: declared far away at {}",
+            line(name)
+        );
+    }
+    // Functions of other files are not read.
+    assert!(decl
+        .keys()
+        .all(|(f, _)| !f.starts_with("drivers/vhost/vhost.c")));
+}
+
+#[test]
 fn kernel_known_function_symbolizes_to_vhost_c() {
     let Some(k) = kernel() else { return };
     let sym = Symbolizer::new(&k.vm).unwrap();

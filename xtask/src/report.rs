@@ -318,6 +318,24 @@ impl LoadedRun {
         s
     }
 
+    /// `report` with its functions' declaration lines (a warning, and `report` unchanged, when
+    /// the vmlinux's DWARF cannot be read for them).
+    pub fn with_decl_lines(&self, report: Report) -> Report {
+        let decl = open_vmlinux(&self.vmlinux)
+            .map_err(|e| e.to_string())
+            .and_then(|vm| {
+                coverage::symbolizer::decl_lines(&vm, &self.table.src_roots, &report.file_paths())
+                    .map_err(|e| e.to_string())
+            });
+        match decl {
+            Ok(decl) => report.with_decl_lines(&decl),
+            Err(e) => {
+                eprintln!("report: warning: declaration lines unknown ({e}); FN uses the first instrumented line");
+                report
+            }
+        }
+    }
+
     /// The report under `filter` (host coverage listed, not mapped).
     pub fn report(&self, filter: &[PathGlob], title: &str) -> Report {
         Report::new(
@@ -492,7 +510,11 @@ pub fn report(opts: &ReportOpts) -> Result<String> {
 pub fn report_run(opts: &ReportOpts, run: &LoadedRun, patch: Option<PatchLines>) -> Result<String> {
     let filter = globs(&opts.filter);
     let t = title(&opts.run_dir, opts.load.workload.as_deref());
-    let report = run.report(&filter, &t);
+    let mut report = run.report(&filter, &t);
+    if opts.lcov.is_some() || opts.html.is_some() || opts.json.is_some() {
+        // lcov's FN is the declaration line: read from the DWARF of the shown files only.
+        report = run.with_decl_lines(report);
+    }
     let mut text = String::new();
     if !run.store.meta.complete {
         text.push_str(&format!(
@@ -1125,6 +1147,7 @@ mod tests {
             call_len: 5,
             ret_addr: a + 5,
             kind: SiteKind::Pc,
+            tail: false,
         };
         Arc::new(SiteTable {
             sites: vec![site(0x10), site(0x20), site(0x30), site(0x40)],

@@ -997,7 +997,7 @@ fn check_string<'a>(
     unit.attr_string(value).map(drop)
 }
 
-fn render_file<'a>(
+pub(super) fn render_file<'a>(
     unit: gimli::UnitRef<'_, Reader<'a>>,
     file: &gimli::FileEntry<Reader<'a>>,
     header: &gimli::LineProgramHeader<Reader<'a>>,

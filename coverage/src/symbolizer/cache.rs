@@ -7,7 +7,7 @@
 //! bytes:build_id  varint:n_roots { bytes:src_root }  varint:decode_errors  varint:dwarf_errors
 //! varint:n_strings  { bytes:utf8 }
 //! varint:n_tail     { varint:addr-delta u8:kind }
-//! varint:n_sites    { varint:call_addr-delta u8:call_len u8:kind
+//! varint:n_sites    { varint:call_addr-delta u8:call_len u8:kind (+0x80: a tail-return site)
 //!                     varint:n_frames { varint:function+1 varint:file+1 varint:line } }   (0 = none)
 //! "END\0"
 //! ```
@@ -24,7 +24,7 @@ use super::vmlinux::BuildId;
 use super::Error;
 
 /// Bumped whenever the file layout or what a table means changes.
-pub const CACHE_FORMAT_VERSION: u32 = 1;
+pub const CACHE_FORMAT_VERSION: u32 = 2;
 
 const MAGIC: &[u8; 8] = b"KCOVSYM\0";
 const TRAILER: &[u8; 4] = b"END\0";
@@ -150,6 +150,9 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// Set in a site's kind byte for [`CallSite::tail`].
+const TAIL_BIT: u8 = 0x80;
+
 fn kind_byte(k: SiteKind) -> u8 {
     match k {
         SiteKind::Pc => 0,
@@ -182,7 +185,7 @@ fn encode(table: &SiteTable) -> Vec<u8> {
         put_varint(&mut body, site.call_addr.wrapping_sub(prev));
         prev = site.call_addr;
         body.push(site.call_len);
-        body.push(kind_byte(site.kind));
+        body.push(kind_byte(site.kind) | if site.tail { TAIL_BIT } else { 0 });
         put_varint(&mut body, frames.len() as u64);
         for f in frames {
             let function = intern(&mut index, &mut strings, &f.function);
@@ -340,12 +343,14 @@ fn decode(buf: &[u8]) -> Result<SiteTable, String> {
     for _ in 0..n {
         prev = prev.wrapping_add(c.varint()?);
         let call_len = c.u8()?;
-        let kind = kind_from(c.u8()?)?;
+        let byte = c.u8()?;
+        let kind = kind_from(byte & !TAIL_BIT)?;
         sites.push(CallSite {
             call_addr: prev,
             call_len,
             ret_addr: prev.wrapping_add(u64::from(call_len)),
             kind,
+            tail: byte & TAIL_BIT != 0,
         });
         let nf = c.count()?;
         let mut fs = Vec::with_capacity(nf);
@@ -398,12 +403,14 @@ mod tests {
                     call_len: 5,
                     ret_addr: 0xffff_ffff_8100_0015,
                     kind: SiteKind::Pc,
+                    tail: false,
                 },
                 CallSite {
                     call_addr: 0xffff_ffff_8100_0100,
                     call_len: 5,
                     ret_addr: 0xffff_ffff_8100_0105,
                     kind: SiteKind::Cmp,
+                    tail: true,
                 },
             ],
             frames: vec![

@@ -15,6 +15,7 @@
 
 mod batch;
 mod cache;
+mod decl;
 mod dwarf;
 mod sites;
 mod table;
@@ -23,6 +24,7 @@ mod vmlinux;
 use std::path::PathBuf;
 
 pub use cache::{CacheOutcome, SymbolCache, CACHE_FORMAT_VERSION};
+pub use decl::{decl_lines, DeclLines};
 pub use dwarf::{normalize_path, Frame, Symbolizer};
 pub use sites::{
     enumerate_sites, enumerate_sites_on, map_pcs, CallSite, PcMapping, SiteKind, SiteScan,

@@ -45,6 +45,11 @@ pub struct CallSite {
     pub ret_addr: u64,
     /// Which hook.
     pub kind: SiteKind,
+    /// Not a hook call: a call to a function that reaches the hook only by tail jumps (its last
+    /// block ends in `jmp __sanitizer_cov_trace_pc`, directly or through other tail jumps). The
+    /// hook then records *this* call's return address, so the PC is credited to this call's
+    /// line in the caller.
+    pub tail: bool,
 }
 
 /// A `jmp`/`jcc` to a kcov hook (gcc turns a trailing hook call into a tail call). The hook then records
@@ -80,12 +85,17 @@ pub struct SiteScan {
     pub gap_decode_errors: u64,
     /// Sites found in gaps (code without a sized symbol; DWARF may still know it).
     pub gap_sites: usize,
+    /// Of `sites`, calls to functions that reach a hook by tail jumps ([`CallSite::tail`]).
+    pub tail_return_sites: usize,
 }
 
 impl SiteScan {
-    /// Sites of one kind.
+    /// Hook calls of one kind (sites reached through tail jumps not included).
     pub fn count(&self, kind: SiteKind) -> usize {
-        self.sites.iter().filter(|s| s.kind == kind).count()
+        self.sites
+            .iter()
+            .filter(|s| s.kind == kind && !s.tail)
+            .count()
     }
 
     /// `Some(len)` when every site's `ret_addr - call_addr` is the same `len` (5 on x86_64 with
@@ -152,6 +162,13 @@ struct Decoded {
     sites: Vec<CallSite>,
     tail_calls: Vec<TailCall>,
     errors: u64,
+    /// Every other direct call: (target, the call as a site), kept until the functions that
+    /// tail-jump into a hook are known ([`tail_return_sites`]).
+    calls: Vec<(u64, CallSite)>,
+    /// Direct `jmp`/`jcc` out of the span being decoded (a tail call): (target, span start).
+    jumps: Vec<(u64, u64)>,
+    /// Spans (by start) that tail-jump into a hook, with the hook's kind.
+    hook_tails: Vec<(u64, SiteKind)>,
 }
 
 /// Decodes `code` (at `ip`) linearly, collecting hook calls and tail jumps and counting invalid
@@ -159,6 +176,7 @@ struct Decoded {
 fn decode_range(code: &[u8], ip: u64, hooks: &Hooks, out: &mut Decoded) {
     let mut instr = Instruction::default();
     let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let span = ip..ip.saturating_add(code.len() as u64);
     while decoder.can_decode() {
         decoder.decode_out(&mut instr);
         if instr.is_invalid() {
@@ -168,23 +186,79 @@ fn decode_range(code: &[u8], ip: u64, hooks: &Hooks, out: &mut Decoded) {
         if instr.op0_kind() != OpKind::NearBranch64 {
             continue;
         }
-        let Some(kind) = hooks.get(instr.near_branch_target()) else {
-            continue;
+        let target = instr.near_branch_target();
+        let jump = instr.is_jmp_short_or_near() || instr.is_jcc_short_or_near();
+        let site = |kind, tail| CallSite {
+            call_addr: instr.ip(),
+            call_len: instr.len() as u8,
+            ret_addr: instr.next_ip(),
+            kind,
+            tail,
         };
-        if instr.is_call_near() {
-            out.sites.push(CallSite {
-                call_addr: instr.ip(),
-                call_len: instr.len() as u8,
-                ret_addr: instr.next_ip(),
-                kind,
-            });
-        } else if instr.is_jmp_short_or_near() || instr.is_jcc_short_or_near() {
-            out.tail_calls.push(TailCall {
-                addr: instr.ip(),
-                kind,
-            });
+        match hooks.get(target) {
+            Some(kind) if instr.is_call_near() => out.sites.push(site(kind, false)),
+            Some(kind) if jump => {
+                out.tail_calls.push(TailCall {
+                    addr: instr.ip(),
+                    kind,
+                });
+                out.hook_tails.push((span.start, kind));
+            }
+            Some(_) => {}
+            None if instr.is_call_near() => out.calls.push((target, site(SiteKind::Pc, true))),
+            None if jump && !span.contains(&target) => out.jumps.push((target, span.start)),
+            None => {}
         }
     }
+}
+
+/// The calls whose return address a hook records although they call no hook: calls to a
+/// function that tail-jumps into a hook (gcc turns a trailing `call hook; ret` into
+/// `jmp hook`), directly or through a chain of tail jumps to such functions. A function is a
+/// decoded span (a sized symbol, or code from an unsized symbol on); a tail jump is a direct
+/// `jmp`/`jcc` out of it. Calls through pointers or thunks stay unknown (their PCs stay
+/// `unmatched`).
+fn tail_return_sites(d: &Decoded) -> Vec<CallSite> {
+    // Function start → the hook kinds its tail jumps reach (bit 0 PC, bit 1 CMP).
+    let bit = |k: SiteKind| match k {
+        SiteKind::Pc => 1u8,
+        SiteKind::Cmp => 2u8,
+    };
+    let mut reach: HashMap<u64, u8> = HashMap::new();
+    let mut queue: Vec<u64> = Vec::new();
+    for &(f, k) in &d.hook_tails {
+        let e = reach.entry(f).or_default();
+        if *e & bit(k) == 0 {
+            *e |= bit(k);
+            queue.push(f);
+        }
+    }
+    let mut jumpers: HashMap<u64, Vec<u64>> = HashMap::new();
+    for &(target, from) in &d.jumps {
+        jumpers.entry(target).or_default().push(from);
+    }
+    while let Some(g) = queue.pop() {
+        let bits = reach.get(&g).copied().unwrap_or(0);
+        for &f in jumpers.get(&g).map(Vec::as_slice).unwrap_or(&[]) {
+            let e = reach.entry(f).or_default();
+            if *e | bits != *e {
+                *e |= bits;
+                queue.push(f);
+            }
+        }
+    }
+    d.calls
+        .iter()
+        .filter_map(|(target, site)| {
+            let bits = *reach.get(target)?;
+            let kind = if bits & 1 != 0 {
+                SiteKind::Pc
+            } else {
+                SiteKind::Cmp
+            };
+            Some(CallSite { kind, ..*site })
+        })
+        .collect()
 }
 
 /// Code to decode linearly from its start.
@@ -225,8 +299,7 @@ fn decode_spans(
     let run = || {
         let mut out = Decoded {
             sites: Vec::with_capacity(reserve),
-            tail_calls: Vec::new(),
-            errors: 0,
+            ..Decoded::default()
         };
         let mut parts = Vec::new();
         loop {
@@ -268,6 +341,12 @@ fn decode_spans(
         all.sites.extend_from_slice(&decoded[t].0.sites[s]);
         all.tail_calls
             .extend_from_slice(&decoded[t].0.tail_calls[tc]);
+    }
+    // Order does not matter for these: they only feed [`tail_return_sites`].
+    for (d, _) in decoded {
+        all.calls.extend(d.calls);
+        all.jumps.extend(d.jumps);
+        all.hook_tails.extend(d.hook_tails);
     }
     sites
 }
@@ -362,13 +441,19 @@ pub fn enumerate_sites_on(vmlinux: &Vmlinux, threads: usize) -> Result<SiteScan,
     scan.gap_sites = gaps.sites.len();
     all.sites.extend_from_slice(&gaps.sites);
     all.tail_calls.extend_from_slice(&gaps.tail_calls);
+    all.calls.append(&mut gaps.calls);
+    all.jumps.append(&mut gaps.jumps);
+    all.hook_tails.append(&mut gaps.hook_tails);
+    let tail_returns = tail_return_sites(&all);
     scan.sites = all.sites;
+    scan.sites.extend_from_slice(&tail_returns);
     scan.tail_calls = all.tail_calls;
 
     // Overlapping symbols (aliases with different sizes) decode the same bytes twice. (Equal
     // elements are identical, so every sort gives the same order.)
     scan.sites.sort_unstable();
     scan.sites.dedup_by_key(|s| s.call_addr);
+    scan.tail_return_sites = scan.sites.iter().filter(|s| s.tail).count();
     scan.tail_calls.sort_unstable();
     scan.tail_calls.dedup_by_key(|t| t.addr);
     Ok(scan)
@@ -423,6 +508,7 @@ mod tests {
             call_len: 5,
             ret_addr: call_addr + 5,
             kind: SiteKind::Pc,
+            tail: false,
         }
     }
 
@@ -449,8 +535,59 @@ mod tests {
             call_len: 6,
             ret_addr: 0x306,
             kind: SiteKind::Cmp,
+            tail: false,
         });
         assert_eq!(scan.uniform_return_offset(), None);
         assert_eq!(scan.count(SiteKind::Cmp), 1);
+    }
+
+    /// `call rel32` / `jmp rel32` at `ip` to `target`.
+    fn rel32(op: u8, ip: u64, target: u64) -> Vec<u8> {
+        let rel = (target as i64 - (ip as i64 + 5)) as i32;
+        let mut v = vec![op];
+        v.extend_from_slice(&rel.to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn calls_into_tail_jumping_functions_are_sites() {
+        const HOOK: u64 = 0x9000;
+        let hooks = Hooks {
+            hooks: vec![(HOOK, SiteKind::Pc)],
+            min: HOOK,
+            max: HOOK,
+        };
+        let (call, jmp) = (0xe8, 0xe9);
+        let mut d = Decoded::default();
+        // 0x1000 caller: calls the hook, f, g, h and itself-free plain.
+        let mut caller = Vec::new();
+        for (i, target) in [HOOK, 0x2000, 0x3000, 0x4000, 0x5000].iter().enumerate() {
+            caller.extend(rel32(call, 0x1000 + 5 * i as u64, *target));
+        }
+        decode_range(&caller, 0x1000, &hooks, &mut d);
+        // f: `jmp hook` (gcc's tail call of the trailing hook call).
+        decode_range(&rel32(jmp, 0x2000, HOOK), 0x2000, &hooks, &mut d);
+        // g: tail-jumps to f.
+        decode_range(&rel32(jmp, 0x3000, 0x2000), 0x3000, &hooks, &mut d);
+        // h: calls f (no tail jump): the hook records h's call, not h's caller's.
+        decode_range(&rel32(call, 0x4000, 0x2000), 0x4000, &hooks, &mut d);
+        // k: a jump inside itself, then ret.
+        decode_range(&[0xeb, 0x00, 0xc3], 0x5000, &hooks, &mut d);
+        assert_eq!(d.sites.len(), 1, "one hook call");
+        assert_eq!(d.tail_calls.len(), 1);
+        let mut got: Vec<u64> = tail_return_sites(&d).iter().map(|s| s.call_addr).collect();
+        got.sort_unstable();
+        // Calls to f (0x1005, 0x4000) and to g (0x100a); not to h or k.
+        assert_eq!(got, vec![0x1005, 0x100a, 0x4000]);
+        assert!(tail_return_sites(&d)
+            .iter()
+            .all(|s| s.tail && s.kind == SiteKind::Pc));
+        // They map kcov PCs that were unmatched before.
+        let mut sites = d.sites.clone();
+        sites.extend(tail_return_sites(&d));
+        sites.sort_unstable();
+        let m = map_pcs(&sites, [0x100a, 0x100f]);
+        assert_eq!(m.hits, BTreeMap::from([(0x1005, 1), (0x100a, 1)]));
+        assert!(m.unmatched.is_empty());
     }
 }
