@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::vm::{proc_status_kib, run, VmConfig, VmExit};
+use crate::vcpu::VmExit;
+use crate::vm::{proc_status_kib, run, VmConfig};
 
 /// Result of [`bench_start_to_first_pio`].
 #[derive(Debug, Clone)]
@@ -36,9 +37,11 @@ fn median<T: Copy + Ord>(v: &[T]) -> Option<T> {
 /// measure the time from `run` to its first port write.
 pub fn bench_start_to_first_pio(iterations: usize, mem_mib: u64) -> Result<BenchReport, Error> {
     let dir = std::env::temp_dir().join(format!("vmm-bench-{}", std::process::id()));
-    let io = |source| Error::KernelIo {
-        path: dir.clone(),
-        source,
+    let io = |source| {
+        Error::Kernel(crate::kernel::KernelError::Io {
+            path: dir.clone(),
+            source,
+        })
     };
     std::fs::create_dir_all(&dir).map_err(io)?;
     let kernel = crate::guests::write_guest(&dir, "hello.elf", crate::guests::HELLO).map_err(io)?;

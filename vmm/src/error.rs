@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::arch::x86_64::ArchError;
 use crate::host::HostCheckError;
+use crate::kernel::KernelError;
 
 /// Why a VM could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -40,38 +41,9 @@ pub enum Error {
         /// Limit.
         max_mib: u64,
     },
-    /// The kernel file cannot be read.
-    #[error("cannot read kernel {path}: {source}")]
-    KernelIo {
-        /// Path.
-        path: PathBuf,
-        /// Cause.
-        source: io::Error,
-    },
-    /// Neither a bzImage nor an x86-64 ELF.
-    #[error("{path} is not a bootable x86-64 Linux kernel: {reason}")]
-    NotAKernel {
-        /// Path.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The file ends before the image does.
-    #[error("kernel {path} is truncated: {reason}")]
-    KernelTruncated {
-        /// Path.
-        path: PathBuf,
-        /// What is missing.
-        reason: String,
-    },
-    /// linux-loader refused the image.
-    #[error("cannot load kernel {path}: {reason}")]
-    KernelLoad {
-        /// Path.
-        path: PathBuf,
-        /// linux-loader's error.
-        reason: String,
-    },
+    /// The kernel image is unreadable, not a kernel, or does not fit.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
     /// The initrd cannot be read.
     #[error("cannot read initrd {path}: {source}")]
     InitrdIo {

@@ -164,7 +164,7 @@ pub fn host_check_with(paths: &HostPaths, kernel: &Path) -> Result<HostKvm, Host
     }
     // Not a kernel at all: say that first, not what its version string lacks.
     match crate::kernel::check_kernel(kernel) {
-        Err(crate::Error::KernelIo { source, .. }) => {
+        Err(crate::kernel::KernelError::Io { source, .. }) => {
             return Err(HostCheckError::KernelUnreadable {
                 kernel: kernel.to_path_buf(),
                 reason: source.to_string(),

@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
@@ -13,7 +13,53 @@ use vm_memory::{ByteValued, GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64::bootparams::{KERNEL_HDR_MAGIC, LOADED_HIGH};
 use crate::arch::x86_64::layout::{low_ram_end, HIMEM_START, LINUX64_ENTRY_OFFSET};
-use crate::error::Error;
+
+/// Why a file is not a kernel we can load. Every message is one line that names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The kernel file cannot be read.
+    #[error("cannot read kernel {path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Neither a bzImage nor an x86-64 ELF.
+    #[error("{path} is not a bootable x86-64 Linux kernel: {reason}")]
+    NotAKernel {
+        /// Path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file ends before the image does.
+    #[error("kernel {path} is truncated: {reason}")]
+    Truncated {
+        /// Path.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// linux-loader refused the image.
+    #[error("cannot load kernel {path}: {reason}")]
+    Load {
+        /// Path.
+        path: PathBuf,
+        /// linux-loader's error.
+        reason: String,
+    },
+    /// The image does not fit in guest RAM.
+    #[error("--mem {mem_mib} MiB is too small: {what} needs at least {need_mib} MiB")]
+    MemTooSmall {
+        /// Configured MiB.
+        mem_mib: u64,
+        /// MiB needed.
+        need_mib: u64,
+        /// What does not fit.
+        what: String,
+    },
+}
 
 /// Offset of the setup header in a bzImage (boot.rst).
 pub const SETUP_HEADER_OFFSET: u64 = 0x1f1;
@@ -71,8 +117,8 @@ fn read_at(f: &mut File, off: u64, buf: &mut [u8]) -> std::io::Result<bool> {
 }
 
 /// Identify the image format from its magic numbers.
-pub fn detect_format(path: &Path) -> Result<(File, u64, KernelFormat), Error> {
-    let io = |source| Error::KernelIo {
+pub fn detect_format(path: &Path) -> Result<(File, u64, KernelFormat), KernelError> {
+    let io = |source| KernelError::Io {
         path: path.to_path_buf(),
         source,
     };
@@ -88,14 +134,14 @@ pub fn detect_format(path: &Path) -> Result<(File, u64, KernelFormat), Error> {
     {
         return Ok((f, len, KernelFormat::BzImage));
     }
-    Err(Error::NotAKernel {
+    Err(KernelError::NotAKernel {
         path: path.to_path_buf(),
         reason: format!("no ELF magic and no bzImage \"HdrS\" magic at offset 0x202 ({len} bytes)"),
     })
 }
 
 /// Whether `path` is a kernel we can boot at all (format and headers; memory size aside).
-pub fn check_kernel(path: &Path) -> Result<KernelFormat, Error> {
+pub fn check_kernel(path: &Path) -> Result<KernelFormat, KernelError> {
     let (mut f, len, format) = detect_format(path)?;
     // Memory is checked against the VM's size when loading; here only the file counts.
     const ANY_MEM: u64 = 1 << 40;
@@ -104,7 +150,7 @@ pub fn check_kernel(path: &Path) -> Result<KernelFormat, Error> {
         KernelFormat::Elf => check_elf(&mut f, path, len, ANY_MEM).map(|_| ()),
     };
     match r {
-        Ok(()) | Err(Error::MemTooSmall { .. }) => Ok(format),
+        Ok(()) | Err(KernelError::MemTooSmall { .. }) => Ok(format),
         Err(e) => Err(e),
     }
 }
@@ -113,15 +159,15 @@ fn mib_ceil(bytes: u64) -> u64 {
     bytes.div_ceil(1 << 20)
 }
 
-fn read_setup_header(f: &mut File, path: &Path) -> Result<setup_header, Error> {
+fn read_setup_header(f: &mut File, path: &Path) -> Result<setup_header, KernelError> {
     let mut hdr = setup_header::default();
     let ok =
-        read_at(f, SETUP_HEADER_OFFSET, hdr.as_mut_slice()).map_err(|source| Error::KernelIo {
+        read_at(f, SETUP_HEADER_OFFSET, hdr.as_mut_slice()).map_err(|source| KernelError::Io {
             path: path.to_path_buf(),
             source,
         })?;
     if !ok {
-        return Err(Error::KernelTruncated {
+        return Err(KernelError::Truncated {
             path: path.to_path_buf(),
             reason: "file ends inside the setup header".into(),
         });
@@ -134,9 +180,9 @@ fn check_bzimage(
     path: &Path,
     len: u64,
     mem_size: u64,
-) -> Result<(setup_header, u64), Error> {
+) -> Result<(setup_header, u64), KernelError> {
     let hdr = read_setup_header(f, path)?;
-    let not = |reason: String| Error::NotAKernel {
+    let not = |reason: String| KernelError::NotAKernel {
         path: path.to_path_buf(),
         reason,
     };
@@ -164,7 +210,7 @@ fn check_bzimage(
         len.saturating_sub(setup_size)
     };
     if setup_size + payload > len {
-        return Err(Error::KernelTruncated {
+        return Err(KernelError::Truncated {
             path: path.to_path_buf(),
             reason: format!(
                 "header says {} bytes (setup {} + kernel {}), file has {}",
@@ -194,7 +240,7 @@ fn check_bzimage(
     };
     let need = load_end.max(runtime_end);
     if need > low_ram_end(mem_size) {
-        return Err(Error::MemTooSmall {
+        return Err(KernelError::MemTooSmall {
             mem_mib: mem_size >> 20,
             need_mib: mib_ceil(need),
             what: format!("kernel {} (loaded and decompressed)", path.display()),
@@ -215,16 +261,16 @@ fn le64(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-fn check_elf(f: &mut File, path: &Path, len: u64, mem_size: u64) -> Result<u64, Error> {
-    let io = |source| Error::KernelIo {
+fn check_elf(f: &mut File, path: &Path, len: u64, mem_size: u64) -> Result<u64, KernelError> {
+    let io = |source| KernelError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let trunc = |reason: String| Error::KernelTruncated {
+    let trunc = |reason: String| KernelError::Truncated {
         path: path.to_path_buf(),
         reason,
     };
-    let not = |reason: String| Error::NotAKernel {
+    let not = |reason: String| KernelError::NotAKernel {
         path: path.to_path_buf(),
         reason,
     };
@@ -284,7 +330,7 @@ fn check_elf(f: &mut File, path: &Path, len: u64, mem_size: u64) -> Result<u64, 
         return Err(not("ELF has no loadable segment".into()));
     }
     if end > low_ram_end(mem_size) {
-        return Err(Error::MemTooSmall {
+        return Err(KernelError::MemTooSmall {
             mem_mib: mem_size >> 20,
             need_mib: mib_ceil(end),
             what: format!("kernel {} (segments up to {end:#x})", path.display()),
@@ -299,16 +345,16 @@ pub fn load_kernel(
     path: &Path,
     mem_size: u64,
     protocol: BootProtocol,
-) -> Result<LoadedKernel, Error> {
+) -> Result<LoadedKernel, KernelError> {
     let (mut f, len, format) = detect_format(path)?;
-    let load_err = |e: linux_loader::loader::Error| Error::KernelLoad {
+    let load_err = |e: linux_loader::loader::Error| KernelError::Load {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
     match format {
         KernelFormat::BzImage => {
             if protocol == BootProtocol::Pvh {
-                return Err(Error::KernelLoad {
+                return Err(KernelError::Load {
                     path: path.to_path_buf(),
                     reason: "PVH boot needs an ELF vmlinux with a PVH note, not a bzImage".into(),
                 });
@@ -338,7 +384,7 @@ pub fn load_kernel(
                         (BootProtocol::Linux64, r.kernel_load.0)
                     }
                     (_, Some(a)) => (BootProtocol::Pvh, a),
-                    (BootProtocol::Pvh, None) => return Err(Error::KernelLoad {
+                    (BootProtocol::Pvh, None) => return Err(KernelError::Load {
                         path: path.to_path_buf(),
                         reason:
                             "PVH boot requested but the ELF has no XEN_ELFNOTE_PHYS32_ENTRY note"
@@ -362,7 +408,7 @@ pub fn load_kernel(
 pub fn kernel_version(path: &Path) -> std::io::Result<Option<String>> {
     let (mut f, len, format) = match detect_format(path) {
         Ok(x) => x,
-        Err(Error::KernelIo { source, .. }) => return Err(source),
+        Err(KernelError::Io { source, .. }) => return Err(source),
         Err(_) => return Ok(None),
     };
     match format {
@@ -492,16 +538,16 @@ mod tests {
         let junk = write(d.path(), "junk", b"#!/bin/sh\necho not a kernel\n");
         assert!(matches!(
             detect_format(&junk),
-            Err(Error::NotAKernel { .. })
+            Err(KernelError::NotAKernel { .. })
         ));
         let empty = write(d.path(), "empty", b"");
         assert!(matches!(
             detect_format(&empty),
-            Err(Error::NotAKernel { .. })
+            Err(KernelError::NotAKernel { .. })
         ));
         assert!(matches!(
             detect_format(&d.path().join("missing")),
-            Err(Error::KernelIo { .. })
+            Err(KernelError::Io { .. })
         ));
         let good = write(
             d.path(),
@@ -524,7 +570,7 @@ mod tests {
         let (mut f, len, _) = detect_format(&p).unwrap();
         assert!(matches!(
             check_bzimage(&mut f, &p, len, mem),
-            Err(Error::KernelTruncated { .. })
+            Err(KernelError::Truncated { .. })
         ));
         let p = write(d.path(), "ok", &bz(0x020f, 0x100, 4 * 512 + 0x1000, b""));
         let (mut f, len, _) = detect_format(&p).unwrap();
@@ -532,7 +578,7 @@ mod tests {
         assert_eq!(need, 0x100_0000 + 0x20_0000);
         assert!(matches!(
             check_bzimage(&mut f, &p, len, 16 << 20),
-            Err(Error::MemTooSmall { need_mib: 18, .. })
+            Err(KernelError::MemTooSmall { need_mib: 18, .. })
         ));
         let p = write(d.path(), "old", &bz(0x0201, 0x100, 4 * 512 + 0x1000, b""));
         let (mut f, len, _) = detect_format(&p).unwrap();
@@ -543,14 +589,14 @@ mod tests {
         let (mut f, len, _) = detect_format(&p).unwrap();
         assert!(matches!(
             check_bzimage(&mut f, &p, len, mem),
-            Err(Error::NotAKernel { .. })
+            Err(KernelError::NotAKernel { .. })
         ));
         // Truncated inside the header.
         let p = write(d.path(), "short", &bz(0x020f, 0x100, 4 * 512, b"")[..0x210]);
         let (mut f, len, _) = detect_format(&p).unwrap();
         assert!(matches!(
             check_bzimage(&mut f, &p, len, mem),
-            Err(Error::KernelTruncated { .. })
+            Err(KernelError::Truncated { .. })
         ));
     }
 
@@ -593,26 +639,26 @@ mod tests {
         );
         assert!(matches!(
             check("trunc", elf(0x20_0000, 4096, 4096, 16), mem),
-            Err(Error::KernelTruncated { .. })
+            Err(KernelError::Truncated { .. })
         ));
         assert!(matches!(
             check("low", elf(0x1000, 16, 16, 16), mem),
-            Err(Error::NotAKernel { .. })
+            Err(KernelError::NotAKernel { .. })
         ));
         assert!(matches!(
             check("big", elf(0x100_0000, 16, 0x800_0000, 16), mem),
-            Err(Error::MemTooSmall { need_mib: 144, .. })
+            Err(KernelError::MemTooSmall { need_mib: 144, .. })
         ));
         let mut e = elf(0x20_0000, 16, 16, 16);
         e[18] = 3; // EM_386
         assert!(matches!(
             check("i386", e, mem),
-            Err(Error::NotAKernel { .. })
+            Err(KernelError::NotAKernel { .. })
         ));
         let e = elf(0x20_0000, 16, 16, 16);
         assert!(matches!(
             check("hdr", e[..100].to_vec(), mem),
-            Err(Error::KernelTruncated { .. })
+            Err(KernelError::Truncated { .. })
         ));
     }
 

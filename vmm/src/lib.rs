@@ -32,7 +32,8 @@ pub use error::Error;
 pub use host::{host_check, HostCheckError, HostKvm};
 pub use kernel::BootProtocol;
 pub use log::set_verbose;
+pub use vcpu::VmExit;
 pub use vm::{
-    run, run_with_devices, ApStart, BusKind, ExtraDevice, RunOutcome, VmConfig, VmExit,
-    DEFAULT_CMDLINE, MAX_MEM_MIB, MIN_MEM_MIB,
+    run, run_with_devices, ApStart, BusKind, ExtraDevice, RunOutcome, VmConfig, DEFAULT_CMDLINE,
+    MAX_MEM_MIB, MIN_MEM_MIB,
 };

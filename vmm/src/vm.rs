@@ -30,7 +30,7 @@ use crate::devices::Bus;
 use crate::error::Error;
 use crate::kernel::{self, BootProtocol, LoadedKernel};
 use crate::log::debug;
-use crate::vcpu::{run_vcpu, Timings, VcpuCtx};
+use crate::vcpu::{run_vcpu, Timings, VcpuCtx, VmExit};
 
 /// Default kernel command line: serial console, keyboard-controller reboot (ends
 /// the VM with [`VmExit::Reset`]), reboot at once on panic.
@@ -105,38 +105,6 @@ impl Default for VmConfig {
             skip_host_check: false,
             virtio_devices: Vec::new(),
         }
-    }
-}
-
-/// How the VM ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VmExit {
-    /// The guest reset the machine: i8042 command 0xfe on port 0x64, port 0xcf9,
-    /// or KVM_SYSTEM_EVENT_RESET. Linux `reboot` (with `reboot=k`) and a panic with
-    /// `panic=-1` end here: the caller tells them apart from the serial output.
-    Reset,
-    /// The guest powered off (KVM_SYSTEM_EVENT_SHUTDOWN).
-    Poweroff,
-    /// KVM_EXIT_SHUTDOWN: a triple fault (or Linux `reboot=t`).
-    Shutdown,
-    /// The configured timeout passed.
-    Timeout,
-    /// The owner asked the VM to stop ([`VmConfig::stop`]).
-    Stopped,
-    /// KVM could not run the guest further (entry failure, internal error,
-    /// unexpected exit); `vcpu` is the vCPU that saw it.
-    Crash {
-        /// vCPU index.
-        vcpu: u8,
-        /// What happened.
-        reason: String,
-    },
-}
-
-impl VmExit {
-    /// A guest-initiated reset or power-off.
-    pub fn is_clean(&self) -> bool {
-        matches!(self, VmExit::Reset | VmExit::Poweroff)
     }
 }
 

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use common::guest;
 use vmm::guests::{BOOT_CONTRACT, HELLO};
+use vmm::kernel::KernelError;
 use vmm::{run, Error, VmConfig};
 
 fn cfg(kernel: std::path::PathBuf) -> VmConfig {
@@ -31,7 +32,10 @@ fn truncated_kernel() {
     for cut in [100, 4097] {
         let k = guest(&d, &format!("cut{cut}"), &HELLO[..cut]);
         let e = run(&cfg(k)).unwrap_err();
-        assert!(matches!(e, Error::KernelTruncated { .. }), "{cut}: {e}");
+        assert!(
+            matches!(e, Error::Kernel(KernelError::Truncated { .. })),
+            "{cut}: {e}"
+        );
         assert!(one_line(&e).contains("truncated"));
     }
 }
@@ -41,10 +45,13 @@ fn not_a_kernel() {
     let d = tempfile::tempdir().unwrap();
     let k = guest(&d, "script", b"#!/bin/sh\necho hello\n");
     let e = run(&cfg(k)).unwrap_err();
-    assert!(matches!(e, Error::NotAKernel { .. }), "{e}");
+    assert!(
+        matches!(e, Error::Kernel(KernelError::NotAKernel { .. })),
+        "{e}"
+    );
     assert!(one_line(&e).contains("not a bootable x86-64 Linux kernel"));
     let e = run(&cfg(d.path().join("missing"))).unwrap_err();
-    assert!(matches!(e, Error::KernelIo { .. }), "{e}");
+    assert!(matches!(e, Error::Kernel(KernelError::Io { .. })), "{e}");
     one_line(&e);
 }
 
@@ -55,7 +62,14 @@ fn memory_too_small_for_kernel_or_initrd() {
     let mut c = cfg(k);
     c.mem_mib = 2;
     let e = run(&c).unwrap_err();
-    assert!(matches!(e, Error::MemTooSmall { need_mib: 3, .. }), "{e}");
+    // The kernel does not fit: the kernel loader's error.
+    assert!(
+        matches!(
+            e,
+            Error::Kernel(KernelError::MemTooSmall { need_mib: 3, .. })
+        ),
+        "{e}"
+    );
     assert!(one_line(&e).contains("--mem 2 MiB is too small"));
 
     let initrd = d.path().join("initrd");

@@ -511,9 +511,11 @@ pub fn bench_guest_to_host(bytes: u64, packet: u32) -> Result<VsockBench, crate:
     const CID: u64 = 3;
     let bench = |m: String| crate::Error::Bench(m);
     let dir = std::env::temp_dir().join(format!("vmm-vsock-bench-{}", std::process::id()));
-    let io = |source| crate::Error::KernelIo {
-        path: dir.clone(),
-        source,
+    let io = |source| {
+        crate::Error::Kernel(crate::kernel::KernelError::Io {
+            path: dir.clone(),
+            source,
+        })
     };
     std::fs::create_dir_all(&dir).map_err(io)?;
     let result = (|| {
