@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use gimli::{AttributeValue, ReaderOffset};
 
-use super::dwarf::{normalize_path, Frame};
+use super::frame::{normalize_path, Frame};
 use super::vmlinux::SymbolTable;
 
 pub(super) type Reader<'a> = gimli::EndianSlice<'a, gimli::RunTimeEndian>;

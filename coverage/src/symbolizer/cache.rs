@@ -20,7 +20,7 @@ use std::sync::Arc;
 use super::dwarf::Frame;
 use super::sites::{CallSite, SiteKind, TailCall};
 use super::table::SiteTable;
-use super::vmlinux::BuildId;
+use super::vmlinux::{BuildId, Vmlinux};
 use super::Error;
 
 /// Bumped whenever the file layout or what a table means changes.
@@ -148,6 +148,51 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     put_varint(out, b.len() as u64);
     out.extend_from_slice(b);
+}
+
+/// The cache is a layer above tables: tables know nothing of it.
+impl SiteTable {
+    /// The cached table for this image's build-id if there is a valid one, else builds it and
+    /// stores it (atomically). With `cache == None`, or an image without build-id, it just builds.
+    /// A cache that cannot be written is reported in the outcome, not as an error.
+    pub fn load_or_build(
+        vmlinux: &Vmlinux,
+        cache: Option<&SymbolCache>,
+    ) -> Result<(Self, CacheOutcome), Error> {
+        let (Some(cache), Some(build_id)) = (cache, vmlinux.build_id()) else {
+            let reason = if cache.is_none() {
+                "no cache directory given"
+            } else {
+                "the image has no build-id"
+            };
+            return Ok((
+                Self::build(vmlinux)?,
+                CacheOutcome::NotCached {
+                    reason: reason.to_string(),
+                },
+            ));
+        };
+        let stale = match cache.load(build_id) {
+            Ok(Some(table)) => {
+                return Ok((
+                    table,
+                    CacheOutcome::Hit {
+                        path: cache.path_for(build_id),
+                    },
+                ))
+            }
+            Ok(None) => None,
+            Err(reason) => Some(reason),
+        };
+        let table = Self::build(vmlinux)?;
+        let outcome = match cache.store(&table) {
+            Ok(path) => CacheOutcome::Stored { path, stale },
+            Err(e) => CacheOutcome::NotCached {
+                reason: e.to_string(),
+            },
+        };
+        Ok((table, outcome))
+    }
 }
 
 /// Set in a site's kind byte for [`CallSite::tail`].

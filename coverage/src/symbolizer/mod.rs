@@ -17,6 +17,7 @@ mod batch;
 mod cache;
 mod decl;
 mod dwarf;
+mod frame;
 mod sites;
 mod table;
 mod vmlinux;

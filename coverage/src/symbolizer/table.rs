@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use super::cache::{CacheOutcome, SymbolCache};
 use super::dwarf::{Frame, Symbolizer};
 use super::sites::{enumerate_sites, map_pcs, CallSite, PcMapping, SiteScan, TailCall};
 use super::vmlinux::{BuildId, Vmlinux};
@@ -92,48 +91,6 @@ impl SiteTable {
             decode_errors: scan.decode_errors,
             dwarf_errors: symbolizer.dwarf_errors() - errors_before,
         }
-    }
-
-    /// The cached table for this image's build-id if there is a valid one, else builds it and
-    /// stores it (atomically). With `cache == None`, or an image without build-id, it just builds.
-    /// A cache that cannot be written is reported in the outcome, not as an error.
-    pub fn load_or_build(
-        vmlinux: &Vmlinux,
-        cache: Option<&SymbolCache>,
-    ) -> Result<(Self, CacheOutcome), Error> {
-        let (Some(cache), Some(build_id)) = (cache, vmlinux.build_id()) else {
-            let reason = if cache.is_none() {
-                "no cache directory given"
-            } else {
-                "the image has no build-id"
-            };
-            return Ok((
-                Self::build(vmlinux)?,
-                CacheOutcome::NotCached {
-                    reason: reason.to_string(),
-                },
-            ));
-        };
-        let stale = match cache.load(build_id) {
-            Ok(Some(table)) => {
-                return Ok((
-                    table,
-                    CacheOutcome::Hit {
-                        path: cache.path_for(build_id),
-                    },
-                ))
-            }
-            Ok(None) => None,
-            Err(reason) => Some(reason),
-        };
-        let table = Self::build(vmlinux)?;
-        let outcome = match cache.store(&table) {
-            Ok(path) => CacheOutcome::Stored { path, stale },
-            Err(e) => CacheOutcome::NotCached {
-                reason: e.to_string(),
-            },
-        };
-        Ok((table, outcome))
     }
 
     /// Number of sites.
