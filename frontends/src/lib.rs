@@ -7,6 +7,9 @@
 //! * [`vhost`]: what every kernel vhost frontend shares (errors, memory table, rings).
 //! * [`vhost_net`]: handing two rings and a tap to a kernel's vhost-net; the agent drives the
 //!   guest's vhost-net with it, the VMM the host's.
+//! * [`vring`]: the driver side of virtio split rings: [`vring::DriverRing`] (raw ring
+//!   operations over any guest memory: the vsock crate's synthetic driver and fuzzer) and
+//!   [`vring::SplitQueue`] on top of it (the agent's vhost frontends, in its own memory).
 //! * [`vsock_hdr`]: the `virtio_vsock_hdr` codec (the agent's vhost-vsock frontend, the vsock
 //!   crate's test driver).
 
@@ -15,4 +18,5 @@ pub mod netif;
 pub mod tap;
 pub mod vhost;
 pub mod vhost_net;
+pub mod vring;
 pub mod vsock_hdr;

@@ -4,5 +4,7 @@ pub use frontends::kcov;
 pub mod net;
 pub mod plan;
 pub mod sys;
-pub mod vring;
 pub mod vsock;
+
+/// The rings the agent drives live in `frontends` (shared with the vsock crate's test driver).
+pub use frontends::vring;

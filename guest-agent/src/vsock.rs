@@ -18,7 +18,7 @@ use crate::net::{wanted_features, Counters};
 use frontends::vhost::configure_rings;
 
 use crate::plan::Params;
-use crate::vring::{poll_readable, Arena, Segment, SplitQueue, VringError};
+use frontends::vring::{poll_readable, Arena, Segment, SplitQueue, VringError};
 
 /// vhost-vsock queue indices.
 pub const RX_QUEUE: usize = 0;

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use vmm_sys_util::epoll::EventSet;
-use vsock::driver::{GuestDriver, Hdr, MEM_SIZE, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vsock::driver::{Desc, GuestDriver, Hdr, MEM_SIZE, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vsock::muxer::{listener_path, Muxer};
 use vsock::proto::*;
 use vsock::{Limits, VsockEpollListener};
@@ -140,13 +140,23 @@ fn fuzz_descriptor_chains_and_headers() {
                         r.next() as u32
                     };
                     let next = r.below(d.tx.size as u64 + 2) as u16;
-                    d.tx.write_desc(&d.mem, idx, addr, len, flags, next);
+                    let _ = d.tx.write_desc(
+                        &d.mem,
+                        None,
+                        idx,
+                        Desc {
+                            addr,
+                            len,
+                            flags,
+                            next,
+                        },
+                    );
                 }
                 let head = r.below(d.tx.size as u64 + 4) as u16;
-                d.tx.push_avail(&d.mem, head);
+                let _ = d.tx.push_avail(&d.mem, head);
                 if r.chance(5) {
                     let idx = r.next() as u16;
-                    d.tx.set_avail_idx(&d.mem, idx);
+                    let _ = d.tx.set_avail_idx(&d.mem, idx);
                 }
             }
             // Raw RX descriptors.
@@ -156,9 +166,19 @@ fn fuzz_descriptor_chains_and_headers() {
                 let addr = wild_addr(&mut r);
                 let len = r.next() as u32 % 100_000;
                 let next = r.below(d.rx.size as u64 + 2) as u16;
-                d.rx.write_desc(&d.mem, idx, addr, len, flags, next);
+                let _ = d.rx.write_desc(
+                    &d.mem,
+                    None,
+                    idx,
+                    Desc {
+                        addr,
+                        len,
+                        flags,
+                        next,
+                    },
+                );
                 let head = r.below(d.rx.size as u64 + 2) as u16;
-                d.rx.push_avail(&d.mem, head);
+                let _ = d.rx.push_avail(&d.mem, head);
             }
             // Host side: accept, write, read, close.
             6 => {

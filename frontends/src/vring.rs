@@ -1,4 +1,9 @@
-//! The driver side of virtio split rings, laid out in the agent's own memory.
+//! The driver side of virtio split rings (virtio 1.x, 2.7).
+//!
+//! [`DriverRing`] is the ring itself: descriptor table, available ring and used ring at given
+//! guest addresses of any [`GuestMemoryMmap`], written and read the way a driver does, with no
+//! policy (a fuzzer may publish any head or index). The vsock crate's synthetic guest driver
+//! uses it directly.
 //!
 //! The agent is the vhost frontend inside the guest: it owns the memory the vhost worker
 //! reads and writes. [`Arena`] is one anonymous mapping registered with vhost under an
@@ -85,6 +90,171 @@ fn access(addr: u64, e: impl std::fmt::Display) -> VringError {
         addr,
         why: e.to_string(),
     }
+}
+
+/// A split ring seen from the driver: where its three parts are, the next available index to
+/// publish and the next used index to read.
+#[derive(Debug, Clone)]
+pub struct DriverRing {
+    /// Entries (a power of two).
+    pub size: u16,
+    /// Descriptor table address.
+    pub desc: u64,
+    /// Available ring address.
+    pub avail: u64,
+    /// Used ring address.
+    pub used: u64,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+impl DriverRing {
+    /// A ring of `size` entries at these addresses.
+    pub fn new(size: u16, desc: u64, avail: u64, used: u64) -> Self {
+        DriverRing {
+            size,
+            desc,
+            avail,
+            used,
+            avail_idx: 0,
+            used_seen: 0,
+        }
+    }
+
+    /// The legacy contiguous layout from `base`: table, available ring, used ring aligned to 4.
+    pub fn contiguous(base: u64, size: u16) -> Self {
+        let avail = base + DESC_SIZE * u64::from(size);
+        let used = (avail + 6 + 2 * u64::from(size) + 3) & !3;
+        Self::new(size, base, avail, used)
+    }
+
+    /// The next available index (buffers put but maybe not yet published count).
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// Where the driver asks for a used-buffer notification (`used_event`, EVENT_IDX).
+    pub fn used_event_addr(&self) -> u64 {
+        self.avail + 4 + 2 * u64::from(self.size)
+    }
+
+    /// Where the device asks for an available-buffer notification (`avail_event`, EVENT_IDX).
+    pub fn avail_event_addr(&self) -> u64 {
+        self.used + 4 + 8 * u64::from(self.size)
+    }
+
+    /// Writes descriptor `idx` (taken modulo the size) at `at` = the table, or an indirect
+    /// table when `at` is given.
+    pub fn write_desc(
+        &self,
+        mem: &GuestMemoryMmap,
+        at: Option<u64>,
+        idx: u16,
+        d: Desc,
+    ) -> Result<(), VringError> {
+        let addr = match at {
+            Some(table) => table + DESC_SIZE * u64::from(idx),
+            None => self.desc + DESC_SIZE * u64::from(idx % self.size),
+        };
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&d.addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&d.len.to_le_bytes());
+        raw[12..14].copy_from_slice(&d.flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&d.next.to_le_bytes());
+        mem.write_slice(&raw, GuestAddress(addr))
+            .map_err(|e| access(addr, e))
+    }
+
+    /// Puts `head` (any value) in the next available slot without publishing it.
+    pub fn put_avail(&mut self, mem: &GuestMemoryMmap, head: u16) -> Result<(), VringError> {
+        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % self.size);
+        mem.write_obj(head.to_le(), GuestAddress(slot))
+            .map_err(|e| access(slot, e))?;
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Makes every put slot visible: stores the available index (release order).
+    pub fn publish(&self, mem: &GuestMemoryMmap) -> Result<(), VringError> {
+        fence(Ordering::Release);
+        mem.store(
+            self.avail_idx.to_le(),
+            GuestAddress(self.avail + 2),
+            Ordering::Release,
+        )
+        .map_err(|e| access(self.avail + 2, e))
+    }
+
+    /// [`put_avail`](Self::put_avail) then [`publish`](Self::publish).
+    pub fn push_avail(&mut self, mem: &GuestMemoryMmap, head: u16) -> Result<(), VringError> {
+        self.put_avail(mem, head)?;
+        self.publish(mem)
+    }
+
+    /// Sets and publishes the available index to any value (fuzzing).
+    pub fn set_avail_idx(&mut self, mem: &GuestMemoryMmap, idx: u16) -> Result<(), VringError> {
+        self.avail_idx = idx;
+        self.publish(mem)
+    }
+
+    /// The next used element the device returned, `(id, len)`, if any, without consuming it.
+    pub fn peek_used(&self, mem: &GuestMemoryMmap) -> Result<Option<(u32, u32)>, VringError> {
+        let idx: u16 = mem
+            .load(GuestAddress(self.used + 2), Ordering::Acquire)
+            .map_err(|e| access(self.used + 2, e))?;
+        if u16::from_le(idx) == self.used_seen {
+            return Ok(None);
+        }
+        let at = self.used + 4 + 8 * u64::from(self.used_seen % self.size);
+        let mut elem = [0u8; 8];
+        mem.read_slice(&mut elem, GuestAddress(at))
+            .map_err(|e| access(at, e))?;
+        Ok(Some((
+            u32::from_le_bytes([elem[0], elem[1], elem[2], elem[3]]),
+            u32::from_le_bytes([elem[4], elem[5], elem[6], elem[7]]),
+        )))
+    }
+
+    /// Consumes the element [`peek_used`](Self::peek_used) returned.
+    pub fn advance_used(&mut self) {
+        self.used_seen = self.used_seen.wrapping_add(1);
+    }
+
+    /// The next used element, consumed.
+    pub fn next_used(&mut self, mem: &GuestMemoryMmap) -> Result<Option<(u32, u32)>, VringError> {
+        let u = self.peek_used(mem)?;
+        if u.is_some() {
+            self.advance_used();
+        }
+        Ok(u)
+    }
+
+    /// Every used element returned since the last call (stops at the first unreadable one).
+    pub fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        while let Ok(Some(u)) = self.next_used(mem) {
+            out.push(u);
+        }
+        out
+    }
+
+    /// The index the driver has consumed the used ring up to.
+    pub fn used_seen(&self) -> u16 {
+        self.used_seen
+    }
+}
+
+/// One descriptor as the driver writes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Desc {
+    /// Buffer address.
+    pub addr: u64,
+    /// Buffer length.
+    pub len: u32,
+    /// `VRING_DESC_F_*`.
+    pub flags: u16,
+    /// Next descriptor when `flags` has NEXT.
+    pub next: u16,
 }
 
 /// One anonymous mapping used as vhost "guest memory" with an identity memory table.
@@ -203,20 +373,15 @@ pub struct QueueStats {
 #[derive(Debug)]
 pub struct SplitQueue {
     mem: Arc<GuestMemoryMmap>,
-    size: u16,
-    desc: u64,
-    avail: u64,
-    used: u64,
+    ring: DriverRing,
     indirect_tables: Option<u64>,
     event_idx: bool,
     free: Vec<u16>,
     outstanding: Vec<Option<Outstanding>>,
     /// Chains of direct buffers, to return their descriptors.
     chains: Vec<Vec<u16>>,
-    avail_idx: u16,
     /// avail idx at the last notification decision.
     notified_idx: u16,
-    last_used: u16,
     /// Kick eventfd (driver → device).
     pub kick: EventFd,
     /// Call eventfd (device → driver).
@@ -246,18 +411,13 @@ impl SplitQueue {
         let io = |what, source| VringError::Io { what, source };
         Ok(SplitQueue {
             mem: arena.mem(),
-            size,
-            desc,
-            avail,
-            used,
+            ring: DriverRing::new(size, desc, avail, used),
             indirect_tables,
             event_idx,
             free: (0..size).rev().collect(),
             outstanding: vec![None; usize::from(size)],
             chains: vec![Vec::new(); usize::from(size)],
-            avail_idx: 0,
             notified_idx: 0,
-            last_used: 0,
             kick: EventFd::new(EFD_NONBLOCK).map_err(|e| io("eventfd (kick)", e))?,
             call: EventFd::new(EFD_NONBLOCK).map_err(|e| io("eventfd (call)", e))?,
             stats: QueueStats::default(),
@@ -267,19 +427,19 @@ impl SplitQueue {
     /// `VHOST_SET_VRING_ADDR` data for this queue.
     pub fn config(&self) -> VringConfigData {
         VringConfigData {
-            queue_max_size: self.size,
-            queue_size: self.size,
+            queue_max_size: self.ring.size,
+            queue_size: self.ring.size,
             flags: 0,
-            desc_table_addr: self.desc,
-            used_ring_addr: self.used,
-            avail_ring_addr: self.avail,
+            desc_table_addr: self.ring.desc,
+            used_ring_addr: self.ring.used,
+            avail_ring_addr: self.ring.avail,
             log_addr: None,
         }
     }
 
     /// This queue as vhost ring `index` of a fresh device (base 0, its kick and call).
-    pub fn vhost_ring(&self, index: usize) -> frontends::vhost::Ring<'_> {
-        frontends::vhost::Ring {
+    pub fn vhost_ring(&self, index: usize) -> crate::vhost::Ring<'_> {
+        crate::vhost::Ring {
             index,
             config: self.config(),
             base: 0,
@@ -290,7 +450,7 @@ impl SplitQueue {
 
     /// Queue size.
     pub fn size(&self) -> u16 {
-        self.size
+        self.ring.size
     }
 
     /// Counters.
@@ -317,27 +477,26 @@ impl SplitQueue {
         self.free.len()
     }
 
-    fn put<T: vm_memory::ByteValued>(&self, v: T, addr: u64) -> Result<(), VringError> {
-        self.mem
-            .write_obj(v, GuestAddress(addr))
-            .map_err(|e| access(addr, e))
-    }
-
-    fn write_desc(&self, at: u64, seg: Segment, flags: u16, next: u16) -> Result<(), VringError> {
-        let mut raw = [0u8; 16];
-        raw[0..8].copy_from_slice(&seg.addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&seg.len.to_le_bytes());
-        let f = flags
-            | if seg.write {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
-        raw[12..14].copy_from_slice(&f.to_le_bytes());
-        raw[14..16].copy_from_slice(&next.to_le_bytes());
-        self.mem
-            .write_slice(&raw, GuestAddress(at))
-            .map_err(|e| access(at, e))
+    fn write_desc(
+        &self,
+        table: Option<u64>,
+        idx: u16,
+        seg: Segment,
+        flags: u16,
+        next: u16,
+    ) -> Result<(), VringError> {
+        let write = if seg.write {
+            VRING_DESC_F_WRITE as u16
+        } else {
+            0
+        };
+        let d = Desc {
+            addr: seg.addr,
+            len: seg.len,
+            flags: flags | write,
+            next,
+        };
+        self.ring.write_desc(&self.mem, table, idx, d)
     }
 
     /// Adds a buffer (not yet visible to the device: call [`publish`](Self::publish)).
@@ -361,30 +520,23 @@ impl SplitQueue {
                 let last = i + 1 == segs.len();
                 let flags = if last { 0 } else { VRING_DESC_F_NEXT as u16 };
                 let next = if last { 0 } else { i as u16 + 1 };
-                self.write_desc(table + i as u64 * DESC_SIZE, *seg, flags, next)?;
+                self.write_desc(Some(table), i as u16, *seg, flags, next)?;
             }
             let ind = Segment {
                 addr: table,
                 len: (segs.len() as u64 * DESC_SIZE) as u32,
                 write: false,
             };
-            self.write_desc(
-                self.desc + u64::from(head) * DESC_SIZE,
-                ind,
-                VRING_DESC_F_INDIRECT as u16,
-                0,
-            )?;
+            self.write_desc(None, head, ind, VRING_DESC_F_INDIRECT as u16, 0)?;
         } else {
             for (i, seg) in segs.iter().enumerate() {
                 let last = i + 1 == segs.len();
                 let flags = if last { 0 } else { VRING_DESC_F_NEXT as u16 };
                 let next = if last { 0 } else { ids[i + 1] };
-                self.write_desc(self.desc + u64::from(ids[i]) * DESC_SIZE, *seg, flags, next)?;
+                self.write_desc(None, ids[i], *seg, flags, next)?;
             }
         }
-        let slot = u64::from(self.avail_idx % self.size);
-        self.put(head.to_le(), self.avail + 4 + 2 * slot)?;
-        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.ring.put_avail(&self.mem, head)?;
         self.outstanding[usize::from(head)] = Some(Outstanding {
             descs: needed as u16,
             token,
@@ -397,20 +549,17 @@ impl SplitQueue {
     /// Makes the added buffers visible (avail idx, release order) and kicks the device unless
     /// it suppressed notifications. Returns whether it kicked.
     pub fn publish(&mut self) -> Result<bool, VringError> {
-        let new = self.avail_idx;
+        let new = self.ring.avail_idx();
         let old = self.notified_idx;
         if new == old {
             return Ok(false);
         }
-        fence(Ordering::Release);
-        self.mem
-            .store(new.to_le(), GuestAddress(self.avail + 2), Ordering::Release)
-            .map_err(|e| access(self.avail + 2, e))?;
+        self.ring.publish(&self.mem)?;
         // The index store must be visible before we read the device's suppression state.
         fence(Ordering::SeqCst);
         self.notified_idx = new;
         let kick = if self.event_idx {
-            let at = self.used + 4 + 8 * u64::from(self.size);
+            let at = self.ring.avail_event_addr();
             let event: u16 = self
                 .mem
                 .load(GuestAddress(at), Ordering::Acquire)
@@ -419,8 +568,8 @@ impl SplitQueue {
         } else {
             let flags: u16 = self
                 .mem
-                .load(GuestAddress(self.used), Ordering::Acquire)
-                .map_err(|e| access(self.used, e))?;
+                .load(GuestAddress(self.ring.used), Ordering::Acquire)
+                .map_err(|e| access(self.ring.used, e))?;
             u16::from_le(flags) & VRING_USED_F_NO_NOTIFY as u16 == 0
         };
         if kick {
@@ -437,22 +586,9 @@ impl SplitQueue {
 
     /// Takes the next used buffer: `(token, bytes written by the device)`.
     pub fn pop_used(&mut self) -> Result<Option<(u64, u32)>, VringError> {
-        let used_idx: u16 = self
-            .mem
-            .load(GuestAddress(self.used + 2), Ordering::Acquire)
-            .map_err(|e| access(self.used + 2, e))?;
-        let used_idx = u16::from_le(used_idx);
-        if used_idx == self.last_used {
+        let Some((id, len)) = self.ring.peek_used(&self.mem)? else {
             return Ok(None);
-        }
-        let slot = u64::from(self.last_used % self.size);
-        let at = self.used + 4 + 8 * slot;
-        let mut elem = [0u8; 8];
-        self.mem
-            .read_slice(&mut elem, GuestAddress(at))
-            .map_err(|e| access(at, e))?;
-        let id = u32::from_le_bytes([elem[0], elem[1], elem[2], elem[3]]);
-        let len = u32::from_le_bytes([elem[4], elem[5], elem[6], elem[7]]);
+        };
         let out = usize::try_from(id)
             .ok()
             .and_then(|i| self.outstanding.get_mut(i))
@@ -461,13 +597,17 @@ impl SplitQueue {
         let chain = std::mem::take(&mut self.chains[id as usize]);
         debug_assert_eq!(chain.len(), usize::from(out.descs));
         self.free.extend(chain.into_iter().rev());
-        self.last_used = self.last_used.wrapping_add(1);
+        self.ring.advance_used();
         self.stats.used += 1;
         if self.event_idx {
             // Ask for a call when the next buffer is used.
-            let at = self.avail + 4 + 2 * u64::from(self.size);
+            let at = self.ring.used_event_addr();
             self.mem
-                .store(self.last_used.to_le(), GuestAddress(at), Ordering::Release)
+                .store(
+                    self.ring.used_seen().to_le(),
+                    GuestAddress(at),
+                    Ordering::Release,
+                )
                 .map_err(|e| access(at, e))?;
         }
         Ok(Some((out.token, len)))
@@ -549,12 +689,14 @@ mod tests {
     ) -> Vec<(u16, Vec<Segment>)> {
         let mem = arena.mem();
         let avail_idx: u16 = mem
-            .load(GuestAddress(q.avail + 2), Ordering::Acquire)
+            .load(GuestAddress(q.ring.avail + 2), Ordering::Acquire)
             .unwrap();
         let mut out = Vec::new();
         while *seen != avail_idx {
-            let slot = u64::from(*seen % q.size);
-            let head: u16 = mem.read_obj(GuestAddress(q.avail + 4 + 2 * slot)).unwrap();
+            let slot = u64::from(*seen % q.ring.size);
+            let head: u16 = mem
+                .read_obj(GuestAddress(q.ring.avail + 4 + 2 * slot))
+                .unwrap();
             let mut segs = Vec::new();
             let read_desc = |at: u64| {
                 let mut raw = [0u8; 16];
@@ -565,7 +707,7 @@ mod tests {
                 let next = u16::from_le_bytes(raw[14..16].try_into().unwrap());
                 (addr, len, flags, next)
             };
-            let (addr, len, flags, mut next) = read_desc(q.desc + u64::from(head) * 16);
+            let (addr, len, flags, mut next) = read_desc(q.ring.desc + u64::from(head) * 16);
             let (table, mut cur) = if flags & VRING_DESC_F_INDIRECT as u16 != 0 {
                 assert_eq!(len % 16, 0);
                 (Some(addr), read_desc(addr))
@@ -584,7 +726,7 @@ mod tests {
                 next = cur.3;
                 cur = match table {
                     Some(t) => read_desc(t + u64::from(next) * 16),
-                    None => read_desc(q.desc + u64::from(next) * 16),
+                    None => read_desc(q.ring.desc + u64::from(next) * 16),
                 };
             }
             let mut written = 0u32;
@@ -593,14 +735,14 @@ mod tests {
                 written += s.len;
             }
             let used_idx: u16 = mem
-                .load(GuestAddress(q.used + 2), Ordering::Acquire)
+                .load(GuestAddress(q.ring.used + 2), Ordering::Acquire)
                 .unwrap();
-            let at = q.used + 4 + 8 * u64::from(used_idx % q.size);
+            let at = q.ring.used + 4 + 8 * u64::from(used_idx % q.ring.size);
             mem.write_obj(u32::from(head), GuestAddress(at)).unwrap();
             mem.write_obj(written, GuestAddress(at + 4)).unwrap();
             mem.store(
                 used_idx.wrapping_add(1),
-                GuestAddress(q.used + 2),
+                GuestAddress(q.ring.used + 2),
                 Ordering::Release,
             )
             .unwrap();
@@ -731,11 +873,12 @@ mod tests {
         let mut q = SplitQueue::new(&mut a, 8, false, false).unwrap();
         let mem = a.mem();
         // The device claims buffer 5 was used, which was never made available.
-        mem.write_obj(5u32, GuestAddress(q.used + 4)).unwrap();
-        mem.store(1u16, GuestAddress(q.used + 2), Ordering::Release)
+        mem.write_obj(5u32, GuestAddress(q.ring.used + 4)).unwrap();
+        mem.store(1u16, GuestAddress(q.ring.used + 2), Ordering::Release)
             .unwrap();
         assert!(matches!(q.pop_used(), Err(VringError::BadUsedId { id: 5 })));
-        mem.write_obj(u32::MAX, GuestAddress(q.used + 4)).unwrap();
+        mem.write_obj(u32::MAX, GuestAddress(q.ring.used + 4))
+            .unwrap();
         assert!(matches!(q.pop_used(), Err(VringError::BadUsedId { .. })));
         assert!(matches!(q.add(&[], 0), Err(VringError::Segments(0))));
     }
