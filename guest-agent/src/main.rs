@@ -7,7 +7,7 @@
 //! Console protocol (read by the host runners): [`kcov_wire::console`].
 
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -232,10 +232,63 @@ fn open_sink(transport: Transport, port: u32) -> Result<Sink, String> {
             })?;
             // A host that stops reading must fail the run, not hang it.
             vsock::set_socket_timeout(&fd, libc::SO_SNDTIMEO, STREAM_SEND_TIMEOUT);
-            Ok(Box::new(std::io::BufWriter::with_capacity(
+            Ok(Box::new(VsockSink(std::io::BufWriter::with_capacity(
                 1 << 16,
                 std::fs::File::from(fd),
-            )))
+            ))))
+        }
+    }
+}
+
+/// How long the end of the stream waits for the host to confirm it has read everything.
+const STREAM_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The vsock stream. Dropping it ends the stream so that nothing is lost when the VM ends
+/// right after: flush, `shutdown(SHUT_WR)` (the host reads EOF after the last byte), then wait
+/// until the host closes its end (up to [`STREAM_CLOSE_TIMEOUT`]). Without the wait, bytes
+/// still queued in the guest's vsock transport are lost to the reboot that follows.
+struct VsockSink(std::io::BufWriter<std::fs::File>);
+
+impl Write for VsockSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Drop for VsockSink {
+    fn drop(&mut self) {
+        if self.0.flush().is_err() {
+            return;
+        }
+        let fd = self.0.get_ref().as_raw_fd();
+        // SAFETY: shutdown of our own, open socket.
+        if unsafe { libc::shutdown(fd, libc::SHUT_WR) } != 0 {
+            return;
+        }
+        let deadline = Instant::now() + STREAM_CLOSE_TIMEOUT;
+        let mut buf = [0u8; 64];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                println!(
+                    "testbed-agent: warning: the host did not close the stream within {STREAM_CLOSE_TIMEOUT:?}"
+                );
+                return;
+            }
+            match frontends::vring::poll_readable(&[fd], left) {
+                Ok(r) if r.first() == Some(&true) => {}
+                _ => continue,
+            }
+            // SAFETY: reading into a local buffer from our own socket.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                // EOF or reset: the host has everything.
+                return;
+            }
         }
     }
 }
