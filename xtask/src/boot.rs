@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use images::Include;
 use serde::Serialize;
 
+use crate::image::InitramfsRef;
 use crate::kernel::{self, KernelOpts};
 use crate::paths;
 use crate::progress::fmt_dur;
@@ -175,6 +176,8 @@ struct RunRecord<'a> {
     kernel_release: Option<&'a str>,
     cmdline: &'a str,
     command: &'a [String],
+    /// The image booted: its digest and the cache entry (the run directory holds no copy).
+    initramfs: InitramfsRef,
     status: String,
     /// None while the VM runs (or when xtask was killed before it ended).
     exit_code: Option<i32>,
@@ -240,9 +243,8 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
         _ => None,
     };
     let agent = agent::build()?;
+    let image_bytes = image::build_bytes(&agent, &includes, &opts.cmd)?;
     let run_dir = paths::new_run_dir().context("creating the run directory")?;
-    let initramfs = run_dir.join("initramfs.cpio");
-    image::build(&agent, &includes, &opts.cmd, &initramfs)?;
 
     let mut cmdline = BASE_CMDLINE.to_string();
     if !opts.kernel_log {
@@ -252,9 +254,31 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
         cmdline.push(' ');
         cmdline.push_str(word);
     }
+    // The image goes into the content-addressed cache and run.json names it, both under the
+    // cache's shared lock: a concurrent prune either sees the entry named or waits.
+    let cache_dir = paths::initramfs_cache_dir();
+    let cache_lock = image::lock_cache(&cache_dir, false)?;
+    let initramfs = image::cache(&cache_dir, image_bytes)?;
+    let mut record = RunRecord {
+        host_kernel_key: nested_l1.as_ref().map(|(l1, _, _)| l1.meta.key.as_str()),
+        runner: runner.to_string(),
+        kernel_key: &kernel.meta.key,
+        kernel_release: None,
+        cmdline: &cmdline,
+        command: &opts.cmd,
+        initramfs: initramfs.reference(),
+        status: "running (the VM has not ended yet, or xtask was killed)".into(),
+        exit_code: None,
+        ready_after_ms: None,
+        total_ms: None,
+    };
+    // Before the VM starts: a killed boot still names its kernel, so reports of whatever was
+    // streamed are checked against the right vmlinux.
+    write_record(&run_dir, &record)?;
+    drop(cache_lock);
     let spec = BootSpec {
         bzimage: kernel.bzimage.clone(),
-        initramfs,
+        initramfs: initramfs.path.clone(),
         cmdline: cmdline.clone(),
         mem_mib: opts.mem_mib,
         vcpus: opts.vcpus,
@@ -276,8 +300,10 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
             }),
     };
     eprintln!(
-        "boot: {} + initramfs, run directory {}",
+        "boot: {} + initramfs {} ({} bytes), run directory {}",
         kernel.meta.release,
+        &initramfs.sha256[..12],
+        initramfs.len(),
         run_dir.display()
     );
     let receiver = match plan.transport.as_deref() {
@@ -288,21 +314,13 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
             .transpose()?,
         _ => None,
     };
-    let mut record = RunRecord {
-        host_kernel_key: nested_l1.as_ref().map(|(l1, _, _)| l1.meta.key.as_str()),
-        runner: runner.to_string(),
-        kernel_key: &kernel.meta.key,
-        kernel_release: None,
-        cmdline: &cmdline,
-        command: &opts.cmd,
-        status: "running (the VM has not ended yet, or xtask was killed)".into(),
-        exit_code: None,
-        ready_after_ms: None,
-        total_ms: None,
-    };
-    // Before the VM starts: a killed boot still names its kernel, so reports of whatever was
-    // streamed are checked against the right vmlinux.
-    write_record(&run_dir, &record)?;
+    // Someone may have cleared the cache since: the runner must find the entry.
+    if initramfs.ensure_present()? {
+        eprintln!(
+            "boot: initramfs cache entry {} was removed meanwhile; wrote it again",
+            initramfs.path.display()
+        );
+    }
     let outcome = runner::boot(runner, &spec);
     if let Some(r) = receiver {
         r.finish()?;

@@ -8,6 +8,7 @@ pub mod boot;
 pub mod deps;
 pub mod image;
 pub mod kernel;
+pub mod lock;
 pub mod paths;
 pub mod progress;
 pub mod report;

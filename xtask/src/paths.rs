@@ -47,6 +47,16 @@ pub fn fragment_dir() -> PathBuf {
     workspace_root().join("kernel-config")
 }
 
+/// The content-addressed initramfs cache (`<sha256>.cpio` entries, see [`crate::image`]):
+/// `$KCOV_TESTBED_INITRAMFS_CACHE`, else `initramfs/` under [`cache_root`]. The override lets
+/// tests use a cache of their own while sharing the (expensive) kernel cache.
+pub fn initramfs_cache_dir() -> PathBuf {
+    match std::env::var_os("KCOV_TESTBED_INITRAMFS_CACHE").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => cache_root().join("initramfs"),
+    }
+}
+
 /// A fresh run directory under `target/testbed/runs/`.
 pub fn new_run_dir() -> std::io::Result<PathBuf> {
     let base = workspace_root().join("target").join("testbed").join("runs");
