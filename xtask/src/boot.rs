@@ -14,6 +14,7 @@ use crate::kernel::{self, KernelOpts};
 use crate::paths;
 use crate::progress::fmt_dur;
 use crate::runner::{self, BootOutcome, BootSpec, RunnerKind, Timeouts, VsockReceiver};
+use crate::runs::{self, RunDir};
 use crate::{agent, image};
 
 /// The kernel command line every run starts with: serial console, no reboot
@@ -194,8 +195,10 @@ fn write_record(run_dir: &Path, record: &RunRecord) -> Result<()> {
     .with_context(|| format!("writing {}", run_dir.join("run.json").display()))
 }
 
-/// Builds the kernel, agent and initramfs as needed and boots them.
-pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
+/// Builds the kernel, agent and initramfs as needed and boots them. The run directory stays
+/// marked in use (`cargo xtask runs prune` leaves it alone) until the returned [`RunDir`] is
+/// dropped.
+pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, RunDir)> {
     // Check user input before any long step.
     let includes: Vec<Include> = opts
         .includes
@@ -244,7 +247,7 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
     };
     let agent = agent::build()?;
     let image_bytes = image::build_bytes(&agent, &includes, &opts.cmd)?;
-    let run_dir = paths::new_run_dir().context("creating the run directory")?;
+    let run_dir = runs::create()?;
 
     let mut cmdline = BASE_CMDLINE.to_string();
     if !opts.kernel_log {
@@ -300,10 +303,10 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, PathBuf)> {
             }),
     };
     eprintln!(
-        "boot: {} + initramfs {} ({} bytes), run directory {}",
+        "boot: {} + initramfs {} ({}), run directory {}",
         kernel.meta.release,
         &initramfs.sha256[..12],
-        initramfs.len(),
+        runs::human_bytes(initramfs.len()),
         run_dir.display()
     );
     let receiver = match plan.transport.as_deref() {

@@ -10,8 +10,8 @@
 //! then renamed over the final name, so concurrent boots of the same bytes and a boot killed
 //! mid-write never leave a half entry under a digest name. An entry is trusted only when its
 //! bytes are the ones just built. `<cache>/.lock` is held shared by a boot from the moment it
-//! picks its entry until its `run.json` names it, and exclusively by whoever removes entries
-//! while it decides which entries no run names, so an entry is never taken from under a boot.
+//! picks its entry until its `run.json` names it, and exclusively by `cargo xtask runs prune`
+//! while it decides which entries no run names, so prune never takes an entry from under a boot.
 
 use std::fs::File;
 use std::io::Write;
@@ -100,7 +100,7 @@ pub fn is_temp_file(file_name: &str) -> bool {
     file_name.starts_with('.') && file_name.contains(".tmp.")
 }
 
-/// The cache lock, shared (a boot picking its entry) or exclusive (removing entries), waiting for
+/// The cache lock, shared (a boot picking its entry) or exclusive (prune), waiting for
 /// conflicting holders. Released when the returned file is dropped.
 pub fn lock_cache(dir: &Path, exclusive: bool) -> Result<File> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -111,7 +111,7 @@ pub fn lock_cache(dir: &Path, exclusive: bool) -> Result<File> {
 }
 
 /// Puts `bytes` into the cache in `dir` (unless an intact entry is there already: then its
-/// modification time is refreshed: removal spares entries written or used recently) and returns
+/// modification time is refreshed, which keeps it through prune's grace period) and returns
 /// the entry.
 pub fn cache(dir: &Path, bytes: Vec<u8>) -> Result<CachedInitramfs> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

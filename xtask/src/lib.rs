@@ -13,4 +13,5 @@ pub mod paths;
 pub mod progress;
 pub mod report;
 pub mod runner;
+pub mod runs;
 pub mod test;

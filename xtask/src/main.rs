@@ -140,6 +140,11 @@ enum Cmd {
     Diff(xtask::report::DiffArgs),
     /// Reproducible coverage: run workloads K times, check (or --update) goldens/.
     Golden(xtask::report::GoldenArgs),
+    /// Run directories: list them, prune old ones and the initramfs cache entries no run uses.
+    Runs {
+        #[command(subcommand)]
+        cmd: xtask::runs::RunsCmd,
+    },
     /// Benchmarks, each against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -287,6 +292,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Report(args) => return xtask::report::report_cmd(&args),
         Cmd::Diff(args) => return xtask::report::diff_cmd(&args),
         Cmd::Golden(args) => return xtask::report::golden_cmd(&args),
+        Cmd::Runs { cmd } => return xtask::runs::runs_cmd(&cmd),
         Cmd::Bench { .. } if cfg!(debug_assertions) => {
             // Benchmarks measure optimized code: re-run this command from a release build.
             eprintln!("bench: rebuilding xtask in release mode");

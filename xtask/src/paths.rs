@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The cargo that runs xtask (`$CARGO`, else `cargo` on PATH), in the workspace root.
 pub fn cargo() -> Command {
@@ -47,6 +46,15 @@ pub fn fragment_dir() -> PathBuf {
     workspace_root().join("kernel-config")
 }
 
+/// Where run directories go: `$KCOV_TESTBED_RUNS`, else `target/testbed/runs/` of the
+/// workspace. A fresh one is made by [`crate::runs::create`].
+pub fn runs_dir() -> PathBuf {
+    match std::env::var_os("KCOV_TESTBED_RUNS").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => workspace_root().join("target").join("testbed").join("runs"),
+    }
+}
+
 /// The content-addressed initramfs cache (`<sha256>.cpio` entries, see [`crate::image`]):
 /// `$KCOV_TESTBED_INITRAMFS_CACHE`, else `initramfs/` under [`cache_root`]. The override lets
 /// tests use a cache of their own while sharing the (expensive) kernel cache.
@@ -55,23 +63,4 @@ pub fn initramfs_cache_dir() -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => cache_root().join("initramfs"),
     }
-}
-
-/// A fresh run directory under `target/testbed/runs/`.
-pub fn new_run_dir() -> std::io::Result<PathBuf> {
-    let base = workspace_root().join("target").join("testbed").join("runs");
-    std::fs::create_dir_all(&base)?;
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    for n in 0.. {
-        let dir = base.join(format!("run-{ms}-{}-{n}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    unreachable!("an unbounded counter always finds a free name")
 }

@@ -760,19 +760,20 @@ impl Default for GoldenOpts {
     }
 }
 
-/// Runs `workload` `opts.runs` times through `boot` (which returns each run directory),
-/// classifies stable/flaky items and checks (or, with `update`, rewrites) its golden.
-pub fn golden_workload(
+/// Runs `workload` `opts.runs` times through `boot` (which returns each run directory: a
+/// [`crate::runs::RunDir`] keeps it in use until its verdict is in), classifies stable/flaky
+/// items and checks (or, with `update`, rewrites) its golden.
+pub fn golden_workload<R: AsRef<Path>>(
     workload: &str,
     opts: &GoldenOpts,
-    boot: &mut dyn FnMut(&str) -> Result<PathBuf>,
+    boot: &mut dyn FnMut(&str) -> Result<R>,
 ) -> Result<GoldenOutcome> {
     let filter = vec![PathGlob::new(&opts.filter)];
     let mut runs = Vec::new();
     let mut identity = (None, None);
     for i in 0..opts.runs.max(1) {
         let run_dir = boot(workload).with_context(|| format!("run {} of {workload}", i + 1))?;
-        match workload_verdict(&run_dir, workload, &filter, opts.vmlinux.as_deref())? {
+        match workload_verdict(run_dir.as_ref(), workload, &filter, opts.vmlinux.as_deref())? {
             RunVerdict::Skip(reason) => return Ok(GoldenOutcome::Skipped(reason)),
             RunVerdict::Covered {
                 items,
@@ -853,8 +854,9 @@ pub fn workload_boot_opts(workload: &str) -> crate::boot::BootOpts {
 }
 
 /// Boots the guest once for `workload` with the xtask boot library and returns the run
-/// directory, with the agent's stream reassembled into `coverage.kcw` (when it sent one).
-pub fn boot_workload(workload: &str) -> Result<PathBuf> {
+/// directory (in use while it is held), with the agent's stream reassembled into
+/// `coverage.kcw` (when it sent one).
+pub fn boot_workload(workload: &str) -> Result<crate::runs::RunDir> {
     let (outcome, run_dir) = crate::boot::boot(&workload_boot_opts(workload))?;
     crate::boot::collect_stream(&run_dir, &outcome.serial_log)?;
     Ok(run_dir)
@@ -973,6 +975,8 @@ pub struct ReportArgs {
 
 /// Runs `cargo xtask report`.
 pub fn report_cmd(a: &ReportArgs) -> Result<std::process::ExitCode> {
+    // In use while we read it: `cargo xtask runs prune` leaves it alone.
+    let _in_use = crate::runs::hold(&a.run_dir)?;
     let text = report(&ReportOpts {
         run_dir: a.run_dir.clone(),
         load: LoadOpts {
@@ -1048,6 +1052,8 @@ pub struct DiffArgs {
 
 /// Runs `cargo xtask diff`.
 pub fn diff_cmd(a: &DiffArgs) -> Result<std::process::ExitCode> {
+    // Both runs in use while we read them: `cargo xtask runs prune` leaves them alone.
+    let _in_use = (crate::runs::hold(&a.run_a)?, crate::runs::hold(&a.run_b)?);
     let (text, _) = diff(&DiffOpts {
         a: a.run_a.clone(),
         b: a.run_b.clone(),
