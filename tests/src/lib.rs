@@ -40,13 +40,16 @@ pub fn current_test() -> String {
 
 /// Runs the xtask binary (the same one `cargo xtask` runs) with `args`.
 pub fn xtask(args: &[&str]) -> Option<Output> {
+    Some(xtask_command(args)?.output().expect("running xtask"))
+}
+
+/// The xtask binary with `args`, in the workspace root, to adjust (environment, pipes) and
+/// run; None after printing why it is skipped.
+pub fn xtask_command(args: &[&str]) -> Option<Command> {
     let bin = artifact("TESTBED_XTASK_BIN")?;
-    let out = Command::new(bin)
-        .args(args)
-        .current_dir(xtask::paths::workspace_root())
-        .output()
-        .expect("running xtask");
-    Some(out)
+    let mut cmd = Command::new(bin);
+    cmd.args(args).current_dir(xtask::paths::workspace_root());
+    Some(cmd)
 }
 
 /// Compiles the C program `src` (text) into the static binary `dir/name` for the guest.
