@@ -40,6 +40,8 @@ pub const IN_USE_FILE: &str = ".in-use";
 pub const RUN_PREFIX: &str = "run-";
 /// A run directory's name while [`create_in`] makes it.
 const NEW_RUN_PREFIX: &str = ".new-run-";
+/// A run directory's name while prune removes it.
+const PRUNING_PREFIX: &str = ".pruning-";
 /// The run's record, written by the boot.
 pub const RUN_JSON: &str = "run.json";
 /// How recent a cache entry (or a legacy run's last write) must be for prune to leave it alone
@@ -158,8 +160,15 @@ pub fn hold(run_dir: &Path) -> Result<Option<File>> {
         return Ok(None);
     }
     let path = run_dir.join(IN_USE_FILE);
+    let gone = || {
+        anyhow::anyhow!(
+            "{}: the run was removed (cargo xtask runs prune) while we came to read it",
+            run_dir.display()
+        )
+    };
     let file = match lock::open(&path, true) {
         Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(gone()),
         Err(e)
             if matches!(
                 e.kind(),
@@ -172,10 +181,7 @@ pub fn hold(run_dir: &Path) -> Result<Option<File>> {
     };
     lock::flock(&file, false, true).with_context(|| format!("locking {}", path.display()))?;
     if !run_dir.join(RUN_JSON).is_file() {
-        bail!(
-            "{}: the run was removed (cargo xtask runs prune) while waiting to read it",
-            run_dir.display()
-        );
+        return Err(gone());
     }
     Ok(Some(file))
 }
@@ -419,8 +425,9 @@ pub fn prune(
     Ok(report)
 }
 
-/// Removes directories [`create_in`] left under their hidden name (its boot was killed before
-/// the rename) once they are older than the grace period and nobody holds them.
+/// Removes directories left under a hidden name, by [`create_in`] (its boot was killed before
+/// the rename) or by [`remove_run`] (its prune was killed), once they are older than the grace
+/// period and nobody holds them.
 fn remove_leftovers(runs_dir: &Path, opts: &PruneOpts, now: SystemTime, report: &mut PruneReport) {
     for entry in std::fs::read_dir(runs_dir).into_iter().flatten().flatten() {
         let path = entry.path();
@@ -429,12 +436,8 @@ fn remove_leftovers(runs_dir: &Path, opts: &PruneOpts, now: SystemTime, report: 
                 && m.modified()
                     .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= opts.grace)
         });
-        if !entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(NEW_RUN_PREFIX)
-            || !old
-        {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(NEW_RUN_PREFIX) || name.starts_with(PRUNING_PREFIX)) || !old {
             continue;
         }
         let free = lock::open(&path.join(IN_USE_FILE), false)
@@ -455,8 +458,9 @@ fn remove_leftovers(runs_dir: &Path, opts: &PruneOpts, now: SystemTime, report: 
 }
 
 /// Removes `run` (dry: only measures it) unless it is in use; its size, or None when in use.
-/// The run's lock is held exclusively while it is removed: a report that comes meanwhile waits
-/// and then finds the run gone.
+/// The run's lock is held exclusively while it is removed, and the run is first renamed out of
+/// sight: a report that comes meanwhile finds no run (or waits, then finds it gone), never
+/// half of one.
 fn remove_run(run: &RunInfo, dry_run: bool, now: SystemTime) -> Result<Option<u64>> {
     let lock_path = run.path.join(IN_USE_FILE);
     // A run from before the lock may be booting under an older xtask that does not take it.
@@ -477,8 +481,13 @@ fn remove_run(run: &RunInfo, dry_run: bool, now: SystemTime) -> Result<Option<u6
     }
     let bytes = disk_usage(&run.path);
     if !dry_run {
-        std::fs::remove_dir_all(&run.path)
-            .with_context(|| format!("removing {}", run.path.display()))?;
+        let doomed = run
+            .path
+            .with_file_name(format!("{PRUNING_PREFIX}{}", run.name));
+        std::fs::rename(&run.path, &doomed)
+            .with_context(|| format!("moving {} aside", run.path.display()))?;
+        std::fs::remove_dir_all(&doomed)
+            .with_context(|| format!("removing {}", doomed.display()))?;
     }
     Ok(Some(bytes))
 }
@@ -908,6 +917,12 @@ mod tests {
         assert_eq!((r.kept, r.in_use.len()), (2, 0));
         let left: Vec<PathBuf> = list(&runs).unwrap().into_iter().map(|r| r.path).collect();
         assert_eq!(left, dirs[..2]);
+        // Nothing left under another name either.
+        let mut kept: Vec<String> = dirs[..2].iter().map(|p| short(p)).collect();
+        kept.sort();
+        assert_eq!(present(&runs), kept);
+        // A removed run is no run to read.
+        assert!(hold(&dirs[4]).unwrap().is_none());
         // Each removed run had 1500 bytes of files plus its run.json.
         assert!(r.freed() > 3 * 1500, "{}", r.freed());
         let text = prune_text(&r, false);
@@ -1044,18 +1059,30 @@ mod tests {
     }
 
     #[test]
-    fn a_killed_creation_is_cleaned_up_after_the_grace_period() {
+    fn a_killed_creation_or_prune_is_cleaned_up_after_the_grace_period() {
         let tmp = tempfile::tempdir().unwrap();
         let (runs, cache) = (tmp.path().join("runs"), tmp.path().join("cache"));
-        let left = runs.join(format!("{NEW_RUN_PREFIX}1-2-3"));
-        std::fs::create_dir_all(&left).unwrap();
-        std::fs::write(left.join(IN_USE_FILE), b"").unwrap();
+        let left = [
+            runs.join(format!("{NEW_RUN_PREFIX}1-2-3")),
+            runs.join(format!("{PRUNING_PREFIX}run-1-2-3")),
+        ];
+        for dir in &left {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join(IN_USE_FILE), b"").unwrap();
+        }
         let now = SystemTime::now();
         let r = prune(&runs, &cache, &opts(Some(5), None), now).unwrap();
-        assert!(r.removed.is_empty() && left.is_dir());
+        assert!(r.removed.is_empty() && left.iter().all(|d| d.is_dir()));
+        // Still held (a creation or a prune going on): left alone.
+        let held = lock::open(&left[1].join(IN_USE_FILE), false).unwrap();
+        assert!(lock::flock(&held, true, false).unwrap());
         let r = prune(&runs, &cache, &opts(Some(5), None), now + GRACE).unwrap();
-        assert_eq!(names(&r.removed), [short(&left)]);
-        assert!(!left.exists());
+        assert_eq!(names(&r.removed), [short(&left[0])]);
+        drop(held);
+        let r = prune(&runs, &cache, &opts(Some(5), None), now + GRACE).unwrap();
+        assert_eq!(names(&r.removed), [short(&left[1])]);
+        assert!(!left.iter().any(|d| d.exists()));
+        assert!(list(&runs).unwrap().is_empty());
     }
 
     #[test]
