@@ -22,6 +22,11 @@
 //! `Sync`: create, enable, drain and drop it on one thread); a remote-enabled thread's own
 //! syscalls are not traced; `kcov_handle` is inherited at fork; a common handle still
 //! registered by another fd gives EEXIST (use [`fresh_instance`] per run).
+//!
+//! The area itself may be read from another thread while the owner's workload runs:
+//! [`Kcov::shared_area`] hands out an `Arc` of the mapping (unmapped when the last owner
+//! drops it, so no reader outlives the munmap), and an [`AreaCursor`] takes the entries the
+//! kernel appended since its last read, never one twice and never one not yet written.
 
 use std::mem::{offset_of, size_of};
 
@@ -487,6 +492,106 @@ pub fn parse_area(area: &[u64], mode: KcovMode) -> Coverage {
     }
 }
 
+/// Word access to a kcov area (word 0 = count, entries follow), as an [`AreaCursor`] reads it.
+/// Implemented by the live mapping ([`MappedArea`]: word 0 an acquire load, entries relaxed
+/// atomic loads) and by plain slices (tests, in-memory copies).
+pub trait AreaWords {
+    /// Area size in words, including the count word.
+    fn area_len(&self) -> usize;
+    /// Word `i` (`i < area_len()`); word 0 is the kernel's entry count (untrusted).
+    fn area_word(&self, i: usize) -> u64;
+}
+
+impl AreaWords for [u64] {
+    fn area_len(&self) -> usize {
+        self.len()
+    }
+    fn area_word(&self, i: usize) -> u64 {
+        self.get(i).copied().unwrap_or(0)
+    }
+}
+
+/// What one [`AreaCursor::take_new`] read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewEntries {
+    /// Raw words of the entries appended since the last read (whole entries, in area order).
+    pub words: Vec<u64>,
+    /// The area is full (see [`plan_drain`]): the kernel may have dropped coverage.
+    pub overflow: bool,
+    /// Counted entries left for a later read because their pc word still reads 0 (a local
+    /// writer bumps the count before it stores the pc).
+    pub held_back: usize,
+}
+
+/// Reads a kcov area incrementally while the kernel still appends to it: each
+/// [`take_new`](Self::take_new) returns the entries after those already taken, so shipping
+/// every result in turn ships each entry exactly once, in area order.
+///
+/// When an entry may be taken: remote sections are copied into the area by
+/// `kcov_move_area()` at `kcov_remote_stop()`, entries first and the count after (x86 keeps
+/// the stores in order), so every counted entry is written. Local tracing
+/// (`__sanitizer_cov_trace_pc`, `write_comp_data`) stores the count *before* the entry, so a
+/// freshly counted slot may still read 0: an entry whose pc word (the last of its words) is
+/// 0, and everything after it, is held back until a later read — no kernel PC is 0. The
+/// last read after the writer stopped (`final_read`) takes every counted entry as it is, as a
+/// one-shot drain would.
+///
+/// Nothing here resets the area; a count below what was taken (someone reset it) yields
+/// nothing until it grows past the taken part again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AreaCursor {
+    mode: KcovMode,
+    /// Words after the count word already taken (a multiple of the entry size).
+    taken: usize,
+}
+
+impl AreaCursor {
+    /// A cursor at the start of a fresh area filled in `mode`.
+    pub fn new(mode: KcovMode) -> Self {
+        AreaCursor { mode, taken: 0 }
+    }
+
+    /// Trace mode the cursor reads.
+    pub fn mode(&self) -> KcovMode {
+        self.mode
+    }
+
+    /// Words (after the count word) taken so far.
+    pub fn taken_words(&self) -> usize {
+        self.taken
+    }
+
+    /// The entries appended since the last call. Reads word 0 once (clamped with
+    /// [`plan_drain`], so never past the area), then the new entries' words.
+    pub fn take_new<A: AreaWords + ?Sized>(&mut self, area: &A, final_read: bool) -> NewEntries {
+        let len = area.area_len();
+        let plan = plan_drain(area.area_word(0), len, self.mode);
+        let wpe = self.mode.words_per_entry();
+        let mut out = NewEntries {
+            overflow: plan.overflow,
+            ..NewEntries::default()
+        };
+        let end = plan.words;
+        if end <= self.taken {
+            return out;
+        }
+        out.words.reserve(end - self.taken);
+        let mut pos = self.taken;
+        while pos < end {
+            // Entry words are area words 1 + pos .. 1 + pos + wpe; end < len, so in bounds.
+            let pc = area.area_word(pos + wpe);
+            if pc == 0 && !final_read {
+                out.held_back = (end - pos) / wpe;
+                break;
+            }
+            out.words.extend((1..=wpe).map(|k| area.area_word(pos + k)));
+            pos += wpe;
+        }
+        self.taken = pos;
+        out
+    }
+}
+
 /// One CMP-mode record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CmpEntry {
@@ -539,22 +644,33 @@ pub use sys::{page_size, Kcov, MappedArea};
 #[cfg(target_os = "linux")]
 mod sys {
     use std::io;
+    use std::marker::PhantomData;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
     use std::path::Path;
     use std::ptr::NonNull;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
 
     use super::*;
 
     /// A shared mapping of a kcov area (`words` u64 words, word 0 = count). The kernel writes
     /// it concurrently (remote sections land from other CPUs at `kcov_remote_stop()`), so it
-    /// is only accessed through raw pointers: word 0 atomically, entries volatile. Neither
-    /// `Send` nor `Sync`.
+    /// is only accessed through raw pointers, every word atomically (word 0 with
+    /// acquire/release, entries relaxed). That makes it `Send` and `Sync`: another thread may
+    /// read it while the owning thread's workload runs. It is unmapped when dropped; share it
+    /// as an `Arc` ([`Kcov::shared_area`]) so no reader outlives the mapping.
     #[derive(Debug)]
     pub struct MappedArea {
         ptr: NonNull<u64>,
         words: usize,
     }
+
+    // SAFETY: the mapping is owned by the MappedArea (unmapped only in Drop) and every access
+    // to it is an atomic load or store, so using it from several threads is free of data
+    // races on our side; the kernel's concurrent writes are what the atomics are for.
+    unsafe impl Send for MappedArea {}
+    // SAFETY: as for Send: `&MappedArea` only allows atomic word accesses.
+    unsafe impl Sync for MappedArea {}
 
     impl MappedArea {
         /// Maps `words` words of `fd` at offset 0 (exactly `words * 8` bytes, MAP_SHARED).
@@ -600,9 +716,16 @@ mod sys {
             self.words
         }
 
+        fn cell(&self, i: usize) -> Option<&AtomicU64> {
+            // SAFETY: i < words, so the word lies inside the mapping, which is page aligned
+            // (so every word is 8-byte aligned) and lives as long as self; from our side every
+            // word is only ever accessed atomically.
+            (i < self.words).then(|| unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(i)) })
+        }
+
         fn count_cell(&self) -> &AtomicU64 {
             // SAFETY: the mapping is page aligned (so 8-byte aligned), at least 2 words long
-            // and lives as long as self; word 0 is only accessed atomically from our side.
+            // (checked when mapping) and lives as long as self; accessed only atomically.
             unsafe { AtomicU64::from_ptr(self.ptr.as_ptr()) }
         }
 
@@ -616,22 +739,26 @@ mod sys {
             self.count_cell().store(0, Ordering::Release);
         }
 
-        /// Reads word `i` (volatile), `None` out of bounds.
+        /// Reads word `i` (word 0 an acquire load, entries relaxed), `None` out of bounds.
         pub fn read_word(&self, i: usize) -> Option<u64> {
-            if i >= self.words {
-                return None;
-            }
-            // SAFETY: i < words, inside the live mapping; volatile because the kernel writes it.
-            Some(unsafe { self.ptr.as_ptr().add(i).read_volatile() })
+            let order = if i == 0 {
+                Ordering::Acquire
+            } else {
+                Ordering::Relaxed
+            };
+            self.cell(i).map(|c| c.load(order))
         }
 
-        /// Writes word `i` (volatile). For tests and for seeding; ignored out of bounds.
+        /// Writes word `i` (word 0 a release store, entries relaxed). For tests and for
+        /// seeding; ignored out of bounds.
         pub fn write_word(&self, i: usize, v: u64) {
-            if i == 0 {
-                self.count_cell().store(v, Ordering::Release);
-            } else if i < self.words {
-                // SAFETY: 0 < i < words, inside the live mapping.
-                unsafe { self.ptr.as_ptr().add(i).write_volatile(v) }
+            let order = if i == 0 {
+                Ordering::Release
+            } else {
+                Ordering::Relaxed
+            };
+            if let Some(c) = self.cell(i) {
+                c.store(v, order);
             }
         }
 
@@ -640,17 +767,23 @@ mod sys {
         pub fn snapshot(&self, mode: KcovMode) -> Coverage {
             let reported_count = self.count();
             let plan = plan_drain(reported_count, self.words, mode);
-            let mut words = Vec::with_capacity(plan.words);
-            for i in 1..=plan.words {
-                // SAFETY: plan.words <= words - 1, so 1..=plan.words is inside the mapping.
-                words.push(unsafe { self.ptr.as_ptr().add(i).read_volatile() });
-            }
+            // plan.words <= words - 1, so 1..=plan.words is inside the mapping.
+            let words: Vec<u64> = (1..=plan.words).map(|i| self.area_word(i)).collect();
             Coverage {
                 mode,
                 words,
                 overflow: plan.overflow,
                 reported_count,
             }
+        }
+    }
+
+    impl AreaWords for MappedArea {
+        fn area_len(&self) -> usize {
+            self.words
+        }
+        fn area_word(&self, i: usize) -> u64 {
+            self.read_word(i).unwrap_or(0)
         }
     }
 
@@ -675,16 +808,18 @@ mod sys {
         Remote,
     }
 
-    /// An open kcov file descriptor with its area. Dropping it disables (if enabled), unmaps
-    /// and closes.
+    /// An open kcov file descriptor with its area. Dropping it disables (if enabled) and
+    /// closes; the area is unmapped with the last `Arc` of it ([`Kcov::shared_area`]), which
+    /// may outlive the fd (the mapping keeps the kcov file, and so the area, alive).
     #[derive(Debug)]
     pub struct Kcov {
-        // Field order: the area is unmapped before the fd is closed.
-        area: Option<MappedArea>,
+        area: Option<Arc<MappedArea>>,
         fd: OwnedFd,
         state: State,
         mode: KcovMode,
         path: String,
+        /// kcov binds an enable to the calling thread: keep the handle on it (not Send/Sync).
+        _one_thread: PhantomData<*const ()>,
     }
 
     /// The system page size in bytes (4096 if sysconf fails).
@@ -731,6 +866,7 @@ mod sys {
                 state: State::Open,
                 mode: KcovMode::Pc,
                 path: shown,
+                _one_thread: PhantomData,
             })
         }
 
@@ -746,6 +882,7 @@ mod sys {
                 state: State::Open,
                 mode: KcovMode::Pc,
                 path: format!("fd {fd}"),
+                _one_thread: PhantomData,
             }
         }
 
@@ -793,13 +930,13 @@ mod sys {
                         source,
                     },
                 })?;
-            self.area = Some(MappedArea::map_kcov(self.fd.as_raw_fd(), words)?);
+            self.area = Some(Arc::new(MappedArea::map_kcov(self.fd.as_raw_fd(), words)?));
             self.state = State::Ready;
             Ok(())
         }
 
         fn ready(&self, op: &'static str) -> Result<&MappedArea, KcovError> {
-            match (&self.area, self.state) {
+            match (self.area.as_deref(), self.state) {
                 (Some(a), State::Ready) => Ok(a),
                 (None, _) => Err(KcovError::InvalidState {
                     op,
@@ -887,11 +1024,18 @@ mod sys {
 
         /// The mapped area, once `init_trace` succeeded.
         pub fn area(&self) -> Option<&MappedArea> {
-            self.area.as_ref()
+            self.area.as_deref()
+        }
+
+        /// The mapped area as a shared handle, once `init_trace` succeeded: another thread
+        /// may read it (e.g. with an [`AreaCursor`]) while this thread's workload runs, and
+        /// the mapping stays until the last handle is dropped, after this `Kcov` if need be.
+        pub fn shared_area(&self) -> Option<Arc<MappedArea>> {
+            self.area.clone()
         }
 
         fn mapped(&self, op: &'static str) -> Result<&MappedArea, KcovError> {
-            self.area.as_ref().ok_or(KcovError::InvalidState {
+            self.area.as_deref().ok_or(KcovError::InvalidState {
                 op,
                 why: "call init_trace first",
             })
@@ -899,7 +1043,7 @@ mod sys {
 
         /// Area size in words (including the count word), once initialised.
         pub fn area_words(&self) -> Option<usize> {
-            self.area.as_ref().map(MappedArea::words)
+            self.area.as_deref().map(MappedArea::words)
         }
 
         /// Writes 0 to word 0 (atomic store): coverage collected from now on starts at word 1.
@@ -937,7 +1081,7 @@ mod sys {
                 // that enabled; the kernel then drops the association at thread exit.
                 let _ = self.ioctl(KCOV_DISABLE, 0);
             }
-            // `area` (munmap) and then `fd` (close) drop in field order.
+            // `area` (munmap, unless shared) and then `fd` (close) drop in field order.
         }
     }
 }
@@ -1285,6 +1429,150 @@ mod tests {
         assert_eq!(chunks.len(), 2);
         assert_eq!(chunks[0].words, [10, 20]);
         assert_eq!(chunks[1].words, [30]);
+    }
+
+    /// Takes everything through `c` until nothing new comes, then a final read.
+    fn take_all(c: &mut AreaCursor, area: &[u64]) -> Vec<u64> {
+        let mut all = c.take_new(area, false).words;
+        all.extend(c.take_new(area, true).words);
+        all
+    }
+
+    #[test]
+    fn cursor_takes_each_remote_entry_once() {
+        // Remote sections land entries first, count after: every counted entry is written.
+        let mut area = vec![0u64; 8];
+        let mut c = AreaCursor::new(KcovMode::Pc);
+        assert_eq!(c.take_new(&area[..], false), NewEntries::default());
+        area[1..4].copy_from_slice(&[0x11, 0x12, 0x13]);
+        area[0] = 2; // the third is written but not counted yet: not taken
+        let n = c.take_new(&area[..], false);
+        assert_eq!(n.words, [0x11, 0x12]);
+        assert!(!n.overflow);
+        assert_eq!(c.taken_words(), 2);
+        assert!(c.take_new(&area[..], false).words.is_empty(), "nothing new");
+        area[0] = 3;
+        area[4] = 0x14;
+        assert_eq!(c.take_new(&area[..], false).words, [0x13]);
+        area[0] = 4;
+        assert_eq!(c.take_new(&area[..], false).words, [0x14]);
+        // Full: 7 entries fit; a hostile count is clamped to the area and says overflow.
+        area[5..8].copy_from_slice(&[0x15, 0x16, 0x17]);
+        area[0] = u64::MAX;
+        let n = c.take_new(&area[..], false);
+        assert_eq!(n.words, [0x15, 0x16, 0x17]);
+        assert!(n.overflow);
+        let n = c.take_new(&area[..], true);
+        assert!(n.words.is_empty() && n.overflow, "{n:?}");
+        assert_eq!(c.taken_words(), 7);
+        // Concatenated, the reads are exactly what one drain at the end copies.
+        let mut fresh = AreaCursor::new(KcovMode::Pc);
+        assert_eq!(
+            take_all(&mut fresh, &area),
+            parse_area(&area, KcovMode::Pc).words
+        );
+    }
+
+    #[test]
+    fn cursor_holds_back_counted_but_unwritten_entries() {
+        // Local tracing counts first and stores the pc after: a counted 0 is not written yet.
+        let mut area = vec![0u64; 16];
+        let mut c = AreaCursor::new(KcovMode::Pc);
+        area[1] = 0x21;
+        area[0] = 3; // slots 2 and 3 counted, not written
+        let n = c.take_new(&area[..], false);
+        assert_eq!((n.words.as_slice(), n.held_back), (&[0x21][..], 2));
+        area[3] = 0x23; // the later slot lands first: still held behind slot 2
+        let n = c.take_new(&area[..], false);
+        assert_eq!((n.words.len(), n.held_back), (0, 2));
+        area[2] = 0x22;
+        assert_eq!(c.take_new(&area[..], false).words, [0x22, 0x23]);
+        // The final read (writer stopped) takes what is counted as it is, zeros included,
+        // exactly as a one-shot drain would.
+        area[0] = 5;
+        area[4] = 0x24;
+        let n = c.take_new(&area[..], true);
+        assert_eq!((n.words.as_slice(), n.held_back), (&[0x24, 0][..], 0));
+        assert_eq!(c.taken_words(), 5);
+        let mut fresh = AreaCursor::new(KcovMode::Pc);
+        assert_eq!(
+            take_all(&mut fresh, &area),
+            parse_area(&area, KcovMode::Pc).words
+        );
+    }
+
+    #[test]
+    fn cursor_cmp_mode_takes_whole_entries() {
+        // 13 words = count + 3 CMP entries (type, arg1, arg2, pc).
+        let mut area = [0u64; 13];
+        let mut c = AreaCursor::new(KcovMode::Cmp);
+        area[1..5].copy_from_slice(&[1, 2, 3, 0xa0]);
+        area[5..8].copy_from_slice(&[4, 5, 6]); // pc of entry 2 not written yet
+        area[0] = 2;
+        let n = c.take_new(&area[..], false);
+        assert_eq!(n.words, [1, 2, 3, 0xa0]);
+        assert_eq!(n.held_back, 1);
+        area[8] = 0xb0;
+        area[9..13].copy_from_slice(&[7, 8, 9, 0xc0]);
+        area[0] = 3;
+        let n = c.take_new(&area[..], false);
+        assert_eq!(n.words, [4, 5, 6, 0xb0, 7, 8, 9, 0xc0]);
+        assert!(n.overflow, "3 entries fill 13 words");
+        assert_eq!(c.taken_words(), 12);
+        assert_eq!(c.mode(), KcovMode::Cmp);
+    }
+
+    #[test]
+    fn cursor_ignores_a_shrinking_count_and_tiny_areas() {
+        let mut area = [3u64, 0x31, 0x32, 0x33, 0];
+        let mut c = AreaCursor::new(KcovMode::Pc);
+        assert_eq!(c.take_new(&area[..], false).words.len(), 3);
+        area[0] = 1; // reset behind our back: nothing is taken twice
+        assert!(c.take_new(&area[..], true).words.is_empty());
+        area[0] = 4;
+        area[4] = 0x34;
+        assert_eq!(c.take_new(&area[..], false).words, [0x34]);
+        for len in 0..3 {
+            let tiny = vec![u64::MAX; len];
+            let mut c = AreaCursor::new(KcovMode::Cmp);
+            assert!(c.take_new(&tiny[..], true).words.is_empty());
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cursor_reads_a_shared_area_while_another_thread_writes_it() {
+        use std::sync::Arc;
+        // A writer in the order local tracing uses (count, then pc) and a reader on another
+        // thread: every entry is taken once, in order, none before it was written; the
+        // reader's handle keeps the mapping alive after the writer dropped its own.
+        const N: u64 = 20_000;
+        let area = Arc::new(MappedArea::anonymous(32 * 1024).unwrap());
+        let writer_area = Arc::clone(&area);
+        let writer = std::thread::spawn(move || {
+            for i in 1..=N {
+                writer_area.write_word(0, i);
+                // Widen the window in which the slot is counted but still 0.
+                for _ in 0..200 {
+                    std::hint::spin_loop();
+                }
+                writer_area.write_word(i as usize, 0x1000_0000 + i);
+            }
+            drop(writer_area);
+        });
+        let mut c = AreaCursor::new(KcovMode::Pc);
+        let mut got = Vec::new();
+        let mut reads = 0;
+        while !writer.is_finished() {
+            got.extend(c.take_new(&*area, false).words);
+            reads += 1;
+        }
+        writer.join().unwrap();
+        got.extend(c.take_new(&*area, true).words);
+        assert_eq!(Arc::strong_count(&area), 1);
+        let want: Vec<u64> = (1..=N).map(|i| 0x1000_0000 + i).collect();
+        assert_eq!(got.len(), want.len(), "after {reads} reads");
+        assert!(got == want, "entries out of order, repeated or torn");
     }
 
     #[cfg(target_os = "linux")]
