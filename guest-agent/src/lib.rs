@@ -3,6 +3,7 @@
 pub use frontends::kcov;
 pub mod net;
 pub mod plan;
+pub mod ship;
 pub mod sys;
 pub mod vsock;
 

@@ -10,16 +10,16 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use guest_agent::kcov::{self, Coverage, Kcov};
+use guest_agent::kcov::{self, Kcov};
 use guest_agent::plan::{Cover, Plan, Transport, Workload};
+use guest_agent::ship::{ship_while_running, AreaNote, FrameSink, Shipper};
 use guest_agent::sys::{self, kernel_release, mount_all};
 use guest_agent::{net, vsock};
 use kcov_wire::console::{LineWriter, CMD_FILE, EXIT_MARKER, READY_MARKER};
-use kcov_wire::{
-    CoverageSource, Done, ErrorReport, Frame, Hello, KcovMode, WorkloadResult, WorkloadStart,
-};
+use kcov_wire::{Done, ErrorReport, Frame, Hello, KcovMode, WorkloadResult, WorkloadStart};
 const KCOV_PATH: &str = "/sys/kernel/debug/kcov";
 const VHOST_NET_PATH: &str = "/dev/vhost-net";
 const VHOST_VSOCK_PATH: &str = "/dev/vhost-vsock";
@@ -114,26 +114,26 @@ fn run() -> Result<i32, String> {
         )?;
         println!("testbed-agent: workload {w}: running");
         let _ = std::io::stdout().flush();
-        let out = run_workload(w, &plan, handle, argv.clone().unwrap_or_default());
-        let ship = Instant::now();
-        let mut pcs = 0u64;
-        let mut overflow = false;
-        if let Some(cov) = &out.remote {
-            pcs = cov.entry_count() as u64;
-            overflow = cov.overflow;
-            let chunks = cov
-                .chunks(w.name(), CoverageSource::Remote, 0, CHUNK_WORDS)
-                .map_err(|e| e.to_string())?;
-            for chunk in chunks {
-                send(&mut sink, Frame::CoverageChunk(chunk))?;
-            }
-        }
-        sink.flush()
-            .map_err(|e| format!("flushing the stream: {e}"))?;
+        let (out, shipped) = run_workload(
+            w,
+            &plan,
+            handle,
+            argv.clone().unwrap_or_default(),
+            &mut sink,
+        )?;
+        let pcs = shipped.as_ref().map_or(0, Shipper::entries);
+        let overflow = shipped.as_ref().is_some_and(Shipper::overflow);
         let mut counters = out.counters;
         counters.push(("remote_pcs".into(), pcs));
         counters.push(("overflow".into(), u64::from(overflow)));
-        counters.push(("ship_us".into(), ship.elapsed().as_micros() as u64));
+        counters.push((
+            "ship_us".into(),
+            shipped.as_ref().map_or(0, |s| s.busy().as_micros() as u64),
+        ));
+        counters.push((
+            "snapshots".into(),
+            shipped.as_ref().map_or(0, Shipper::snapshots),
+        ));
         match &out.error {
             Some(e) => println!(
                 "testbed-agent: workload {w}: failed (status {}): {e}",
@@ -298,33 +298,78 @@ struct Outcome {
     duration: Duration,
     counters: Vec<(String, u64)>,
     error: Option<String>,
-    remote: Option<Coverage>,
+}
+
+impl Outcome {
+    fn failed(error: String) -> Outcome {
+        Outcome {
+            status: 1,
+            duration: Duration::ZERO,
+            counters: Vec::new(),
+            error: Some(error),
+        }
+    }
+}
+
+/// The agent's stream as a [`FrameSink`].
+struct StreamSink<'a>(&'a mut Sink);
+
+impl FrameSink for StreamSink<'_> {
+    fn send(&mut self, frame: Frame) -> Result<(), String> {
+        send(self.0, frame)
+    }
+    fn flush(&mut self) -> Result<(), String> {
+        self.0
+            .flush()
+            .map_err(|e| format!("flushing the stream: {e}"))
+    }
 }
 
 /// Runs one workload on a fresh thread that owns the kcov fd: KCOV_REMOTE_ENABLE with the
 /// common handle there, then the workload (whose VHOST_SET_OWNER runs on that same thread,
-/// or in a child forked after the enable), a settle pause, drain, disable.
-fn run_workload(w: Workload, plan: &Plan, handle: u64, argv: Vec<String>) -> Outcome {
-    let plan = plan.clone();
+/// or in a child forked after the enable), a settle pause, disable. Meanwhile this (the
+/// main) thread ships the coverage the area gains every `snapshot_ms`, flushed, so a run
+/// that ends while the workload runs keeps it; once the thread ended it ships the rest
+/// ([`ship_while_running`]). Returns the outcome and, when coverage was on, what was shipped.
+fn run_workload(
+    w: Workload,
+    plan: &Plan,
+    handle: u64,
+    argv: Vec<String>,
+    sink: &mut Sink,
+) -> Result<(Outcome, Option<Shipper>), String> {
+    let thread_plan = plan.clone();
+    let (area_tx, area_rx) = mpsc::channel::<AreaNote>();
     let t = std::thread::Builder::new()
         .name(format!("wl-{w}"))
-        .spawn(move || workload_thread(w, &plan, handle, &argv));
-    let failed = |e: String| Outcome {
-        status: 1,
-        duration: Duration::ZERO,
-        counters: Vec::new(),
-        error: Some(e),
-        remote: None,
+        .spawn(move || workload_thread(w, &thread_plan, handle, &argv, area_tx));
+    let t = match t {
+        Ok(t) => t,
+        Err(e) => {
+            let out = Outcome::failed(format!("spawning the workload thread: {e}"));
+            return Ok((out, None));
+        }
     };
-    match t {
-        Ok(t) => t
-            .join()
-            .unwrap_or_else(|_| failed("the workload thread panicked".into())),
-        Err(e) => failed(format!("spawning the workload thread: {e}")),
-    }
+    let period = (plan.snapshot_ms > 0).then(|| Duration::from_millis(plan.snapshot_ms.into()));
+    let (result, shipped) = ship_while_running(
+        w.name(),
+        period,
+        CHUNK_WORDS,
+        t,
+        &area_rx,
+        &mut StreamSink(sink),
+    )?;
+    let out = result.unwrap_or_else(|_| Outcome::failed("the workload thread panicked".into()));
+    Ok((out, shipped))
 }
 
-fn workload_thread(w: Workload, plan: &Plan, handle: u64, argv: &[String]) -> Outcome {
+fn workload_thread(
+    w: Workload,
+    plan: &Plan,
+    handle: u64,
+    argv: &[String],
+    area_tx: mpsc::Sender<AreaNote>,
+) -> Outcome {
     let mut kcov = None;
     if let Cover::On(mode) = plan.cover {
         let enabled = Kcov::open_default().and_then(|mut k| {
@@ -333,18 +378,17 @@ fn workload_thread(w: Workload, plan: &Plan, handle: u64, argv: &[String]) -> Ou
             Ok(k)
         });
         match enabled {
-            Ok(k) => kcov = Some(k),
-            Err(e) => {
-                return Outcome {
-                    status: 1,
-                    duration: Duration::ZERO,
-                    counters: Vec::new(),
-                    error: Some(format!("kcov remote enable: {e}")),
-                    remote: None,
+            Ok(k) => {
+                if let Some(area) = k.shared_area() {
+                    // The main thread is waiting on the receiver; it only goes at our end.
+                    let _ = area_tx.send((area, mode));
                 }
+                kcov = Some(k);
             }
+            Err(e) => return Outcome::failed(format!("kcov remote enable: {e}")),
         }
     }
+    // `area_tx` lives until we return: its drop tells the main thread we ended.
     let start = Instant::now();
     let result: Result<(i32, Vec<(String, u64)>), String> = match w {
         Workload::VhostNetTx => plan
@@ -365,9 +409,9 @@ fn workload_thread(w: Workload, plan: &Plan, handle: u64, argv: &[String]) -> Ou
         }
     };
     let duration = start.elapsed();
-    // Remote sections land at kcov_remote_stop(): let the last work items finish.
+    // Remote sections land at kcov_remote_stop(): let the last work items finish before
+    // the disable; the main thread then ships what the area holds.
     std::thread::sleep(Duration::from_millis(u64::from(plan.settle_ms)));
-    let remote = kcov.as_ref().and_then(|k| k.drain().ok());
     if let Some(mut k) = kcov {
         let _ = k.disable();
     }
@@ -381,7 +425,6 @@ fn workload_thread(w: Workload, plan: &Plan, handle: u64, argv: &[String]) -> Ou
         duration,
         counters,
         error,
-        remote,
     }
 }
 

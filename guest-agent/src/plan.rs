@@ -17,6 +17,7 @@
 //! | `testbed.mrg_rxbuf=on\|off` | negotiate VIRTIO_NET_F_MRG_RXBUF | `on` |
 //! | `testbed.vsock_cid=<CID>` | guest CID given to the vhost-vsock device (not the CID of our own virtio-vsock) | 100 |
 //! | `testbed.settle_ms=<ms>` | wait before draining the kcov area | 50 |
+//! | `testbed.snapshot_ms=<ms>` | while a workload runs, ship the coverage its area gained every this many ms, so a hang or a panic keeps the coverage up to it; `0` = only after the workload | 1000 |
 //! | `testbed.timeout_ms=<ms>` | per-step timeout inside a workload | 30000 (generous: TCG guests on a loaded host are slow) |
 //!
 //! Anything else under `testbed.` is an error, as is a bad value: the agent reports it in an
@@ -30,6 +31,12 @@ use kcov_wire::KcovMode;
 pub const DEFAULT_AREA_WORDS: usize = 1 << 20;
 /// Default AF_VSOCK port of the host collector.
 pub const DEFAULT_PORT: u32 = 10_000;
+/// Default period of the coverage snapshots of a running workload, in milliseconds.
+pub const DEFAULT_SNAPSHOT_MS: u32 = 1000;
+/// Shortest snapshot period accepted (shorter ones would mostly cost the workload time).
+pub const MIN_SNAPSHOT_MS: u32 = 10;
+/// Longest snapshot period accepted.
+pub const MAX_SNAPSHOT_MS: u32 = 600_000;
 
 /// A workload the agent can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,6 +151,8 @@ pub struct Plan {
     pub port: u32,
     /// Settle time before draining, in milliseconds.
     pub settle_ms: u32,
+    /// Period of the coverage snapshots of a running workload in milliseconds; 0 = none.
+    pub snapshot_ms: u32,
     /// Workload parameters.
     pub params: Params,
 }
@@ -229,6 +238,7 @@ impl Plan {
             transport: Transport::Console,
             port: DEFAULT_PORT,
             settle_ms: 50,
+            snapshot_ms: DEFAULT_SNAPSHOT_MS,
             params: Params::default(),
         };
         let mut workloads_given = false;
@@ -290,6 +300,14 @@ impl Plan {
                 "settle_ms" => {
                     plan.settle_ms = num(key, value, 0..=60_000, "milliseconds, 0..=60000")?
                 }
+                "snapshot_ms" => {
+                    const PERIOD: &str = "milliseconds, 0 (off) or 10..=600000";
+                    let ms: u32 = num(key, value, 0..=MAX_SNAPSHOT_MS, PERIOD)?;
+                    if ms != 0 && ms < MIN_SNAPSHOT_MS {
+                        return Err(bad(key, value, PERIOD));
+                    }
+                    plan.snapshot_ms = ms;
+                }
                 "frames" => p.frames = num(key, value, 1..=1_000_000, "1..=1000000")?,
                 "size" => p.size = num(key, value, 1..=65_536, "bytes, 1..=65536")?,
                 "queue" => {
@@ -347,6 +365,7 @@ mod tests {
         assert_eq!(p.cover, Cover::On(KcovMode::Pc));
         assert_eq!(p.area_words, DEFAULT_AREA_WORDS);
         assert_eq!(p.transport, Transport::Console);
+        assert_eq!(p.snapshot_ms, DEFAULT_SNAPSHOT_MS);
         let p = Plan::parse("console=ttyS0", true).unwrap();
         assert_eq!(p.workloads, [Workload::Cmd]);
     }
@@ -357,7 +376,8 @@ mod tests {
             "x testbed.workloads=vhost-net-tx,vhost-vsock,vhost-net-rx testbed.cover=cmp \
              testbed.area=1024 testbed.transport=vsock testbed.port=1234 testbed.frames=9 \
              testbed.size=1514 testbed.queue=64 testbed.indirect=on testbed.event_idx=off \
-             testbed.mrg_rxbuf=off testbed.vsock_cid=42 testbed.settle_ms=0 testbed.timeout_ms=100",
+             testbed.mrg_rxbuf=off testbed.vsock_cid=42 testbed.settle_ms=0 testbed.timeout_ms=100 \
+             testbed.snapshot_ms=250",
             false,
         )
         .unwrap();
@@ -374,6 +394,7 @@ mod tests {
         assert_eq!(p.transport, Transport::Vsock);
         assert_eq!(p.port, 1234);
         assert_eq!(p.settle_ms, 0);
+        assert_eq!(p.snapshot_ms, 250);
         assert_eq!(
             p.params,
             Params {
@@ -390,6 +411,10 @@ mod tests {
         assert_eq!(p.net_frame_size(), Ok(1514));
         let p = Plan::parse("testbed.cover=off testbed.workloads=cmd", true).unwrap();
         assert_eq!(p.cover, Cover::Off);
+        for (word, ms) in [("0", 0), ("10", 10), ("600000", 600_000)] {
+            let p = Plan::parse(&format!("testbed.snapshot_ms={word}"), false).unwrap();
+            assert_eq!(p.snapshot_ms, ms, "{word}");
+        }
     }
 
     #[test]
@@ -422,6 +447,11 @@ mod tests {
             PlanError::BadValue { .. }
         ));
         assert!(matches!(e("testbed.frames=0"), PlanError::BadValue { .. }));
+        for v in ["1", "9", "600001", "-1", "1s", ""] {
+            let err = e(&format!("testbed.snapshot_ms={v}"));
+            assert!(matches!(err, PlanError::BadValue { .. }), "{v}: {err:?}");
+            assert!(err.to_string().contains("0 (off) or 10..=600000"), "{err}");
+        }
         assert!(matches!(
             e("testbed.vsock_cid=2"),
             PlanError::BadValue { .. }
