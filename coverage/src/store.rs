@@ -16,7 +16,12 @@
 //!
 //! Every file is written atomically (temporary file in the same directory, fsync, rename), and
 //! `meta.json` is rewritten after each workload, so a collector killed at any point leaves a
-//! store that readers recognise as incomplete. A stream that ends without `Done`, fails to
+//! store that readers recognise as incomplete.
+//!
+//! The agent ships a running workload's coverage in snapshots (CoverageChunks numbered on
+//! across them, each entry once). A stream that ends while a workload runs (a hang, a host
+//! timeout, a kernel panic) still stores that workload's coverage up to its last snapshot, and
+//! marks it `partial` in `meta.json` (it has no result; [`run_failures`] names it). A stream that ends without `Done`, fails to
 //! decode, or breaks the frame order gives a store marked incomplete (with the reason);
 //! [`Store::open`] refuses it, [`Store::open_partial`] reads what is there.
 //!
@@ -206,6 +211,40 @@ pub struct WorkloadMeta {
     pub result: Option<WorkloadOutcome>,
     /// Coverage files.
     pub coverage: Vec<PcFileMeta>,
+    /// The run ended while this workload ran (a hang, a host timeout, a kernel panic, a
+    /// stream cut short): it has no result, and its coverage files hold only what the agent's
+    /// periodic snapshots shipped up to then. Absent (false) in stores written before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+}
+
+impl WorkloadMeta {
+    /// Coverage entries (PCs received, duplicates included) over all of its files.
+    pub fn entries(&self) -> u64 {
+        self.coverage
+            .iter()
+            .fold(0u64, |a, f| a.saturating_add(f.entries))
+    }
+
+    /// Distinct PCs, summed over its files (remote and local counted apart).
+    pub fn distinct_pcs(&self) -> u64 {
+        self.coverage
+            .iter()
+            .fold(0u64, |a, f| a.saturating_add(f.distinct_pcs))
+    }
+
+    /// One line on the coverage a [`partial`](Self::partial) workload left.
+    pub fn partial_coverage(&self) -> String {
+        if self.coverage.is_empty() {
+            "no coverage of it reached the host (no snapshot before the end)".to_string()
+        } else {
+            format!(
+                "coverage up to its last snapshot, {} PCs ({} distinct)",
+                self.entries(),
+                self.distinct_pcs()
+            )
+        }
+    }
 }
 
 /// `meta.json`.
@@ -476,9 +515,10 @@ pub fn run_failures(meta: &StoreMeta, cut_short: bool) -> Vec<String> {
             Some(_) => {}
             None if !cut_short => {}
             None => out.push(format!(
-                "workload {} has no result (the stream ended inside it: a hang, a panic or a \
-                 timeout)",
-                w.name
+                "workload {}: no result (the run ended while it ran: a hang, a panic or a \
+                 timeout); {}",
+                w.name,
+                w.partial_coverage()
             )),
         }
     }
@@ -833,6 +873,7 @@ impl Collector {
                     name: s.name,
                     result: None,
                     coverage: Vec::new(),
+                    partial: false,
                 });
                 self.current = Some((self.meta.workloads.len() - 1, Default::default()));
             }
@@ -865,9 +906,16 @@ impl Collector {
                 if acc.mode.is_some_and(|m| m != c.mode) {
                     return Err("coverage chunks of one source change mode".into());
                 }
+                // Chunks of one (workload, source) are numbered on across the agent's
+                // snapshots and its final shipment: a gap or a repeat is refused.
                 if c.seq != acc.next_seq {
+                    let why = if c.seq.wrapping_sub(acc.next_seq) < 1 << 31 {
+                        "a chunk was lost"
+                    } else {
+                        "a chunk was sent twice"
+                    };
                     return Err(format!(
-                        "coverage chunk seq {} for {:?}/{}, expected {} (a chunk was lost)",
+                        "coverage chunk seq {} for {:?}/{}, expected {} ({why})",
                         c.seq,
                         c.workload,
                         c.source.name(),
@@ -943,6 +991,9 @@ impl Collector {
         let Some((i, accs)) = self.current.take() else {
             return Ok(());
         };
+        // Forced without a result: the run ended while the workload ran, and what its
+        // snapshots shipped is all there is.
+        self.meta.workloads[i].partial = self.meta.workloads[i].result.is_none();
         let name = file_safe(&self.meta.workloads[i].name);
         for (source, acc) in [CoverageSource::Remote, CoverageSource::Local]
             .into_iter()
@@ -1356,6 +1407,139 @@ mod tests {
                 .pcs,
             [1, 2, 3]
         );
+    }
+
+    fn start(w: &str) -> Frame {
+        Frame::WorkloadStart(WorkloadStart { name: w.into() })
+    }
+
+    /// A run that ended while workload "b" ran: "a" finished; "b" shipped three snapshots.
+    fn ended_inside_b() -> Vec<Frame> {
+        vec![
+            hello(),
+            start("a"),
+            chunk("a", 0, &[9]),
+            result("a"),
+            start("b"),
+            chunk("b", 0, &[1, 2]),
+            chunk("b", 1, &[3]),
+            chunk("b", 2, &[2, 4]),
+        ]
+    }
+
+    #[test]
+    fn a_workload_cut_off_by_the_end_of_the_run_keeps_its_snapshots_marked_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = collect(
+            &stream(&ended_inside_b())[..],
+            dir.path(),
+            KernelIdentity::default(),
+        )
+        .unwrap();
+        assert!(!s.complete);
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Incomplete { .. })
+        ));
+        let store = Store::open_partial(dir.path()).unwrap();
+        let a = store.meta.workload("a").unwrap();
+        assert!(a.result.is_some() && !a.partial);
+        let b = store.meta.workload("b").unwrap();
+        assert!(b.result.is_none() && b.partial);
+        assert_eq!(b.coverage.len(), 1);
+        assert_eq!(
+            (b.coverage[0].chunks, b.coverage[0].entries),
+            (3, 5),
+            "{b:?}"
+        );
+        let pcs = store.all_pcs(Some("b")).unwrap();
+        assert_eq!(pcs[0].1.pcs, [1, 2, 3, 4]);
+        assert_eq!(pcs[0].1.hits, [1, 2, 1, 1]);
+        // Visible in meta.json, only where it applies.
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(META_FILE)).unwrap()).unwrap();
+        assert_eq!(json["workloads"][1]["partial"], true);
+        assert!(json["workloads"][0].get("partial").is_none(), "{json}");
+        // Still a failed run, and the failure says what coverage there is.
+        let failures = run_failures(&store.meta, true);
+        assert!(
+            failures.contains(
+                &"workload b: no result (the run ended while it ran: a hang, a panic or a \
+                  timeout); coverage up to its last snapshot, 5 PCs (4 distinct)"
+                    .to_string()
+            ),
+            "{failures:?}"
+        );
+        assert!(failures
+            .iter()
+            .any(|f| f.contains("before the agent's final status")));
+
+        // A workload cut off before its first snapshot: partial, no coverage, said so.
+        let dir = tempfile::tempdir().unwrap();
+        let frames = [hello(), start("c")];
+        collect(&stream(&frames)[..], dir.path(), KernelIdentity::default()).unwrap();
+        let store = Store::open_partial(dir.path()).unwrap();
+        let c = store.meta.workload("c").unwrap();
+        assert!(c.partial && c.coverage.is_empty());
+        assert!(run_failures(&store.meta, true)
+            .iter()
+            .any(|f| f.starts_with("workload c: no result")
+                && f.ends_with("no coverage of it reached the host (no snapshot before the end)")));
+
+        // A complete run marks nothing partial, and its meta.json has no such field.
+        let dir = tempfile::tempdir().unwrap();
+        collect(&stream(&good())[..], dir.path(), KernelIdentity::default()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.meta.workloads.iter().all(|w| !w.partial));
+        let raw = std::fs::read_to_string(dir.path().join(META_FILE)).unwrap();
+        assert!(!raw.contains("partial"), "{raw}");
+    }
+
+    #[test]
+    fn incremental_chunks_cut_anywhere_are_partial_or_complete_never_wrong() {
+        let mut frames = ended_inside_b();
+        frames.push(chunk("b", 3, &[5]));
+        frames.push(result("b"));
+        frames.push(Frame::Done(Done { status: 0 }));
+        let full = stream(&frames);
+        for cut in 0..=full.len() {
+            let dir = tempfile::tempdir().unwrap();
+            let s = collect(&full[..cut], dir.path(), KernelIdentity::default()).unwrap();
+            assert_eq!(s.complete, cut == full.len(), "cut {cut}");
+            let store = Store::open_partial(dir.path()).unwrap();
+            for w in &store.meta.workloads {
+                assert_eq!(w.partial, w.result.is_none(), "cut {cut}: {w:?}");
+                // Whatever arrived is a prefix of what was shipped: no PC twice too often.
+                for (_, p) in store.all_pcs(Some(&w.name)).unwrap() {
+                    assert!(p.entries <= if w.name == "a" { 1 } else { 6 }, "cut {cut}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn incremental_chunks_with_a_gap_or_a_repeat_are_refused() {
+        for (bad, want) in [
+            (chunk("b", 4, &[5]), "expected 3 (a chunk was lost)"),
+            (
+                chunk("b", 2, &[2, 4]),
+                "expected 3 (a chunk was sent twice)",
+            ),
+            (
+                chunk("b", 0, &[1, 2]),
+                "expected 3 (a chunk was sent twice)",
+            ),
+        ] {
+            let mut frames = ended_inside_b();
+            frames.push(bad);
+            frames.push(result("b"));
+            frames.push(Frame::Done(Done { status: 0 }));
+            let dir = tempfile::tempdir().unwrap();
+            let s = collect(&stream(&frames)[..], dir.path(), KernelIdentity::default()).unwrap();
+            assert!(!s.complete);
+            let reason = s.incomplete_reason.unwrap();
+            assert!(reason.contains(want), "{reason} vs {want}");
+        }
     }
 
     #[test]
