@@ -558,7 +558,33 @@ impl fmt::Display for StreamReport {
         for e in &self.errors {
             writeln!(f, "  agent error: {e}")?;
         }
+        let overflowed = |w: &WorkloadSummary| {
+            if w.overflow {
+                ", OVERFLOW (raise testbed.area)"
+            } else {
+                ""
+            }
+        };
         for w in &self.workloads {
+            if w.status.is_none() {
+                // The run ended while it ran: the agent's snapshots are all there is.
+                let coverage = if w.pcs == 0 {
+                    "no coverage of it reached the host".to_string()
+                } else {
+                    format!(
+                        "coverage up to its last snapshot, {} remote PCs, {} unique{}",
+                        w.pcs,
+                        w.unique_pcs,
+                        overflowed(w)
+                    )
+                };
+                writeln!(
+                    f,
+                    "  {:<14} no result (the run ended while it ran): {coverage}",
+                    w.name
+                )?;
+                continue;
+            }
             let status = match (w.status, &w.error) {
                 (Some(0), _) => "ok".to_string(),
                 (Some(s), Some(e)) => format!("FAILED ({s}): {e}"),
@@ -579,11 +605,7 @@ impl fmt::Display for StreamReport {
                 w.name,
                 w.pcs,
                 w.unique_pcs,
-                if w.overflow {
-                    ", OVERFLOW (raise testbed.area)"
-                } else {
-                    ""
-                },
+                overflowed(w),
                 its,
                 w.duration_us as f64 / 1000.0
             )?;
@@ -801,7 +823,7 @@ mod stream_tests {
                 words,
             })
         };
-        let bytes = stream(&[
+        let frames = [
             Frame::Hello(Hello {
                 agent_version: "0".into(),
                 kernel_release: "6.12".into(),
@@ -828,7 +850,8 @@ mod stream_tests {
                 message: "note".into(),
             }),
             Frame::Done(Done { status: 0 }),
-        ]);
+        ];
+        let bytes = stream(&frames);
         let r = StreamReport::parse(&bytes);
         assert_eq!(r.problem, None);
         assert_eq!(r.done, Some(0));
@@ -847,6 +870,34 @@ mod stream_tests {
         assert!(junk.problem.unwrap().contains("corrupt"));
         let no_done = StreamReport::parse(&bytes[..bytes.len() - 20]);
         assert!(no_done.problem.unwrap().contains("Done"));
+
+        // A run that ended while "tx" ran: its snapshots are shown as what they are.
+        let mut cut: Vec<Frame> = frames
+            .iter()
+            .filter(|f| {
+                !matches!(
+                    f,
+                    Frame::WorkloadResult(_) | Frame::Error(_) | Frame::Done(_)
+                )
+            })
+            .cloned()
+            .collect();
+        cut.push(Frame::WorkloadStart(WorkloadStart { name: "cmd".into() }));
+        let text = StreamReport::parse(&stream(&cut)).to_string();
+        assert!(
+            text.contains(
+                "  tx             no result (the run ended while it ran): coverage up to its \
+                 last snapshot, 5 remote PCs, 3 unique, OVERFLOW"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  cmd            no result (the run ended while it ran): no coverage of it \
+                 reached the host"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

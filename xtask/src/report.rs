@@ -1242,6 +1242,80 @@ mod tests {
         assert_eq!(code(&[&bad], true), ok);
     }
 
+    /// A run that ended while its workload ran (a hang, a timeout, a panic): the coverage its
+    /// snapshots shipped is reported, the workload is marked partial, and the run failed.
+    #[test]
+    fn a_workload_cut_off_reports_its_snapshots_as_partial() {
+        let tmp = tempfile::tempdir().unwrap();
+        let chunk = |seq, words: Vec<u64>| {
+            Frame::CoverageChunk(CoverageChunk {
+                workload: "w".into(),
+                source: CoverageSource::Remote,
+                mode: KcovMode::Pc,
+                seq,
+                overflow: false,
+                words,
+            })
+        };
+        let frames = [
+            Frame::Hello(Hello {
+                agent_version: "t".into(),
+                kernel_release: "6.12.117".into(),
+                kcov_mode: KcovMode::Pc,
+                area_words: 1 << 16,
+                common_handle: 0x42,
+            }),
+            Frame::WorkloadStart(WorkloadStart { name: "w".into() }),
+            chunk(0, vec![0x15]),
+            chunk(1, vec![0x15, 0x45]),
+        ];
+        let bytes: Vec<u8> = frames.iter().flat_map(|f| encode(f).unwrap()).collect();
+        let run = tmp.path().join("run");
+        let s = collect(&bytes[..], &run.join(STORE_DIR), KernelIdentity::default()).unwrap();
+        assert!(!s.complete);
+        let opts = ReportOpts {
+            run_dir: run.clone(),
+            json: Some(tmp.path().join("r.json")),
+            load: LoadOpts {
+                partial: true,
+                ..LoadOpts::default()
+            },
+            ..ReportOpts::default()
+        };
+        let loaded = load_with_table(
+            &run,
+            &opts.load,
+            PathBuf::from("synthetic-vmlinux"),
+            table(),
+            None,
+        )
+        .unwrap();
+        let text = report_run(&opts, &loaded, None).unwrap();
+        assert!(text.starts_with("WARNING: partial report"), "{text}");
+        assert!(text.contains("RUN FAILED"), "{text}");
+        assert!(
+            text.contains(
+                "  - workload w: no result (the run ended while it ran: a hang, a panic or a \
+                 timeout); coverage up to its last snapshot, 3 PCs (2 distinct)"
+            ),
+            "{text}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(tmp.path().join("r.json")).unwrap()).unwrap();
+        assert_eq!(v["workloads"][0]["partial"], true, "{v}");
+        assert_eq!(v["complete"], false);
+        // The snapshots' PCs are in the report: net.c line 10 (0x15) twice.
+        assert!(
+            hit_lines(&v).contains(&("drivers/vhost/net.c".to_string(), 10)),
+            "{:?}",
+            hit_lines(&v)
+        );
+        // A failed run: the command fails, unless the user asked for a cut stream.
+        let ok = format!("{:?}", std::process::ExitCode::SUCCESS);
+        assert_ne!(format!("{:?}", failed_run_exit(&[&run], false, false)), ok);
+        assert_eq!(format!("{:?}", failed_run_exit(&[&run], false, true)), ok);
+    }
+
     /// A collector killed mid-way (here: dropped before its end, which frees the lock as a
     /// kill does) leaves the store "in progress"; the next report collects it again.
     #[test]
