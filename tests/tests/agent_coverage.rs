@@ -391,3 +391,126 @@ fn a_hanging_workload_keeps_the_finished_ones() {
     assert_eq!(cmd.status, None);
     assert_eq!(s.done, None);
 }
+
+/// A static C program that makes the guest's vhost workers run under the handle it inherited
+/// from the agent (each release of a vhost-net or vhost-vsock device it owns flushes the
+/// device's worker: a work item between kcov_remote_start and kcov_remote_stop), says so on
+/// the console, then hangs.
+fn vhost_then_hang_program(dir: &Path) -> PathBuf {
+    tests::static_c(
+        dir,
+        "vhost-hang",
+        r#"#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <linux/vhost.h>
+static int own_and_release(const char *path, int vsock) {
+    int fd = open(path, O_RDWR);
+    if (fd < 0) { perror(path); return -1; }
+    if (ioctl(fd, VHOST_SET_OWNER, 0) < 0) { perror("VHOST_SET_OWNER"); return -1; }
+    if (vsock) {
+        /* Not the guest's own CID (3): vhost refuses a CID the guest itself uses. */
+        unsigned long long cid = 4242;
+        if (ioctl(fd, VHOST_VSOCK_SET_GUEST_CID, &cid) < 0) {
+            perror("VHOST_VSOCK_SET_GUEST_CID");
+            return -1;
+        }
+    }
+    return close(fd);
+}
+int main(void) {
+    int rounds;
+    for (rounds = 0; rounds < 8; rounds++) {
+        if (own_and_release("/dev/vhost-net", 0) < 0) return 10;
+        if (own_and_release("/dev/vhost-vsock", 1) < 0) return 11;
+    }
+    printf("vhost-hang: %d rounds done, hanging\n", rounds);
+    fflush(stdout);
+    for (;;) { __asm__ volatile(""); }
+}
+"#,
+    )
+}
+
+/// A workload that hangs after making vhost work keeps that coverage: the agent ships the
+/// running workload's new coverage every testbed.snapshot_ms, so the run stopped at --timeout
+/// still has the command's remote PCs, and the host shows them as partial (no result).
+#[test]
+fn a_hung_command_keeps_its_vhost_coverage_up_to_the_last_snapshot() {
+    let Some(vmlinux) = vmlinux() else { return };
+    if tests::artifact("TESTBED_XTASK_BIN").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = vhost_then_hang_program(tmp.path());
+    let include = format!("{}:/bin/vhost-hang", bin.display());
+    let out = boot(&[
+        "--timeout",
+        "25",
+        "--param",
+        "snapshot_ms=200",
+        "--include",
+        &include,
+        "--",
+        "/bin/vhost-hang",
+    ])
+    .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(124), "{all}");
+    let stream = stream_path(&out);
+    let serial = std::fs::read_to_string(stream.with_file_name("serial.log")).unwrap();
+    assert!(
+        serial.contains("vhost-hang: 8 rounds done, hanging"),
+        "the command did its vhost work before it hung:\n{serial}"
+    );
+    let s = read_stream(&stream);
+    assert_eq!(s.done, None, "the run ended inside the command");
+    let cmd = &s.workloads["cmd"];
+    assert_eq!(cmd.status, None, "no result: it never ended");
+    assert!(cmd.chunks >= 1, "snapshots of the running command: {all}");
+    // What arrives is the vhost workers' remote coverage (the command's own ioctls run in
+    // process context without a local enable, so they are not traced).
+    let funcs = functions(&vmlinux, &cmd.remote);
+    assert!(
+        funcs.iter().any(|f| f.starts_with("vhost_flush_work")),
+        "the workers' flush work under the inherited handle: {funcs:?}"
+    );
+    let n = cmd.remote.len();
+    assert!(
+        all.contains(&format!(
+            "cmd            no result (the run ended while it ran): coverage up to its last \
+             snapshot, {n} remote PCs"
+        )),
+        "{all}"
+    );
+
+    // The store and the report: partial, and the run failed.
+    let run = stream.parent().unwrap();
+    let json = tmp.path().join("r.json");
+    let rep = xtask(&[
+        "report",
+        run.to_str().unwrap(),
+        "--partial",
+        "--json",
+        json.to_str().unwrap(),
+    ])
+    .unwrap();
+    let rep_text = text(&rep);
+    assert!(rep.status.success(), "{rep_text}");
+    assert!(rep_text.contains("RUN FAILED"), "{rep_text}");
+    assert!(
+        rep_text.contains(&format!(
+            "workload cmd: no result (the run ended while it ran: a hang, a panic or a \
+             timeout); coverage up to its last snapshot, {n} PCs"
+        )),
+        "{rep_text}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["workloads"][0]["name"], "cmd");
+    assert_eq!(v["workloads"][0]["partial"], true, "{}", v["workloads"]);
+    assert!(v["workloads"][0]["result"].is_null());
+    // Without --partial the incomplete store is refused, as before.
+    let plain = xtask(&["report", run.to_str().unwrap()]).unwrap();
+    assert!(!plain.status.success(), "{}", text(&plain));
+}

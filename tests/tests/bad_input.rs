@@ -91,6 +91,10 @@ fn boot_input_is_checked_before_any_build() {
             "bad value \"0\" for testbed.frames",
         ),
         (
+            &["--param", "snapshot_ms=5"],
+            "bad value \"5\" for testbed.snapshot_ms: milliseconds, 0 (off) or 10..=600000",
+        ),
+        (
             &["--param", "nosuchkey=1"],
             "unknown plan key testbed.nosuchkey",
         ),
