@@ -163,8 +163,9 @@ pub struct WorkloadResult {
     pub error: Option<String>,
 }
 
-/// Part of the coverage of one workload. A drained kcov area is sent as one or more chunks
-/// with consecutive `seq` numbers; see [`crate::chunk_coverage`].
+/// Part of the coverage of one workload. A kcov area is sent as one or more chunks with
+/// consecutive `seq` numbers, possibly over several shipments (the agent's snapshots while the
+/// workload runs, then the rest), each area entry once; see [`crate::chunk_coverage`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoverageChunk {
     /// Workload name.
