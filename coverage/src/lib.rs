@@ -6,7 +6,8 @@
 //! [`symbolizer::SymbolCache`]) → lines and functions ([`map::CoverageMap`]), which reports
 //! are made from. Around it: the collector and run store ([`store`]: kcov-wire stream → PC files),
 //! reports ([`report`]: terminal, lcov, JSON; [`html`]), run and patch diffs ([`diff`]) and
-//! golden coverage checks ([`golden`]).
+//! golden coverage checks ([`golden`]). [`run`] owns the run directory (layout, `run.json`,
+//! collect-on-open, the loaded run with its build-id check); the CLI only finds kernels.
 
 pub mod bench;
 pub mod diff;
@@ -15,6 +16,7 @@ pub mod golden;
 pub mod html;
 pub mod map;
 pub mod report;
+pub mod run;
 pub mod store;
 pub mod symbolizer;
 

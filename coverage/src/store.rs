@@ -41,10 +41,6 @@ use std::path::{Path, PathBuf};
 use kcov_wire::{CoverageSource, Frame, KcovMode, StreamError};
 use serde::{Deserialize, Serialize};
 
-/// Name of the store directory inside a run directory.
-pub const STORE_DIR: &str = "store";
-/// The raw stream `cargo xtask boot` writes into a run directory.
-pub const STREAM_FILE: &str = "coverage.kcw";
 /// Metadata file of a store.
 pub const META_FILE: &str = "meta.json";
 /// Written last, only when the stream ended with `Done`.

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 use coverage::golden::{Golden, Item};
 use coverage_support::*;
-use xtask::report::{golden_workload, GoldenOpts, GoldenOutcome};
+use xtask::golden::{golden_workload, GoldenOpts, GoldenOutcome};
 
 #[test]
 fn coverage_golden_machinery() {
@@ -187,7 +187,7 @@ fn real_golden(workload: &str) {
         return;
     }
     let out = golden_workload(workload, &GoldenOpts::default(), &mut |w| {
-        xtask::report::boot_workload(w)
+        xtask::golden::boot_workload(w)
     })
     .unwrap_or_else(|e| panic!("golden {workload}: {e:#}"));
     match out {

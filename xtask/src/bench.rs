@@ -213,7 +213,7 @@ pub fn vsock() -> Result<()> {
 pub fn workload(frames: u32) -> Result<()> {
     use crate::boot::{self, BootOpts, PlanOpts};
     let workloads = ["vhost-net-tx", "vhost-net-rx", "vhost-vsock"];
-    let run = |cover: &str, transport: &str| -> Result<boot::StreamReport> {
+    let run = |cover: &str, transport: &str| -> Result<boot::StreamSummary> {
         let opts = BootOpts {
             runner: crate::runner::RunnerKind::Auto,
             echo: false,
@@ -238,8 +238,8 @@ pub fn workload(frames: u32) -> Result<()> {
     let console = run("pc", "console")?;
     println!("workload ({frames} frames/messages each, qemu TCG):");
     for w in workloads {
-        let ips = |r: &boot::StreamReport| r.workload(w).and_then(|s| s.iterations_per_sec());
-        let shipped = |r: &boot::StreamReport| r.workload(w).and_then(|s| s.pcs_shipped_per_sec());
+        let ips = |r: &boot::StreamSummary| r.workload(w).and_then(|s| s.iterations_per_sec());
+        let shipped = |r: &boot::StreamSummary| r.workload(w).and_then(|s| s.pcs_shipped_per_sec());
         match (ips(&on), ips(&off)) {
             (Some(a), Some(b)) => println!(
                 "  {w}: coverage on {a:.0} it/s, off {b:.0} it/s (on/off = {:.2})",

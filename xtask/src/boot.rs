@@ -1,21 +1,18 @@
 //! `cargo xtask boot`: build what is missing, boot, report.
 
-use std::collections::HashSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use images::Include;
-use serde::Serialize;
 
-use crate::image::InitramfsRef;
 use crate::kernel::{self, KernelOpts};
 use crate::paths;
 use crate::progress::fmt_dur;
 use crate::runner::{self, BootOutcome, BootSpec, RunnerKind, Timeouts, VsockReceiver};
 use crate::runs::{self, RunDir};
 use crate::{agent, image};
+use coverage::run::RunRecord;
 
 /// The kernel command line every run starts with: serial console, no reboot
 /// loop on panic (panic=-1 reboots at once and the runner sees the VM end),
@@ -167,32 +164,14 @@ impl Default for BootOpts {
     }
 }
 
-#[derive(Serialize)]
-struct RunRecord<'a> {
-    runner: String,
-    kernel_key: &'a str,
-    /// The host kernel's cache key where it is ours (nested runner: L1), for host coverage.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    host_kernel_key: Option<&'a str>,
-    kernel_release: Option<&'a str>,
-    cmdline: &'a str,
-    command: &'a [String],
-    /// The image booted: its digest and the cache entry (the run directory holds no copy).
-    initramfs: InitramfsRef,
-    status: String,
-    /// None while the VM runs (or when xtask was killed before it ended).
-    exit_code: Option<i32>,
-    ready_after_ms: Option<u128>,
-    total_ms: Option<u128>,
-}
-
 /// Writes `run.json` atomically (a reader never sees half a file).
 fn write_record(run_dir: &Path, record: &RunRecord) -> Result<()> {
-    coverage::store::write_atomic(
-        &run_dir.join("run.json"),
-        &serde_json::to_vec_pretty(record)?,
-    )
-    .with_context(|| format!("writing {}", run_dir.join("run.json").display()))
+    record.write(run_dir).with_context(|| {
+        format!(
+            "writing {}",
+            run_dir.join(coverage::run::RUN_JSON).display()
+        )
+    })
 }
 
 /// Builds the kernel, agent and initramfs as needed and boots them. The run directory stays
@@ -263,14 +242,14 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, RunDir)> {
     let cache_lock = image::lock_cache(&cache_dir, false)?;
     let initramfs = image::cache(&cache_dir, image_bytes)?;
     let mut record = RunRecord {
-        host_kernel_key: nested_l1.as_ref().map(|(l1, _, _)| l1.meta.key.as_str()),
-        runner: runner.to_string(),
-        kernel_key: &kernel.meta.key,
+        host_kernel_key: nested_l1.as_ref().map(|(l1, _, _)| l1.meta.key.clone()),
+        runner: Some(runner.to_string()),
+        kernel_key: Some(kernel.meta.key.clone()),
         kernel_release: None,
-        cmdline: &cmdline,
-        command: &opts.cmd,
-        initramfs: initramfs.reference(),
-        status: "running (the VM has not ended yet, or xtask was killed)".into(),
+        cmdline: Some(cmdline.clone()),
+        command: opts.cmd.clone(),
+        initramfs: Some(initramfs.reference()),
+        status: Some("running (the VM has not ended yet, or xtask was killed)".into()),
         exit_code: None,
         ready_after_ms: None,
         total_ms: None,
@@ -330,8 +309,8 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, RunDir)> {
     }
     let mut outcome = outcome?;
     outcome.host_vmlinux = nested_l1.as_ref().map(|(l1, _, _)| l1.vmlinux.clone());
-    record.kernel_release = outcome.release.as_deref();
-    record.status = outcome.status.describe();
+    record.kernel_release = outcome.release.clone();
+    record.status = Some(outcome.status.describe());
     record.exit_code = Some(outcome.status.exit_code());
     record.ready_after_ms = outcome.ready_after.map(|d| d.as_millis());
     record.total_ms = Some(outcome.total.as_millis());
@@ -398,225 +377,8 @@ pub fn summary(outcome: &BootOutcome, echoed: bool) -> String {
     s
 }
 
-/// The raw kcov-wire stream of a run, exactly as the agent sent it.
-pub const STREAM_FILE: &str = "coverage.kcw";
-
-/// One workload as the stream reported it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WorkloadSummary {
-    pub name: String,
-    /// From WorkloadResult (None: the stream ended before it).
-    pub status: Option<i32>,
-    pub duration_us: u64,
-    pub counters: Vec<(String, u64)>,
-    pub error: Option<String>,
-    /// Remote coverage entries (PCs, or comparisons in CMP mode).
-    pub pcs: u64,
-    /// Distinct remote PCs.
-    pub unique_pcs: usize,
-    /// A remote area overflowed: coverage was lost.
-    pub overflow: bool,
-    /// Local coverage entries, if the agent collected any.
-    pub local_pcs: u64,
-}
-
-impl WorkloadSummary {
-    /// Workload iterations (frames, messages) per second of its data loop (counters
-    /// `iterations` and `loop_us`), the figure to compare with coverage on and off.
-    pub fn iterations_per_sec(&self) -> Option<f64> {
-        let (n, us) = (self.counter("iterations")?, self.counter("loop_us")?);
-        (us > 0).then(|| n as f64 * 1e6 / us as f64)
-    }
-
-    /// Remote PCs shipped per second over the stream transport (counters `remote_pcs`,
-    /// `ship_us`: the agent's time to write the coverage frames).
-    pub fn pcs_shipped_per_sec(&self) -> Option<f64> {
-        let (n, us) = (self.counter("remote_pcs")?, self.counter("ship_us")?);
-        (us > 0 && n > 0).then(|| n as f64 * 1e6 / us as f64)
-    }
-
-    /// A counter from the WorkloadResult.
-    pub fn counter(&self, name: &str) -> Option<u64> {
-        self.counters
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| *v)
-    }
-}
-
-/// What a run's kcov-wire stream says.
-#[derive(Clone, Debug, Default)]
-pub struct StreamReport {
-    pub hello: Option<kcov_wire::Hello>,
-    pub workloads: Vec<WorkloadSummary>,
-    /// Error frames.
-    pub errors: Vec<String>,
-    /// Done status (None: the stream ended early).
-    pub done: Option<i32>,
-    /// Stream bytes.
-    pub bytes: usize,
-    /// Why the stream is incomplete or corrupt, if it is.
-    pub problem: Option<String>,
-}
-
-impl StreamReport {
-    pub fn workload(&self, name: &str) -> Option<&WorkloadSummary> {
-        self.workloads.iter().find(|w| w.name == name)
-    }
-
-    /// Decodes a whole stream (never panics on hostile bytes).
-    pub fn parse(bytes: &[u8]) -> StreamReport {
-        let mut r = StreamReport {
-            bytes: bytes.len(),
-            ..Default::default()
-        };
-        let mut dec = kcov_wire::Decoder::new();
-        dec.feed(bytes);
-        let mut seen: Vec<HashSet<u64>> = Vec::new();
-        loop {
-            let frame = match dec.next_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    r.problem = Some(format!("corrupt stream: {e}"));
-                    return r;
-                }
-            };
-            use kcov_wire::Frame;
-            match frame {
-                Frame::Hello(h) => r.hello = Some(h),
-                Frame::WorkloadStart(s) => {
-                    r.workloads.push(WorkloadSummary {
-                        name: s.name,
-                        ..Default::default()
-                    });
-                    seen.push(HashSet::new());
-                }
-                Frame::CoverageChunk(c) => {
-                    let Some(i) = r.workloads.iter().rposition(|w| w.name == c.workload) else {
-                        r.problem = Some(format!(
-                            "coverage for {:?} outside its workload",
-                            c.workload
-                        ));
-                        continue;
-                    };
-                    let w = &mut r.workloads[i];
-                    match c.source {
-                        kcov_wire::CoverageSource::Remote => {
-                            w.pcs += c.entry_count() as u64;
-                            w.overflow |= c.overflow;
-                            let step = c.mode.words_per_entry();
-                            let skip = step - 1;
-                            seen[i].extend(c.words.iter().skip(skip).step_by(step));
-                            w.unique_pcs = seen[i].len();
-                        }
-                        kcov_wire::CoverageSource::Local => w.local_pcs += c.entry_count() as u64,
-                        kcov_wire::CoverageSource::Host => {
-                            r.problem = Some(format!(
-                                "the guest sent coverage labelled source=host for {:?}",
-                                c.workload
-                            ));
-                        }
-                    }
-                }
-                Frame::WorkloadResult(res) => {
-                    match r.workloads.iter_mut().rev().find(|w| w.name == res.name) {
-                        Some(w) => {
-                            w.status = Some(res.status);
-                            w.duration_us = res.duration_us;
-                            w.counters = res.counters;
-                            w.error = res.error;
-                        }
-                        None => {
-                            r.problem = Some(format!("result for {:?} without a start", res.name))
-                        }
-                    }
-                }
-                Frame::Error(e) => r.errors.push(e.message),
-                Frame::Done(d) => r.done = Some(d.status),
-            }
-        }
-        if let Err(e) = dec.finish() {
-            r.problem = Some(format!("stream ends inside a frame: {e}"));
-        } else if r.done.is_none() && r.problem.is_none() {
-            r.problem = Some(
-                "stream ended without a Done frame (agent died or console lost the end)".into(),
-            );
-        }
-        r
-    }
-}
-
-impl fmt::Display for StreamReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mode = match self.hello.as_ref().map(|h| (h.kcov_mode, h.common_handle)) {
-            Some((_, 0)) => "coverage off".to_string(),
-            Some((m, h)) => format!("{m:?} mode, common handle {h:#x}"),
-            None => "no Hello".to_string(),
-        };
-        writeln!(f, "coverage stream: {} bytes, {mode}", self.bytes)?;
-        for e in &self.errors {
-            writeln!(f, "  agent error: {e}")?;
-        }
-        let overflowed = |w: &WorkloadSummary| {
-            if w.overflow {
-                ", OVERFLOW (raise testbed.area)"
-            } else {
-                ""
-            }
-        };
-        for w in &self.workloads {
-            if w.status.is_none() {
-                // The run ended while it ran: the agent's snapshots are all there is.
-                let coverage = if w.pcs == 0 {
-                    "no coverage of it reached the host".to_string()
-                } else {
-                    format!(
-                        "coverage up to its last snapshot, {} remote PCs, {} unique{}",
-                        w.pcs,
-                        w.unique_pcs,
-                        overflowed(w)
-                    )
-                };
-                writeln!(
-                    f,
-                    "  {:<14} no result (the run ended while it ran): {coverage}",
-                    w.name
-                )?;
-                continue;
-            }
-            let status = match (w.status, &w.error) {
-                (Some(0), _) => "ok".to_string(),
-                (Some(s), Some(e)) => format!("FAILED ({s}): {e}"),
-                (Some(s), None) => format!("FAILED ({s})"),
-                (None, _) => "no result".to_string(),
-            };
-            let its = w.counter("iterations").unwrap_or(0);
-            let mut rates = String::new();
-            if let Some(r) = w.iterations_per_sec() {
-                rates.push_str(&format!(", {r:.0} it/s"));
-            }
-            if let Some(r) = w.pcs_shipped_per_sec() {
-                rates.push_str(&format!(", shipped {r:.0} PCs/s"));
-            }
-            writeln!(
-                f,
-                "  {:<14} {status}; {} remote PCs, {} unique{}; {} iterations in {:.1} ms{rates}",
-                w.name,
-                w.pcs,
-                w.unique_pcs,
-                overflowed(w),
-                its,
-                w.duration_us as f64 / 1000.0
-            )?;
-        }
-        match (self.done, &self.problem) {
-            (_, Some(p)) => write!(f, "  stream problem: {p}"),
-            (Some(s), None) => write!(f, "  done, agent status {s}"),
-            (None, None) => write!(f, "  no Done frame"),
-        }
-    }
-}
+pub use coverage::run::StreamSummary;
+use coverage::run::STREAM_FILE;
 
 /// Name of the host coverage entry in the run store.
 pub const HOST_COVERAGE_NAME: &str = "vhost-net";
@@ -651,7 +413,7 @@ pub fn store_host_coverage(
         text.display()
     );
     if run_dir.join(STREAM_FILE).is_file() {
-        crate::report::open_or_collect(run_dir, true)?;
+        crate::run_kernel::open_or_collect(run_dir, true)?;
         let info = coverage::store::HostCoverageInfo {
             kernel_release: Some(hc.kernel_release.clone()),
             kernel_build_id,
@@ -659,7 +421,7 @@ pub fn store_host_coverage(
             mode: hc.coverage.mode,
             overflow: hc.coverage.overflow,
         };
-        let dir = crate::report::store_dir(run_dir);
+        let dir = coverage::run::store_dir(run_dir);
         coverage::store::add_host_coverage(&dir, HOST_COVERAGE_NAME, info, hc.coverage.pcs())
             .with_context(|| format!("adding host coverage to {}", dir.display()))?;
         msg.push_str(" and the run store (source=host)");
@@ -667,9 +429,10 @@ pub fn store_host_coverage(
     Ok(msg)
 }
 
-/// Reassembles the console stream lines of `serial_log` into `<run_dir>/coverage.kcw` and
-/// decodes it. `Ok(None)` when the agent sent no stream.
-pub fn collect_stream(run_dir: &Path, serial_log: &Path) -> Result<Option<StreamReport>> {
+/// Reassembles the console stream lines of `serial_log` into `<run_dir>/coverage.kcw` (a vsock
+/// stream is already there), collects the stream into the run's store with the kernel the run
+/// booted, and summarizes it. `Ok(None)` when the agent sent no stream.
+pub fn collect_stream(run_dir: &Path, serial_log: &Path) -> Result<Option<StreamSummary>> {
     use std::io::BufRead;
     let file = std::fs::File::open(serial_log)
         .with_context(|| format!("reading {}", serial_log.display()))?;
@@ -684,31 +447,31 @@ pub fn collect_stream(run_dir: &Path, serial_log: &Path) -> Result<Option<Stream
         let line = String::from_utf8_lossy(&buf);
         let _ = asm.push(line.trim_end_matches(['\n', '\r']));
     }
-    if asm.lines() == 0 {
-        // No console stream: a vsock stream may have been received into the file.
-        let file = run_dir.join(STREAM_FILE);
-        return match std::fs::read(&file) {
-            Ok(bytes) => Ok(Some(StreamReport::parse(&bytes))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
-        };
-    }
-    let (bytes, err) = asm.finish();
     let out = run_dir.join(STREAM_FILE);
-    std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-    let mut report = StreamReport::parse(&bytes);
-    if let Some(e) = err {
-        report.problem = Some(format!("console stream: {e}"));
+    let mut console_error = None;
+    if asm.lines() > 0 {
+        let (bytes, err) = asm.finish();
+        std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+        console_error = err;
+    } else if !out.is_file() {
+        // No console stream and no vsock stream.
+        return Ok(None);
     }
-    Ok(Some(report))
+    let store = crate::run_kernel::open_or_collect(run_dir, true)?;
+    let bytes = std::fs::metadata(&out).map_or(0, |m| m.len());
+    let mut summary = StreamSummary::from_meta(&store.meta, bytes);
+    if let Some(e) = console_error {
+        summary.problem = Some(format!("console stream: {e}"));
+    }
+    Ok(Some(summary))
 }
 
 #[cfg(test)]
 mod stream_tests {
     use super::*;
     use kcov_wire::{
-        encode, CoverageChunk, CoverageSource, Done, ErrorReport, Frame, Hello, KcovMode,
-        WorkloadResult, WorkloadStart,
+        encode, CoverageChunk, CoverageSource, Done, Frame, Hello, KcovMode, WorkloadResult,
+        WorkloadStart,
     };
 
     fn stream(frames: &[Frame]) -> Vec<u8> {
@@ -767,7 +530,7 @@ mod stream_tests {
         std::fs::write(run.path().join(STREAM_FILE), bytes).unwrap();
         let m = store_host_coverage(run.path(), &hc, None).unwrap();
         assert!(m.contains("run store (source=host)"), "{m}");
-        let store = coverage::store::Store::open(&crate::report::store_dir(run.path())).unwrap();
+        let store = coverage::store::Store::open(&coverage::run::store_dir(run.path())).unwrap();
         let host = store.host_pcs().unwrap();
         assert_eq!(host.len(), 1);
         assert_eq!(
@@ -809,95 +572,6 @@ mod stream_tests {
             ]
         );
         assert!(PlanOpts::default().cmdline_words().is_empty());
-    }
-
-    #[test]
-    fn report_counts_and_flags() {
-        let chunk = |seq, words: Vec<u64>, overflow| {
-            Frame::CoverageChunk(CoverageChunk {
-                workload: "tx".into(),
-                source: CoverageSource::Remote,
-                mode: KcovMode::Pc,
-                seq,
-                overflow,
-                words,
-            })
-        };
-        let frames = [
-            Frame::Hello(Hello {
-                agent_version: "0".into(),
-                kernel_release: "6.12".into(),
-                kcov_mode: KcovMode::Pc,
-                area_words: 512,
-                common_handle: 7,
-            }),
-            Frame::WorkloadStart(WorkloadStart { name: "tx".into() }),
-            chunk(0, vec![1, 2, 2], false),
-            chunk(1, vec![3, 1], true),
-            Frame::WorkloadResult(WorkloadResult {
-                name: "tx".into(),
-                status: 0,
-                duration_us: 5000,
-                counters: vec![
-                    ("iterations".into(), 10),
-                    ("loop_us".into(), 1000),
-                    ("remote_pcs".into(), 5),
-                    ("ship_us".into(), 10),
-                ],
-                error: None,
-            }),
-            Frame::Error(ErrorReport {
-                message: "note".into(),
-            }),
-            Frame::Done(Done { status: 0 }),
-        ];
-        let bytes = stream(&frames);
-        let r = StreamReport::parse(&bytes);
-        assert_eq!(r.problem, None);
-        assert_eq!(r.done, Some(0));
-        let w = r.workload("tx").unwrap();
-        assert_eq!((w.pcs, w.unique_pcs, w.overflow), (5, 3, true));
-        assert_eq!(w.iterations_per_sec(), Some(10_000.0));
-        assert_eq!(w.pcs_shipped_per_sec(), Some(500_000.0));
-        let text = r.to_string();
-        assert!(text.contains("OVERFLOW"), "{text}");
-        assert!(text.contains("agent error: note"), "{text}");
-
-        // Truncated and garbage streams are reported, never panic.
-        let cut = StreamReport::parse(&bytes[..bytes.len() - 3]);
-        assert!(cut.problem.is_some());
-        let junk = StreamReport::parse(b"not a stream at all");
-        assert!(junk.problem.unwrap().contains("corrupt"));
-        let no_done = StreamReport::parse(&bytes[..bytes.len() - 20]);
-        assert!(no_done.problem.unwrap().contains("Done"));
-
-        // A run that ended while "tx" ran: its snapshots are shown as what they are.
-        let mut cut: Vec<Frame> = frames
-            .iter()
-            .filter(|f| {
-                !matches!(
-                    f,
-                    Frame::WorkloadResult(_) | Frame::Error(_) | Frame::Done(_)
-                )
-            })
-            .cloned()
-            .collect();
-        cut.push(Frame::WorkloadStart(WorkloadStart { name: "cmd".into() }));
-        let text = StreamReport::parse(&stream(&cut)).to_string();
-        assert!(
-            text.contains(
-                "  tx             no result (the run ended while it ran): coverage up to its \
-                 last snapshot, 5 remote PCs, 3 unique, OVERFLOW"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "  cmd            no result (the run ended while it ran): no coverage of it \
-                 reached the host"
-            ),
-            "{text}"
-        );
     }
 
     #[test]

@@ -21,7 +21,6 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use images::{Include, Initramfs};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use kcov_wire::console::{render_argv, CMD_FILE};
@@ -59,16 +58,7 @@ pub fn build_bytes(agent: &Path, includes: &[Include], cmd: &[String]) -> Result
     Ok(image(agent, includes, cmd)?.to_bytes()?)
 }
 
-/// What `run.json` says about the initramfs a run booted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InitramfsRef {
-    /// SHA-256 of the image's bytes (hex): the cache entry's name.
-    pub sha256: String,
-    /// Its size.
-    pub bytes: u64,
-    /// The cache entry it booted from.
-    pub path: PathBuf,
-}
+pub use coverage::run::InitramfsRef;
 
 /// An initramfs in the cache, with its bytes at hand to write it again.
 #[derive(Debug)]

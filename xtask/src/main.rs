@@ -137,9 +137,9 @@ enum Cmd {
     /// Coverage report of a run: terminal summary, lcov, HTML, JSON, patch coverage.
     Report(xtask::report::ReportArgs),
     /// Functions and lines one run covers that another does not.
-    Diff(xtask::report::DiffArgs),
+    Diff(xtask::diff::DiffArgs),
     /// Reproducible coverage: run workloads K times, check (or --update) goldens/.
-    Golden(xtask::report::GoldenArgs),
+    Golden(xtask::golden::GoldenArgs),
     /// Run directories: list them, prune old ones and the initramfs cache entries no run uses.
     Runs {
         #[command(subcommand)]
@@ -272,7 +272,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut code = outcome.status.exit_code();
             if let Some(report) = boot::collect_stream(&run_dir, &outcome.serial_log)? {
                 println!("{report}");
-                println!("raw stream: {}", run_dir.join(boot::STREAM_FILE).display());
+                println!(
+                    "raw stream: {}",
+                    run_dir.join(coverage::run::STREAM_FILE).display()
+                );
                 if code == 0 && report.problem.is_some() {
                     eprintln!("error: the coverage stream is incomplete or corrupt (see above)");
                     code = 1;
@@ -290,8 +293,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         Cmd::Report(args) => return xtask::report::report_cmd(&args),
-        Cmd::Diff(args) => return xtask::report::diff_cmd(&args),
-        Cmd::Golden(args) => return xtask::report::golden_cmd(&args),
+        Cmd::Diff(args) => return xtask::diff::diff_cmd(&args),
+        Cmd::Golden(args) => return xtask::golden::golden_cmd(&args),
         Cmd::Runs { cmd } => return xtask::runs::runs_cmd(&cmd),
         Cmd::Bench { .. } if cfg!(debug_assertions) => {
             // Benchmarks measure optimized code: re-run this command from a release build.

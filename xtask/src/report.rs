@@ -1,52 +1,23 @@
-//! `cargo xtask report`, `diff` and `golden`: a run directory's coverage (the raw kcov-wire
-//! stream `coverage.kcw`, collected once into `store/`) + the run's vmlinux → reports; and the
-//! coverage benchmarks `cargo xtask bench` calls.
+//! `cargo xtask report`: a run directory's coverage (the raw kcov-wire stream `coverage.kcw`,
+//! collected once into `store/`) + the run's vmlinux → terminal summary, lcov, HTML, JSON,
+//! patch coverage; and the coverage benchmark `cargo xtask bench symbolize` calls.
 
-use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use coverage::diff::{CoverageDiff, PatchCoverage, PatchLines};
-use coverage::golden::{classify, covered_items, Golden, GoldenCheck, Item};
+use anyhow::{bail, Context, Result};
+use coverage::diff::{PatchCoverage, PatchLines};
 use coverage::html::write_html;
 use coverage::map::Attribution;
-use coverage::report::{HostCoverageReport, Report, RunCoverage, SourceFilter, DEFAULT_FILTER};
-use coverage::store::{
-    collect_file, KernelIdentity, PcCounts, Store, StoreError, META_FILE, STORE_DIR, STREAM_FILE,
-};
-use coverage::{PathGlob, SiteTable, SymbolCache, Vmlinux};
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use coverage::report::{Report, RunCoverage, SourceFilter, DEFAULT_FILTER};
+use coverage::run::store_dir;
+use coverage::run::{LoadOpts, LoadedRun};
+use coverage::store::Store;
+use coverage::PathGlob;
 
 use crate::kernel::{self, KernelOpts};
 use crate::paths;
-
-/// The workloads the guest agent is getting; each has a golden under `goldens/`.
-pub const WORKLOADS: &[&str] = &["vhost-net-tx", "vhost-net-rx", "vhost-vsock"];
-
-/// `goldens/` at the workspace root.
-pub fn goldens_dir() -> PathBuf {
-    paths::workspace_root().join("goldens")
-}
-
-#[derive(Deserialize)]
-struct RunJson {
-    kernel_key: Option<String>,
-    /// The host kernel's cache key, where the host is one of ours (nested runner: L1).
-    #[serde(default)]
-    host_kernel_key: Option<String>,
-}
-
-/// The host kernel's vmlinux of a run: `explicit`, else the cached kernel `run.json` names
-/// (nested runner: the L1 kernel). None where neither is known.
-pub fn host_vmlinux(run_dir: &Path, explicit: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = explicit {
-        return Some(p.to_path_buf());
-    }
-    cached_kernel_dir(&run_json(run_dir)?.host_kernel_key?).map(|d| d.join("vmlinux"))
-}
+use crate::run_kernel::{built_release, host_vmlinux, load, open_vmlinux, site_table};
 
 /// The host coverage of `run`, each entry mapped onto the host kernel's vmlinux when it is
 /// known and its build-id matches the entry's, as text (one report per entry); an entry whose
@@ -106,25 +77,6 @@ pub fn host_section(
     Ok(text)
 }
 
-/// `RUN_DIR/run.json`, if it is there and readable.
-fn run_json(run_dir: &Path) -> Option<RunJson> {
-    serde_json::from_slice(&std::fs::read(run_dir.join("run.json")).ok()?).ok()
-}
-
-/// The kernel cache key recorded in `RUN_DIR/run.json`, if any.
-pub fn run_kernel_key(run_dir: &Path) -> Option<String> {
-    run_json(run_dir)?.kernel_key
-}
-
-fn cached_kernel_dir(key: &str) -> Option<PathBuf> {
-    // Keys are hex; refuse anything that could leave the cache directory.
-    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return None;
-    }
-    let dir = paths::cache_root().join("kernels").join(key);
-    dir.join("vmlinux").is_file().then_some(dir)
-}
-
 /// The default kernel source tree for annotated HTML: the extracted Debian source in the cache.
 pub fn default_source_root() -> Option<PathBuf> {
     let src = paths::cache_root().join("src");
@@ -142,300 +94,27 @@ pub fn default_source_root() -> Option<PathBuf> {
     dirs.pop()
 }
 
-fn sha256_hex(path: &Path) -> Option<String> {
-    let bytes = std::fs::read(path).ok()?;
-    Some(hex::encode(Sha256::digest(&bytes)))
-}
-
-/// The vmlinux for a run: `explicit`, else the cached kernel named by `run.json` or the store,
-/// else the default kernel (`xtask::kernel::build` with default options).
-pub fn resolve_vmlinux(run_dir: &Path, explicit: Option<&Path>) -> Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
-    }
-    let store_key = Store::open_partial(&store_dir(run_dir))
-        .ok()
-        .and_then(|s| s.meta.kernel.kernel_key);
-    for key in [run_kernel_key(run_dir), store_key].into_iter().flatten() {
-        if let Some(dir) = cached_kernel_dir(&key) {
-            return Ok(dir.join("vmlinux"));
-        }
-        eprintln!(
-            "report: the run's kernel {key} is no longer in the cache; using the default kernel"
-        );
-    }
-    Ok(kernel::build(&KernelOpts::default())?.vmlinux)
-}
-
-/// Opens a vmlinux and checks it has DWARF.
-pub fn open_vmlinux(path: &Path) -> Result<Vmlinux> {
-    let vm = Vmlinux::open(path)?;
-    vm.require_dwarf()?;
-    Ok(vm)
-}
-
-/// The store of a run directory (`RUN_DIR/store`), or `RUN_DIR` itself when it is a store.
-pub fn store_dir(run_dir: &Path) -> PathBuf {
-    if run_dir.join(META_FILE).is_file() {
-        run_dir.to_path_buf()
-    } else {
-        run_dir.join(STORE_DIR)
-    }
-}
-
-/// Opens the run's store, collecting `coverage.kcw` into it first when there is none yet.
-/// An incomplete store is an error unless `partial`.
-pub fn open_or_collect(run_dir: &Path, partial: bool) -> Result<Store> {
-    let dir = store_dir(run_dir);
-    let stream = run_dir.join(STREAM_FILE);
-    // No store yet, or one whose collector died mid-way (its lock is free): collect. A store
-    // another process is collecting right now is waited for, not refused.
-    let missing = !dir.join(META_FILE).is_file();
-    if missing && !stream.is_file() {
-        bail!(
-            "{}: no coverage here (neither {STORE_DIR}/ nor {STREAM_FILE}); give a run \
-             directory written by `cargo xtask boot` with a workload",
-            run_dir.display()
-        );
-    }
-    let died = !missing && stream.is_file() && coverage::store::collection_died(&dir)?;
-    if died {
-        eprintln!(
-            "report: the collection of {} was interrupted (its collector died); collecting again",
-            dir.display()
-        );
-    }
-    if missing || died {
-        match collect_file(&stream, &dir, run_identity(run_dir)) {
-            Ok(s) if !s.complete => eprintln!(
-                "report: {} is incomplete: {}",
-                stream.display(),
-                s.incomplete_reason.as_deref().unwrap_or("?")
-            ),
-            Ok(_) => {}
-            // Another report is collecting it: wait for it to finish.
-            Err(StoreError::Busy { .. }) => coverage::store::wait_for_writer(&dir)?,
-            // Another report finished it between our checks.
-            Err(StoreError::AlreadyComplete { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-    } else if !dir.join(coverage::store::COMPLETE_MARKER).exists() {
-        // A live collector may be writing it (its meta.json and the marker come last, under
-        // its lock): wait for the lock; without a writer this returns at once.
-        coverage::store::wait_for_writer(&dir)?;
-    }
-    Ok(if partial {
-        Store::open_partial(&dir)?
-    } else {
-        Store::open(&dir)?
-    })
-}
-
-/// The release of the kernel `run.json` names, from its cache entry.
-fn built_release(run_dir: &Path) -> Option<String> {
-    let dir = cached_kernel_dir(&run_kernel_key(run_dir)?)?;
-    Some(kernel::cached_kernel(&dir, true)?.meta.release)
-}
-
-/// The kernel a run booted (`run.json`'s key, its cached vmlinux's build-id and config).
-fn run_identity(run_dir: &Path) -> KernelIdentity {
-    let key = run_kernel_key(run_dir);
-    let kdir = key.as_deref().and_then(cached_kernel_dir);
-    let build_id = kdir.as_ref().and_then(|d| {
-        Vmlinux::open(d.join("vmlinux"))
-            .ok()
-            .and_then(|v| v.build_id().map(|b| b.to_hex()))
-    });
-    KernelIdentity {
-        release: None,
-        build_id,
-        kernel_key: key,
-        config_hash: kdir.and_then(|d| sha256_hex(&d.join("config"))),
-    }
-}
-
-/// A site table and its image's build-id (hex).
-pub type TableEntry = (Arc<SiteTable>, Option<String>);
-
-type TableKey = (PathBuf, u64, SystemTime);
-static TABLES: OnceLock<Mutex<HashMap<TableKey, TableEntry>>> = OnceLock::new();
-
-/// The site table and build-id (hex) of the vmlinux at `path`: loaded once per process per
-/// (path, size, mtime), from the per-build-id cache on disk when it is there, so K runs of one
-/// kernel symbolize once.
-pub fn site_table(path: &Path) -> Result<TableEntry> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
-    let key = (
-        path.to_path_buf(),
-        meta.len(),
-        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-    );
-    let tables = TABLES.get_or_init(Mutex::default);
-    if let Some(t) = tables.lock().ok().and_then(|m| m.get(&key).cloned()) {
-        return Ok(t);
-    }
-    let vm = open_vmlinux(path)?;
-    let cache = SymbolCache::new(paths::cache_root().join("symbols"));
-    let (table, _) = SiteTable::load_or_build(&vm, Some(&cache))?;
-    let entry = (Arc::new(table), vm.build_id().map(|b| b.to_hex()));
-    if let Ok(mut m) = tables.lock() {
-        m.insert(key, entry.clone());
-    }
-    Ok(entry)
-}
-
-/// A run's coverage mapped onto its kernel.
-pub struct LoadedRun {
-    /// The store.
-    pub store: Store,
-    /// The vmlinux used.
-    pub vmlinux: PathBuf,
-    /// Its build-id.
-    pub build_id: Option<String>,
-    /// Coverage (the guest's only).
-    pub coverage: RunCoverage,
-    /// The vmlinux's site table.
-    pub table: Arc<SiteTable>,
-    /// The run's host kernel coverage: counted in reports, never mapped onto `table`.
-    pub host: Vec<HostCoverageReport>,
-}
-
-impl LoadedRun {
-    /// `6.12.117, build-id ab12…, key …`.
-    pub fn kernel_desc(&self) -> String {
-        let k = &self.store.meta.kernel;
-        let mut s = k
-            .release
-            .clone()
-            .unwrap_or_else(|| "unknown release".into());
-        if let Some(b) = &self.build_id {
-            s.push_str(&format!(", build-id {b}"));
-        }
-        if let Some(key) = &k.kernel_key {
-            s.push_str(&format!(", kernel key {key}"));
-        }
-        s.push_str(&format!(", vmlinux {}", self.vmlinux.display()));
-        s
-    }
-
-    /// `report` with its functions' declaration lines (a warning, and `report` unchanged, when
-    /// the vmlinux's DWARF cannot be read for them).
-    pub fn with_decl_lines(&self, report: Report) -> Report {
-        let decl = open_vmlinux(&self.vmlinux)
-            .map_err(|e| e.to_string())
-            .and_then(|vm| {
-                coverage::symbolizer::decl_lines(&vm, &self.table.src_roots, &report.file_paths())
-                    .map_err(|e| e.to_string())
-            });
-        match decl {
-            Ok(decl) => report.with_decl_lines(&decl),
-            Err(e) => {
-                eprintln!("report: warning: declaration lines unknown ({e}); FN uses the first instrumented line");
-                report
-            }
-        }
-    }
-
-    /// The report under `filter` (host coverage listed, not mapped).
-    pub fn report(&self, filter: &[PathGlob], title: &str) -> Report {
-        Report::new(
-            &self.table,
-            &self.coverage,
-            filter,
-            title,
-            &self.kernel_desc(),
-        )
-        .with_host(self.host.clone())
-    }
-}
-
-/// What to load of a run.
-#[derive(Clone, Debug, Default)]
-pub struct LoadOpts {
-    /// vmlinux (default: the run's kernel).
-    pub vmlinux: Option<PathBuf>,
-    /// Sources to merge.
-    pub sources: SourceFilter,
-    /// Only this workload.
-    pub workload: Option<String>,
-    /// Accept an incomplete store.
-    pub partial: bool,
-}
-
-/// Loads a run: vmlinux (DWARF checked first), store (collected if needed), build-id check,
-/// PC files, mapping. Never modifies an existing store.
-pub fn load(run_dir: &Path, opts: &LoadOpts) -> Result<LoadedRun> {
-    let vmlinux = resolve_vmlinux(run_dir, opts.vmlinux.as_deref())?;
-    let (table, build_id) = site_table(&vmlinux)?;
-    load_with_table(run_dir, opts, vmlinux, table, build_id)
-}
-
-/// [`load`] with the vmlinux's site table and build-id already at hand. The guest's PCs are
-/// mapped onto `table`; the store's host kernel coverage is only read and counted.
-pub fn load_with_table(
-    run_dir: &Path,
-    opts: &LoadOpts,
-    vmlinux: PathBuf,
-    table: Arc<SiteTable>,
-    build_id: Option<String>,
-) -> Result<LoadedRun> {
-    let store = open_or_collect(run_dir, opts.partial)?;
-    if let (Some(want), Some(have)) = (&store.meta.kernel.build_id, &build_id) {
-        if want != have {
-            bail!(
-                "{}: build-id {have} does not match the run's kernel (build-id {want}{}); \
-                 pass the run's vmlinux with --vmlinux",
-                vmlinux.display(),
-                store
-                    .meta
-                    .kernel
-                    .kernel_key
-                    .as_deref()
-                    .map(|k| format!(
-                        ", cached as {}",
-                        paths::cache_root()
-                            .join("kernels")
-                            .join(k)
-                            .join("vmlinux")
-                            .display()
-                    ))
-                    .unwrap_or_default()
+/// `report` with its functions' declaration lines (a warning, and `report` unchanged, when the
+/// vmlinux's DWARF cannot be read for them).
+pub fn with_decl_lines(run: &LoadedRun, report: Report) -> Report {
+    let decl = open_vmlinux(&run.vmlinux)
+        .map_err(|e| e.to_string())
+        .and_then(|vm| {
+            coverage::symbolizer::decl_lines(&vm, &run.table.src_roots, &report.file_paths())
+                .map_err(|e| e.to_string())
+        });
+    match decl {
+        Ok(decl) => report.with_decl_lines(&decl),
+        Err(e) => {
+            eprintln!(
+                "report: warning: declaration lines unknown ({e}); FN uses the first instrumented line"
             );
+            report
         }
     }
-    if let Some(w) = &opts.workload {
-        if store.meta.workload(w).is_none() {
-            let names: Vec<&str> = store
-                .meta
-                .workloads
-                .iter()
-                .map(|w| w.name.as_str())
-                .collect();
-            bail!(
-                "{}: no workload {w:?} in this run (it has: {})",
-                store.dir.display(),
-                names.join(", ")
-            );
-        }
-    }
-    let pcs: Vec<PcCounts> = store
-        .all_pcs(opts.workload.as_deref())?
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
-    let coverage = RunCoverage::build(&table, &pcs, opts.sources, Attribution::AllFrames);
-    let host = HostCoverageReport::from_store(&store)?;
-    Ok(LoadedRun {
-        store,
-        vmlinux,
-        build_id,
-        coverage,
-        table,
-        host,
-    })
 }
 
-fn globs(filter: &[String]) -> Vec<PathGlob> {
+pub(crate) fn globs(filter: &[String]) -> Vec<PathGlob> {
     if filter.is_empty() {
         vec![PathGlob::new(DEFAULT_FILTER)]
     } else {
@@ -443,7 +122,7 @@ fn globs(filter: &[String]) -> Vec<PathGlob> {
     }
 }
 
-fn title(run_dir: &Path, workload: Option<&str>) -> String {
+pub(crate) fn title(run_dir: &Path, workload: Option<&str>) -> String {
     let mut t = run_dir.display().to_string();
     if let Some(w) = workload {
         t.push_str(&format!(" (workload {w})"));
@@ -513,7 +192,7 @@ pub fn report_run(opts: &ReportOpts, run: &LoadedRun, patch: Option<PatchLines>)
     let mut report = run.report(&filter, &t);
     if opts.lcov.is_some() || opts.html.is_some() || opts.json.is_some() {
         // lcov's FN is the declaration line: read from the DWARF of the shown files only.
-        report = run.with_decl_lines(report);
+        report = with_decl_lines(run, report);
     }
     let mut text = String::new();
     if !run.store.meta.complete {
@@ -587,279 +266,11 @@ pub fn report_run(opts: &ReportOpts, run: &LoadedRun, patch: Option<PatchLines>)
     Ok(text)
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Options of `cargo xtask diff`.
-#[derive(Clone, Debug, Default)]
-pub struct DiffOpts {
-    /// Run A (before).
-    pub a: PathBuf,
-    /// Run B (after).
-    pub b: PathBuf,
-    /// vmlinux of A.
-    pub vmlinux_a: Option<PathBuf>,
-    /// vmlinux of B.
-    pub vmlinux_b: Option<PathBuf>,
-    /// Filter globs.
-    pub filter: Vec<String>,
-    /// Sources.
-    pub sources: SourceFilter,
-    /// JSON output file.
-    pub json: Option<PathBuf>,
-}
-
-/// `cargo xtask diff`: functions and lines gained and lost from A to B.
-pub fn diff(opts: &DiffOpts) -> Result<(String, CoverageDiff)> {
-    let load_opts = |v: &Option<PathBuf>| LoadOpts {
-        vmlinux: v.clone(),
-        sources: opts.sources,
-        ..LoadOpts::default()
-    };
-    let a = load(&opts.a, &load_opts(&opts.vmlinux_a))?;
-    let b = load(&opts.b, &load_opts(&opts.vmlinux_b))?;
-    let filter = globs(&opts.filter);
-    let ra = a.report(&filter, &title(&opts.a, None));
-    let rb = b.report(&filter, &title(&opts.b, None));
-    let d = CoverageDiff::new(&ra, &rb);
-    let mut text = String::new();
-    if a.build_id != b.build_id {
-        text.push_str(
-            "note: the runs are on different kernels; lines are compared by file and number\n",
-        );
-    }
-    for (name, run) in [("A", &a), ("B", &b)] {
-        for f in coverage::store::run_failures(&run.store.meta, true) {
-            text.push_str(&format!("note: run {name} FAILED: {f}\n"));
-        }
-    }
-    text.push_str(&d.text(&ra.title, &rb.title));
-    if let Some(path) = &opts.json {
-        write_file(path, &serde_json::to_vec_pretty(&d)?)?;
-    }
-    Ok((text, d))
-}
-
-/// What one run says about a workload.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RunVerdict {
-    /// The items it covered under the filter, and the kernel's build-id and key.
-    Covered {
-        /// Covered items.
-        items: BTreeSet<Item>,
-        /// Build-id.
-        build_id: Option<String>,
-        /// Kernel key.
-        kernel_key: Option<String>,
-    },
-    /// The workload cannot be checked in this run (the reason is printed).
-    Skip(String),
-}
-
-/// Reads a workload's coverage from a run directory; skips (with the reason) when the run has no
-/// coverage stream or the agent did not run the workload (its Error frames say why).
-pub fn workload_verdict(
-    run_dir: &Path,
-    workload: &str,
-    filter: &[PathGlob],
-    vmlinux: Option<&Path>,
-) -> Result<RunVerdict> {
-    if !run_dir.join(STREAM_FILE).is_file() && !store_dir(run_dir).join(META_FILE).is_file() {
-        return Ok(RunVerdict::Skip(format!(
-            "run {} has no coverage stream ({STREAM_FILE}): this boot does not stream coverage yet",
-            run_dir.display()
-        )));
-    }
-    let store = open_or_collect(run_dir, true)?;
-    let Some(w) = store.meta.workload(workload) else {
-        let why = if store.meta.errors.is_empty() {
-            "it sent no WorkloadStart for it".to_string()
-        } else {
-            format!("agent error: {}", store.meta.errors.join("; "))
-        };
-        return Ok(RunVerdict::Skip(format!(
-            "the guest agent did not run workload {workload:?} ({why})"
-        )));
-    };
-    if !store.meta.complete {
-        bail!(StoreError::Incomplete {
-            dir: store.dir.clone(),
-            reason: store.meta.incomplete_reason.clone().unwrap_or_default(),
-        });
-    }
-    match &w.result {
-        Some(r) if r.status == 0 => {}
-        Some(r) => bail!(
-            "workload {workload} failed with status {}: {}",
-            r.status,
-            r.error.as_deref().unwrap_or("no message")
-        ),
-        None => bail!("workload {workload} has no result"),
-    }
-    let run = load(
-        run_dir,
-        &LoadOpts {
-            vmlinux: vmlinux.map(Path::to_path_buf),
-            workload: Some(workload.to_string()),
-            ..LoadOpts::default()
-        },
-    )?;
-    let report = run.report(filter, &title(run_dir, Some(workload)));
-    Ok(RunVerdict::Covered {
-        items: covered_items(&report),
-        build_id: run.build_id.clone(),
-        kernel_key: run.store.meta.kernel.kernel_key.clone(),
-    })
-}
-
-/// What `golden` concluded for a workload.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GoldenOutcome {
-    /// Not checkable yet; the reason.
-    Skipped(String),
-    /// Every golden item covered (the text lists flaky and new items).
-    Passed(String),
-    /// Golden items missing, or no golden, or another kernel: the readable diff.
-    Failed(String),
-    /// `--update` wrote the golden.
-    Updated(PathBuf, String),
-}
-
-/// Options of a golden check.
-#[derive(Clone, Debug)]
-pub struct GoldenOpts {
-    /// Runs per workload.
-    pub runs: usize,
-    /// Rewrite the goldens from the stable items.
-    pub update: bool,
-    /// Filter (default drivers/vhost/*).
-    pub filter: String,
-    /// Golden directory (default `goldens/`).
-    pub dir: PathBuf,
-    /// vmlinux (default: each run's kernel).
-    pub vmlinux: Option<PathBuf>,
-    /// Compare functions only (another runner than the goldens were recorded with: the
-    /// same kernel runs the same functions, lines may differ with timing).
-    pub functions_only: bool,
-}
-
-impl Default for GoldenOpts {
-    fn default() -> Self {
-        GoldenOpts {
-            runs: 3,
-            update: false,
-            filter: DEFAULT_FILTER.into(),
-            dir: goldens_dir(),
-            vmlinux: None,
-            functions_only: false,
-        }
-    }
-}
-
-/// Runs `workload` `opts.runs` times through `boot` (which returns each run directory: a
-/// [`crate::runs::RunDir`] keeps it in use until its verdict is in), classifies stable/flaky
-/// items and checks (or, with `update`, rewrites) its golden.
-pub fn golden_workload<R: AsRef<Path>>(
-    workload: &str,
-    opts: &GoldenOpts,
-    boot: &mut dyn FnMut(&str) -> Result<R>,
-) -> Result<GoldenOutcome> {
-    let filter = vec![PathGlob::new(&opts.filter)];
-    let mut runs = Vec::new();
-    let mut identity = (None, None);
-    for i in 0..opts.runs.max(1) {
-        let run_dir = boot(workload).with_context(|| format!("run {} of {workload}", i + 1))?;
-        match workload_verdict(run_dir.as_ref(), workload, &filter, opts.vmlinux.as_deref())? {
-            RunVerdict::Skip(reason) => return Ok(GoldenOutcome::Skipped(reason)),
-            RunVerdict::Covered {
-                items,
-                build_id,
-                kernel_key,
-            } => {
-                identity = (build_id, kernel_key);
-                runs.push(items);
-            }
-        }
-    }
-    let stability = classify(&runs);
-    let path = opts.dir.join(format!("{workload}.txt"));
-    if opts.update {
-        let g = Golden {
-            workload: workload.to_string(),
-            build_id: identity.0,
-            kernel_key: identity.1,
-            filter: opts.filter.clone(),
-            items: stability.stable.clone(),
-        };
-        std::fs::create_dir_all(&opts.dir)?;
-        coverage::store::write_atomic(&path, g.render().as_bytes())?;
-        let flaky = stability.flaky.len();
-        return Ok(GoldenOutcome::Updated(
-            path,
-            format!(
-                "{} stable items from {} runs ({flaky} flaky items left out)",
-                g.items.len(),
-                runs.len()
-            ),
-        ));
-    }
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(GoldenOutcome::Failed(format!(
-                "no golden {} for workload {workload}: create it with \
-                 `cargo xtask golden --update {workload}`, review and commit it",
-                path.display()
-            )))
-        }
-        Err(e) => return Err(anyhow!(e).context(format!("reading {}", path.display()))),
-    };
-    let golden = Golden::parse(&text).with_context(|| path.display().to_string())?;
-    // On another kernel (e.g. a newer Debian kernel package on a fresh machine) line numbers
-    // move but function names hold: compare functions only and say so.
-    let (golden, note) = match golden.check_kernel(identity.0.as_deref(), identity.1.as_deref()) {
-        Ok(()) if opts.functions_only => (
-            golden.functions_only(),
-            "note: another runner; compared functions only\n".to_string(),
-        ),
-        Ok(()) => (golden, String::new()),
-        Err(reason) => (
-            golden.functions_only(),
-            format!("note: {reason}; compared functions only\n"),
-        ),
-    };
-    let check = GoldenCheck::new(&golden, &stability);
-    let rendered = format!("{note}{}", check.render(workload));
-    Ok(if check.passed() {
-        GoldenOutcome::Passed(rendered)
-    } else {
-        GoldenOutcome::Failed(rendered)
-    })
-}
-
-/// Boot options that run `workload` in the guest agent (`testbed.workloads=`), console quiet.
-pub fn workload_boot_opts(workload: &str) -> crate::boot::BootOpts {
-    crate::boot::BootOpts {
-        echo: false,
-        plan: crate::boot::PlanOpts {
-            workloads: vec![workload.to_string()],
-            ..crate::boot::PlanOpts::default()
-        },
-        ..crate::boot::BootOpts::default()
-    }
-}
-
-/// Boots the guest once for `workload` with the xtask boot library and returns the run
-/// directory (in use while it is held), with the agent's stream reassembled into
-/// `coverage.kcw` (when it sent one).
-pub fn boot_workload(workload: &str) -> Result<crate::runs::RunDir> {
-    let (outcome, run_dir) = crate::boot::boot(&workload_boot_opts(workload))?;
-    crate::boot::collect_stream(&run_dir, &outcome.serial_log)?;
-    Ok(run_dir)
 }
 
 /// Runs both coverage benchmarks on `vmlinux` (default: the default kernel's) and prints the
@@ -918,7 +329,7 @@ pub fn bench(vmlinux: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn parse_sources(s: &str) -> Result<SourceFilter> {
+pub(crate) fn parse_sources(s: &str) -> Result<SourceFilter> {
     match SourceFilter::parse(s) {
         // Host PCs are mapped onto the host's vmlinux in their own section, never the guest's.
         Some(SourceFilter::Host) | None => {
@@ -1000,7 +411,11 @@ pub fn report_cmd(a: &ReportArgs) -> Result<std::process::ExitCode> {
 /// Exit status of a report or diff: failure when one of `runs` failed (agent error, failed
 /// workload, non-zero final status; with `partial` a stream cut short was asked for and does
 /// not count), unless `allow_failed`; says so in one line.
-fn failed_run_exit(runs: &[&Path], allow_failed: bool, partial: bool) -> std::process::ExitCode {
+pub(crate) fn failed_run_exit(
+    runs: &[&Path],
+    allow_failed: bool,
+    partial: bool,
+) -> std::process::ExitCode {
     let failed: Vec<String> = runs
         .iter()
         .filter(|r| {
@@ -1019,121 +434,16 @@ fn failed_run_exit(runs: &[&Path], allow_failed: bool, partial: bool) -> std::pr
     std::process::ExitCode::FAILURE
 }
 
-/// `cargo xtask diff` arguments.
-#[derive(clap::Args, Clone, Debug)]
-pub struct DiffArgs {
-    /// Run A (before).
-    pub run_a: PathBuf,
-    /// Run B (after).
-    pub run_b: PathBuf,
-    /// vmlinux of both runs (default: each run's kernel).
-    #[arg(long, value_name = "V")]
-    pub vmlinux: Option<PathBuf>,
-    /// vmlinux of run A only.
-    #[arg(long, value_name = "V")]
-    pub vmlinux_a: Option<PathBuf>,
-    /// vmlinux of run B only.
-    #[arg(long, value_name = "V")]
-    pub vmlinux_b: Option<PathBuf>,
-    /// Only files matching this glob (repeatable; default drivers/vhost/*).
-    #[arg(long, value_name = "GLOB")]
-    pub filter: Vec<String>,
-    /// Coverage sources: all, remote, local.
-    #[arg(long, default_value = "all")]
-    pub source: String,
-    /// Write the diff as JSON.
-    #[arg(long, value_name = "F")]
-    pub json: Option<PathBuf>,
-    /// Exit 0 even when a run failed (agent error, failed workload): the diff says so either
-    /// way.
-    #[arg(long)]
-    pub allow_failed: bool,
-}
-
-/// Runs `cargo xtask diff`.
-pub fn diff_cmd(a: &DiffArgs) -> Result<std::process::ExitCode> {
-    // Both runs in use while we read them: `cargo xtask runs prune` leaves them alone.
-    let _in_use = (crate::runs::hold(&a.run_a)?, crate::runs::hold(&a.run_b)?);
-    let (text, _) = diff(&DiffOpts {
-        a: a.run_a.clone(),
-        b: a.run_b.clone(),
-        vmlinux_a: a.vmlinux_a.clone().or_else(|| a.vmlinux.clone()),
-        vmlinux_b: a.vmlinux_b.clone().or_else(|| a.vmlinux.clone()),
-        filter: a.filter.clone(),
-        sources: parse_sources(&a.source)?,
-        json: a.json.clone(),
-    })?;
-    print!("{text}");
-    Ok(failed_run_exit(
-        &[&a.run_a, &a.run_b],
-        a.allow_failed,
-        false,
-    ))
-}
-
-/// `cargo xtask golden` arguments.
-#[derive(clap::Args, Clone, Debug)]
-pub struct GoldenArgs {
-    /// Workloads (default: all of vhost-net-tx, vhost-net-rx, vhost-vsock).
-    pub workloads: Vec<String>,
-    /// Runs per workload; lines covered in every run are stable, the others flaky.
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Rewrite goldens/<workload>.txt from the stable lines and functions.
-    #[arg(long)]
-    pub update: bool,
-    /// Glob of the files the goldens cover.
-    #[arg(long, default_value = DEFAULT_FILTER)]
-    pub filter: String,
-}
-
-/// Runs `cargo xtask golden`: exit 1 when a golden check fails.
-pub fn golden_cmd(a: &GoldenArgs) -> Result<std::process::ExitCode> {
-    let opts = GoldenOpts {
-        runs: a.runs,
-        update: a.update,
-        filter: a.filter.clone(),
-        ..GoldenOpts::default()
-    };
-    let names: Vec<String> = if a.workloads.is_empty() {
-        WORKLOADS.iter().map(|s| s.to_string()).collect()
-    } else {
-        a.workloads.clone()
-    };
-    let mut failed = false;
-    let mut skipped = 0;
-    for w in &names {
-        match golden_workload(w, &opts, &mut |w| boot_workload(w))? {
-            GoldenOutcome::Skipped(r) => {
-                skipped += 1;
-                println!("golden {w}: SKIPPED: {r}");
-            }
-            GoldenOutcome::Passed(t) => print!("golden {w}: ok\n{t}"),
-            GoldenOutcome::Updated(p, t) => println!("golden {w}: wrote {}: {t}", p.display()),
-            GoldenOutcome::Failed(t) => {
-                failed = true;
-                print!("golden {w}: FAILED\n{t}");
-            }
-        }
-    }
-    if skipped > 0 {
-        // A workload that could not be checked is no pass.
-        eprintln!(
-            "golden: {skipped} of {} workloads skipped, not checked",
-            names.len()
-        );
-    }
-    Ok(if failed || skipped > 0 {
-        std::process::ExitCode::FAILURE
-    } else {
-        std::process::ExitCode::SUCCESS
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use coverage::store::{add_host_coverage, collect, HostCoverageInfo};
+    use std::sync::Arc;
+
+    use coverage::run::{STORE_DIR, STREAM_FILE};
+    use coverage::store::{add_host_coverage, collect, HostCoverageInfo, KernelIdentity};
+    use coverage::SiteTable;
+
+    use crate::run_kernel::{load_with_table, open_or_collect};
     use coverage::{CallSite, Frame as SourceFrame, SiteKind};
     use kcov_wire::{
         encode, CoverageChunk, CoverageSource, Done, Frame, Hello, KcovMode, WorkloadResult,

@@ -29,9 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
 
-use crate::image::{self, InitramfsRef};
+use coverage::run::{RunRecord, RUN_JSON};
+
+use crate::image;
 use crate::{lock, paths};
 
 /// The lock file of a run directory.
@@ -42,8 +43,6 @@ pub const RUN_PREFIX: &str = "run-";
 const NEW_RUN_PREFIX: &str = ".new-run-";
 /// A run directory's name while prune removes it.
 const PRUNING_PREFIX: &str = ".pruning-";
-/// The run's record, written by the boot.
-pub const RUN_JSON: &str = "run.json";
 /// How recent a cache entry (or a legacy run's last write) must be for prune to leave it alone
 /// although nothing names it: a boot between picking its entry and naming it in run.json.
 pub const GRACE: Duration = Duration::from_secs(10 * 60);
@@ -186,45 +185,6 @@ pub fn hold(run_dir: &Path) -> Result<Option<File>> {
     Ok(Some(file))
 }
 
-/// What `list` and `prune` read of a run's `run.json`.
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct RunSummary {
-    #[serde(default)]
-    pub runner: Option<String>,
-    #[serde(default)]
-    pub cmdline: Option<String>,
-    #[serde(default)]
-    pub command: Vec<String>,
-    /// None while the run is going on, or when its boot was killed.
-    #[serde(default)]
-    pub exit_code: Option<i32>,
-    /// None for runs from before the initramfs cache (they held their own copy).
-    #[serde(default)]
-    pub initramfs: Option<InitramfsRef>,
-}
-
-impl RunSummary {
-    /// The workloads the run asked the agent for, then `-- CMD` when it ran a command.
-    pub fn work(&self) -> String {
-        let mut parts: Vec<String> = self
-            .cmdline
-            .as_deref()
-            .unwrap_or("")
-            .split_whitespace()
-            .filter_map(|w| w.strip_prefix("testbed.workloads="))
-            .map(str::to_string)
-            .collect();
-        if !self.command.is_empty() {
-            parts.push(format!("-- {}", self.command.join(" ")));
-        }
-        if parts.is_empty() {
-            "-".into()
-        } else {
-            parts.join(" ")
-        }
-    }
-}
-
 /// One run directory.
 #[derive(Clone, Debug)]
 pub struct RunInfo {
@@ -233,7 +193,7 @@ pub struct RunInfo {
     /// From the name (the boot's start), else the directory's modification time.
     pub started: SystemTime,
     /// `run.json`, when it is there and readable.
-    pub record: Option<RunSummary>,
+    pub record: Option<RunRecord>,
 }
 
 impl RunInfo {
@@ -271,7 +231,7 @@ impl RunInfo {
             return "in use".into();
         }
         match &self.record {
-            Some(RunSummary {
+            Some(RunRecord {
                 exit_code: Some(c), ..
             }) => format!("exit {c}"),
             Some(_) => "unfinished".into(),
@@ -301,9 +261,7 @@ pub fn list(runs_dir: &Path) -> Result<Vec<RunInfo>> {
             .or_else(|| meta.modified().ok())
             .unwrap_or(UNIX_EPOCH);
         let path = entry.path();
-        let record = std::fs::read(path.join(RUN_JSON))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let record = RunRecord::read(&path);
         runs.push(RunInfo {
             path,
             name,
@@ -722,7 +680,7 @@ pub fn list_text(runs_dir: &Path, cache_dir: &Path, now: SystemTime) -> Result<S
                 .unwrap_or_else(|| "-".into()),
             r.record
                 .as_ref()
-                .map(RunSummary::work)
+                .map(RunRecord::work)
                 .unwrap_or_else(|| "-".into()),
         ]);
     }
