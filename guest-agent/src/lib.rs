@@ -2,7 +2,6 @@
 
 pub use frontends::kcov;
 pub mod net;
-pub mod plan;
 pub mod ship;
 pub mod sys;
 pub mod vsock;

@@ -14,11 +14,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use guest_agent::kcov::{self, Kcov};
-use guest_agent::plan::{Cover, Plan, Transport, Workload};
 use guest_agent::ship::{ship_while_running, AreaNote, FrameSink, Shipper};
 use guest_agent::sys::{self, kernel_release, mount_all};
 use guest_agent::{net, vsock};
 use kcov_wire::console::{LineWriter, CMD_FILE, EXIT_MARKER, READY_MARKER};
+use kcov_wire::plan::{Cover, Plan, Transport, Workload};
 use kcov_wire::{Done, ErrorReport, Frame, Hello, KcovMode, WorkloadResult, WorkloadStart};
 const KCOV_PATH: &str = "/sys/kernel/debug/kcov";
 const VHOST_NET_PATH: &str = "/dev/vhost-net";

@@ -16,8 +16,8 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-use crate::plan::Params;
 use frontends::vring::{poll_readable, Arena, Segment, SplitQueue, VringError};
+use kcov_wire::plan::Params;
 
 /// `sizeof(struct virtio_net_hdr_mrg_rxbuf)`: the header with VERSION_1 or MRG_RXBUF.
 pub const NET_HDR_LEN: usize = frontends::tap::VNET_HDR_LEN;

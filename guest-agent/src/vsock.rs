@@ -17,8 +17,8 @@ use vhost::VhostBackend;
 use crate::net::{wanted_features, Counters};
 use frontends::vhost::configure_rings;
 
-use crate::plan::Params;
 use frontends::vring::{poll_readable, Arena, Segment, SplitQueue, VringError};
+use kcov_wire::plan::Params;
 
 /// vhost-vsock queue indices.
 pub const RX_QUEUE: usize = 0;

@@ -1,4 +1,6 @@
-//! The stream protocol from the kcov guest agent to the host collector.
+//! The agent protocol: the plan the host gives the kcov guest agent ([`plan`]: `testbed.*`
+//! kernel command-line words, rendered by the host and parsed by the agent with the same
+//! code) and the stream of frames the agent sends back to the host collector.
 //!
 //! A stream (one AF_VSOCK connection) is a sequence of frames: a 16-byte little-endian header
 //! (magic `KCVW`, version, frame type, payload length, CRC-32) followed by the payload. A
@@ -24,6 +26,7 @@ mod decoder;
 mod error;
 mod frame;
 pub mod nested;
+pub mod plan;
 
 pub use chunk::{chunk_coverage, CoverageChunks};
 pub use codec::{

@@ -223,7 +223,8 @@ pub fn workload(frames: u32) -> Result<()> {
                 area: None,
                 transport: Some(transport.into()),
                 params: vec![format!("frames={frames}")],
-            },
+            }
+            .to_plan()?,
             ..BootOpts::default()
         };
         let (outcome, run_dir) = boot::boot(&opts)?;
@@ -396,7 +397,8 @@ pub fn nested(runs: usize) -> Result<()> {
                 plan: PlanOpts {
                     workloads: workloads.iter().map(|w| w.to_string()).collect(),
                     ..PlanOpts::default()
-                },
+                }
+                .to_plan()?,
                 ..BootOpts::default()
             };
             let (outcome, run_dir) = boot::boot(&opts)?;
@@ -441,7 +443,8 @@ pub fn nested(runs: usize) -> Result<()> {
             transport: Some("console".into()),
             cover: Some("off".into()),
             ..PlanOpts::default()
-        },
+        }
+        .to_plan()?,
         ..BootOpts::default()
     };
     let nested_echo = boot::boot(&opts);

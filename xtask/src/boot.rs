@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use images::Include;
+use kcov_wire::plan::{Plan, PlanError, Transport};
 
 use crate::kernel::{self, KernelOpts};
 use crate::paths;
@@ -37,8 +38,8 @@ pub struct BootOpts {
     pub kernel_log: bool,
     /// Echo the console to stdout.
     pub echo: bool,
-    /// The agent's plan (`testbed.*` kernel command-line words, see guest-agent/src/plan.rs).
-    pub plan: PlanOpts,
+    /// The agent's plan (rendered as `testbed.*` kernel command-line words, kcov-wire/src/plan.rs).
+    pub plan: Plan,
     /// A virtio-net device on a host tap (kvm runner only).
     pub net: Option<vmm::devices::virtio::net::NetSpec>,
     /// Host-side vhost-net coverage into the run store (kvm runner with `net`).
@@ -49,10 +50,21 @@ pub struct BootOpts {
     pub l1_cpu: Option<String>,
 }
 
-/// What the agent runs and how it collects coverage; becomes `testbed.*` cmdline words.
+/// The plan every boot starts from: [`Plan::default`] with the stream over vsock (every run
+/// has a virtio-vsock device; `--transport console` is the fallback for guests without one).
+pub fn default_plan() -> Plan {
+    Plan {
+        transport: Transport::Vsock,
+        ..Plan::default()
+    }
+}
+
+/// The agent's plan as the command line spells it (`--workload`, `--cover`, `--area`,
+/// `--transport`, `--param`), made a typed [`Plan`] by [`PlanOpts::to_plan`] with the agent's
+/// own checks, before anything is built.
 #[derive(Clone, Debug, Default)]
 pub struct PlanOpts {
-    /// Workloads in order (`testbed.workloads=`); names are checked by the agent.
+    /// Workloads in order (`testbed.workloads=`).
     pub workloads: Vec<String>,
     /// `pc`, `cmp` or `off` (`testbed.cover=`).
     pub cover: Option<String>,
@@ -60,12 +72,43 @@ pub struct PlanOpts {
     pub area: Option<u64>,
     /// `console` or `vsock` (`testbed.transport=`).
     pub transport: Option<String>,
-    /// Further `KEY=VALUE` workload parameters (`testbed.KEY=VALUE`).
+    /// Further `KEY=VALUE` plan settings (`testbed.KEY=VALUE`).
     pub params: Vec<String>,
 }
 
-/// Default AF_VSOCK port of the agent's stream (guest-agent `plan::DEFAULT_PORT`).
-pub const DEFAULT_STREAM_PORT: u32 = 10_000;
+impl PlanOpts {
+    /// The typed plan, starting from [`default_plan`]; a bad word, value or a key given twice
+    /// is the agent's own error.
+    pub fn to_plan(&self) -> Result<Plan, PlanError> {
+        let mut plan = default_plan();
+        let mut settings: Vec<(String, String)> = Vec::new();
+        if !self.workloads.is_empty() {
+            settings.push(("workloads".into(), self.workloads.join(",")));
+        }
+        if let Some(c) = &self.cover {
+            settings.push(("cover".into(), c.clone()));
+        }
+        if let Some(a) = self.area {
+            settings.push(("area".into(), a.to_string()));
+        }
+        if let Some(t) = &self.transport {
+            settings.push(("transport".into(), t.clone()));
+        }
+        for p in &self.params {
+            let (k, v) = p.split_once('=').ok_or_else(|| PlanError::Malformed {
+                word: format!("testbed.{p}"),
+            })?;
+            settings.push((k.to_string(), v.to_string()));
+        }
+        for (i, (k, v)) in settings.iter().enumerate() {
+            if settings[..i].iter().any(|(k2, _)| k2 == k) {
+                return Err(PlanError::Duplicate { key: k.clone() });
+            }
+            plan.set(k, v)?;
+        }
+        Ok(plan)
+    }
+}
 
 /// Guest memory the runners accept, in MiB: enough for the kernel and initramfs, at most the
 /// host's memory.
@@ -97,48 +140,6 @@ fn check_limits(opts: &BootOpts) -> Result<()> {
     Ok(())
 }
 
-impl PlanOpts {
-    /// The plan with its transport filled in: every run has a virtio-vsock device, so the
-    /// agent streams over vsock when it has work (workloads or a command) unless told
-    /// otherwise (the console transport is the fallback for guests without one).
-    pub fn with_default_transport(&self, has_command: bool) -> PlanOpts {
-        let mut plan = self.clone();
-        if plan.transport.is_none() && (!plan.workloads.is_empty() || has_command) {
-            plan.transport = Some("vsock".into());
-        }
-        plan
-    }
-
-    /// The vsock port of the stream (`--param port=P`, else the default).
-    pub fn vsock_port(&self) -> u32 {
-        self.params
-            .iter()
-            .find_map(|p| p.strip_prefix("port=")?.parse().ok())
-            .unwrap_or(DEFAULT_STREAM_PORT)
-    }
-
-    /// The kernel command-line words.
-    pub fn cmdline_words(&self) -> Vec<String> {
-        let mut w = Vec::new();
-        if !self.workloads.is_empty() {
-            w.push(format!("testbed.workloads={}", self.workloads.join(",")));
-        }
-        if let Some(c) = &self.cover {
-            w.push(format!("testbed.cover={c}"));
-        }
-        if let Some(a) = self.area {
-            w.push(format!("testbed.area={a}"));
-        }
-        if let Some(t) = &self.transport {
-            w.push(format!("testbed.transport={t}"));
-        }
-        for p in &self.params {
-            w.push(format!("testbed.{p}"));
-        }
-        w
-    }
-}
-
 impl Default for BootOpts {
     fn default() -> Self {
         BootOpts {
@@ -155,7 +156,7 @@ impl Default for BootOpts {
             },
             kernel_log: false,
             echo: true,
-            plan: PlanOpts::default(),
+            plan: default_plan(),
             net: None,
             host_kcov: false,
             l1_append: Vec::new(),
@@ -201,15 +202,19 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, RunDir)> {
     }
     // The agent's plan, parsed here exactly as the agent will parse it: a typo fails now,
     // not after a kernel build and a boot.
-    let plan = opts.plan.with_default_transport(!opts.cmd.is_empty());
+    let mut plan = opts.plan.clone();
+    if plan.workloads.is_empty() && opts.cmd.is_empty() {
+        // Nothing to stream: no transport word on the command line.
+        plan.transport = Plan::default().transport;
+    }
     let words: Vec<String> = plan
-        .cmdline_words()
+        .words()
         .into_iter()
         .chain(opts.append.clone())
         .collect();
-    if let Err(e) = guest_agent::plan::Plan::parse(&words.join(" "), !opts.cmd.is_empty()) {
-        anyhow::bail!("the agent's plan: {e}");
-    }
+    // `--append` may carry plan words too: the whole line is parsed as the agent will.
+    let plan = Plan::parse(&words.join(" "), !opts.cmd.is_empty())
+        .map_err(|e| anyhow::anyhow!("the agent's plan: {e}"))?;
     let kernel = kernel::build(&opts.kernel)?;
     let (runner, why) = runner::choose(opts.runner, &kernel.bzimage);
     eprintln!("runner: {runner} ({why})");
@@ -276,7 +281,7 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, RunDir)> {
                 l1_kernel: l1.bzimage.clone(),
                 vmm: vmm.clone(),
                 init: init.clone(),
-                relay_ports: vec![plan.vsock_port()],
+                relay_ports: vec![plan.port],
                 l1_append: opts.l1_append.clone(),
                 l1_cpu: opts.l1_cpu.clone().unwrap_or_else(|| "max".into()),
             }),
@@ -288,11 +293,11 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, RunDir)> {
         runs::human_bytes(initramfs.len()),
         run_dir.display()
     );
-    let receiver = match plan.transport.as_deref() {
-        Some("vsock") => spec
+    let receiver = match plan.transport {
+        Transport::Vsock => spec
             .vsock
             .as_ref()
-            .map(|v| VsockReceiver::start(&v.uds, plan.vsock_port(), &run_dir.join(STREAM_FILE)))
+            .map(|v| VsockReceiver::start(&v.uds, plan.port, &run_dir.join(STREAM_FILE)))
             .transpose()?,
         _ => None,
     };
@@ -563,22 +568,49 @@ mod stream_tests {
             params: vec!["frames=9".into()],
         };
         assert_eq!(
-            p.cmdline_words(),
+            p.to_plan().unwrap().words(),
             [
                 "testbed.workloads=vhost-net-tx,vhost-vsock",
                 "testbed.cover=off",
                 "testbed.area=512",
+                "testbed.transport=vsock",
                 "testbed.frames=9"
             ]
         );
-        assert!(PlanOpts::default().cmdline_words().is_empty());
+        assert_eq!(PlanOpts::default().to_plan(), Ok(default_plan()));
+        // The agent's checks, on the host, before anything is built.
+        let bad = |p: PlanOpts| p.to_plan().unwrap_err().to_string();
+        let e = bad(PlanOpts {
+            workloads: vec!["vhost-nett-tx".into()],
+            ..PlanOpts::default()
+        });
+        assert!(e.contains("unknown workload \"vhost-nett-tx\""), "{e}");
+        let e = bad(PlanOpts {
+            params: vec!["frames=1".into(), "frames=2".into()],
+            ..PlanOpts::default()
+        });
+        assert!(e.contains("testbed.frames given twice"), "{e}");
+        let e = bad(PlanOpts {
+            params: vec!["frames".into()],
+            ..PlanOpts::default()
+        });
+        assert!(e.contains("malformed plan word"), "{e}");
     }
 
     #[test]
     fn stream_is_reassembled_from_the_console_log() {
         use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
-        let bytes = stream(&[Frame::Done(Done { status: 4 })]);
+        let bytes = stream(&[
+            Frame::Hello(Hello {
+                agent_version: "t".into(),
+                kernel_release: "6.12".into(),
+                kcov_mode: KcovMode::Pc,
+                area_words: 512,
+                common_handle: 1,
+            }),
+            Frame::Done(Done { status: 4 }),
+        ]);
         let mut w = kcov_wire::console::LineWriter::new(Vec::new());
         w.write_all(&bytes).unwrap();
         let lines = String::from_utf8(w.into_inner().unwrap()).unwrap();

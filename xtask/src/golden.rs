@@ -221,22 +221,23 @@ pub fn golden_workload<R: AsRef<Path>>(
 }
 
 /// Boot options that run `workload` in the guest agent (`testbed.workloads=`), console quiet.
-pub fn workload_boot_opts(workload: &str) -> crate::boot::BootOpts {
-    crate::boot::BootOpts {
+pub fn workload_boot_opts(workload: &str) -> Result<crate::boot::BootOpts> {
+    Ok(crate::boot::BootOpts {
         echo: false,
         plan: crate::boot::PlanOpts {
             workloads: vec![workload.to_string()],
             ..crate::boot::PlanOpts::default()
-        },
+        }
+        .to_plan()?,
         ..crate::boot::BootOpts::default()
-    }
+    })
 }
 
 /// Boots the guest once for `workload` with the xtask boot library and returns the run
 /// directory (in use while it is held), with the agent's stream reassembled into
 /// `coverage.kcw` (when it sent one).
 pub fn boot_workload(workload: &str) -> Result<crate::runs::RunDir> {
-    let (outcome, run_dir) = crate::boot::boot(&workload_boot_opts(workload))?;
+    let (outcome, run_dir) = crate::boot::boot(&workload_boot_opts(workload)?)?;
     crate::boot::collect_stream(&run_dir, &outcome.serial_log)?;
     Ok(run_dir)
 }

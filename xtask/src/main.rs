@@ -261,7 +261,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     area,
                     transport,
                     params: param,
-                },
+                }
+                .to_plan()
+                .map_err(|e| anyhow::anyhow!("the agent's plan: {e}"))?,
                 net,
                 host_kcov,
                 l1_append,

@@ -25,7 +25,7 @@
 
 use std::fmt;
 
-use kcov_wire::KcovMode;
+use crate::KcovMode;
 
 /// Default kcov area size in words (8 MiB).
 pub const DEFAULT_AREA_WORDS: usize = 1 << 20;
@@ -91,6 +91,17 @@ pub enum Cover {
     Off,
 }
 
+impl Cover {
+    /// Its `testbed.cover` word: `pc`, `cmp`, `off`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cover::On(KcovMode::Pc) => "pc",
+            Cover::On(KcovMode::Cmp) => "cmp",
+            Cover::Off => "off",
+        }
+    }
+}
+
 /// Where the stream goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -98,6 +109,16 @@ pub enum Transport {
     Console,
     /// AF_VSOCK stream to CID 2.
     Vsock,
+}
+
+impl Transport {
+    /// Its `testbed.transport` word.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Console => "console",
+            Transport::Vsock => "vsock",
+        }
+    }
 }
 
 /// Parameters of the vhost workloads.
@@ -157,6 +178,22 @@ pub struct Plan {
     pub params: Params,
 }
 
+impl Default for Plan {
+    /// No workloads, PC coverage, the default area, console transport, default parameters.
+    fn default() -> Self {
+        Plan {
+            workloads: Vec::new(),
+            cover: Cover::On(KcovMode::Pc),
+            area_words: DEFAULT_AREA_WORDS,
+            transport: Transport::Console,
+            port: DEFAULT_PORT,
+            settle_ms: 50,
+            snapshot_ms: DEFAULT_SNAPSHOT_MS,
+            params: Params::default(),
+        }
+    }
+}
+
 /// A plan that cannot be run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
@@ -167,7 +204,7 @@ pub enum PlanError {
         name: String,
     },
     /// An unknown `testbed.` key.
-    #[error("unknown plan key testbed.{key} (see guest-agent/src/plan.rs for the keys)")]
+    #[error("unknown plan key testbed.{key} (see kcov-wire/src/plan.rs for the keys)")]
     UnknownKey {
         /// The key.
         key: String,
@@ -231,16 +268,7 @@ fn on_off(key: &str, value: &str) -> Result<bool, PlanError> {
 impl Plan {
     /// Parses the kernel command line. `has_command`: a user command is in the initramfs.
     pub fn parse(cmdline: &str, has_command: bool) -> Result<Plan, PlanError> {
-        let mut plan = Plan {
-            workloads: Vec::new(),
-            cover: Cover::On(KcovMode::Pc),
-            area_words: DEFAULT_AREA_WORDS,
-            transport: Transport::Console,
-            port: DEFAULT_PORT,
-            settle_ms: 50,
-            snapshot_ms: DEFAULT_SNAPSHOT_MS,
-            params: Params::default(),
-        };
+        let mut plan = Plan::default();
         let mut workloads_given = false;
         let mut seen: Vec<String> = Vec::new();
         for word in cmdline.split_ascii_whitespace() {
@@ -258,78 +286,10 @@ impl Plan {
                 });
             }
             seen.push(key.to_string());
-            let p = &mut plan.params;
-            match key {
-                "workloads" => {
-                    workloads_given = true;
-                    for name in value.split(',') {
-                        if name.is_empty() {
-                            return Err(bad(key, value, "comma-separated workload names"));
-                        }
-                        let w = Workload::from_name(name).ok_or(PlanError::UnknownWorkload {
-                            name: name.to_string(),
-                        })?;
-                        plan.workloads.push(w);
-                    }
-                }
-                "cover" => {
-                    plan.cover = match value {
-                        "pc" => Cover::On(KcovMode::Pc),
-                        "cmp" => Cover::On(KcovMode::Cmp),
-                        "off" => Cover::Off,
-                        _ => return Err(bad(key, value, "pc, cmp or off")),
-                    }
-                }
-                "area" => {
-                    const AREA: &str =
-                        "kcov area words, a multiple of 512 (one page) up to 67108864";
-                    let words: usize = num(key, value, 512..=(1 << 26), AREA)?;
-                    if !words.is_multiple_of(512) {
-                        return Err(bad(key, value, AREA));
-                    }
-                    plan.area_words = words;
-                }
-                "transport" => {
-                    plan.transport = match value {
-                        "console" => Transport::Console,
-                        "vsock" => Transport::Vsock,
-                        _ => return Err(bad(key, value, "console or vsock")),
-                    }
-                }
-                "port" => plan.port = num(key, value, 1..=u32::MAX - 1, "a vsock port")?,
-                "settle_ms" => {
-                    plan.settle_ms = num(key, value, 0..=60_000, "milliseconds, 0..=60000")?
-                }
-                "snapshot_ms" => {
-                    const PERIOD: &str = "milliseconds, 0 (off) or 10..=600000";
-                    let ms: u32 = num(key, value, 0..=MAX_SNAPSHOT_MS, PERIOD)?;
-                    if ms != 0 && ms < MIN_SNAPSHOT_MS {
-                        return Err(bad(key, value, PERIOD));
-                    }
-                    plan.snapshot_ms = ms;
-                }
-                "frames" => p.frames = num(key, value, 1..=1_000_000, "1..=1000000")?,
-                "size" => p.size = num(key, value, 1..=65_536, "bytes, 1..=65536")?,
-                "queue" => {
-                    let q: u16 = num(key, value, 8..=1024, "a power of two, 8..=1024")?;
-                    if !q.is_power_of_two() {
-                        return Err(bad(key, value, "a power of two, 8..=1024"));
-                    }
-                    p.queue = q;
-                }
-                "indirect" => p.indirect = on_off(key, value)?,
-                "event_idx" => p.event_idx = on_off(key, value)?,
-                "mrg_rxbuf" => p.mrg_rxbuf = on_off(key, value)?,
-                "vsock_cid" => {
-                    p.vsock_cid = num(key, value, 3..=u32::MAX - 1, "a guest CID, 3..=2^32-2")?
-                }
-                "timeout_ms" => p.timeout_ms = num(key, value, 10..=600_000, "10..=600000")?,
-                _ => {
-                    return Err(PlanError::UnknownKey {
-                        key: key.to_string(),
-                    })
-                }
+            if key == "workloads" {
+                workloads_given = true;
             }
+            plan.set(key, value)?;
         }
         if !workloads_given && has_command {
             plan.workloads.push(Workload::Cmd);
@@ -338,6 +298,139 @@ impl Plan {
             return Err(PlanError::NoCommand);
         }
         Ok(plan)
+    }
+
+    /// Sets `testbed.KEY` to `value`, checked as [`parse`](Self::parse) checks it (the host
+    /// builds its plan with this, so a bad `--param` fails before anything is built).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), PlanError> {
+        let p = &mut self.params;
+        match key {
+            "workloads" => {
+                let mut workloads = Vec::new();
+                for name in value.split(',') {
+                    if name.is_empty() {
+                        return Err(bad(key, value, "comma-separated workload names"));
+                    }
+                    let w = Workload::from_name(name).ok_or(PlanError::UnknownWorkload {
+                        name: name.to_string(),
+                    })?;
+                    workloads.push(w);
+                }
+                self.workloads = workloads;
+            }
+            "cover" => {
+                self.cover = match value {
+                    "pc" => Cover::On(KcovMode::Pc),
+                    "cmp" => Cover::On(KcovMode::Cmp),
+                    "off" => Cover::Off,
+                    _ => return Err(bad(key, value, "pc, cmp or off")),
+                }
+            }
+            "area" => {
+                const AREA: &str = "kcov area words, a multiple of 512 (one page) up to 67108864";
+                let words: usize = num(key, value, 512..=(1 << 26), AREA)?;
+                if !words.is_multiple_of(512) {
+                    return Err(bad(key, value, AREA));
+                }
+                self.area_words = words;
+            }
+            "transport" => {
+                self.transport = match value {
+                    "console" => Transport::Console,
+                    "vsock" => Transport::Vsock,
+                    _ => return Err(bad(key, value, "console or vsock")),
+                }
+            }
+            "port" => self.port = num(key, value, 1..=u32::MAX - 1, "a vsock port")?,
+            "settle_ms" => self.settle_ms = num(key, value, 0..=60_000, "milliseconds, 0..=60000")?,
+            "snapshot_ms" => {
+                const PERIOD: &str = "milliseconds, 0 (off) or 10..=600000";
+                let ms: u32 = num(key, value, 0..=MAX_SNAPSHOT_MS, PERIOD)?;
+                if ms != 0 && ms < MIN_SNAPSHOT_MS {
+                    return Err(bad(key, value, PERIOD));
+                }
+                self.snapshot_ms = ms;
+            }
+            "frames" => p.frames = num(key, value, 1..=1_000_000, "1..=1000000")?,
+            "size" => p.size = num(key, value, 1..=65_536, "bytes, 1..=65536")?,
+            "queue" => {
+                let q: u16 = num(key, value, 8..=1024, "a power of two, 8..=1024")?;
+                if !q.is_power_of_two() {
+                    return Err(bad(key, value, "a power of two, 8..=1024"));
+                }
+                p.queue = q;
+            }
+            "indirect" => p.indirect = on_off(key, value)?,
+            "event_idx" => p.event_idx = on_off(key, value)?,
+            "mrg_rxbuf" => p.mrg_rxbuf = on_off(key, value)?,
+            "vsock_cid" => {
+                p.vsock_cid = num(key, value, 3..=u32::MAX - 1, "a guest CID, 3..=2^32-2")?
+            }
+            "timeout_ms" => p.timeout_ms = num(key, value, 10..=600_000, "10..=600000")?,
+            _ => {
+                return Err(PlanError::UnknownKey {
+                    key: key.to_string(),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// The `testbed.*` words of this plan: each setting that differs from the default, in a
+    /// fixed order. [`parse`](Self::parse) of them gives the plan back.
+    pub fn words(&self) -> Vec<String> {
+        let d = Plan::default();
+        let mut w = Vec::new();
+        let mut word = |k: &str, v: String| w.push(format!("testbed.{k}={v}"));
+        if !self.workloads.is_empty() {
+            let names: Vec<&str> = self.workloads.iter().map(|w| w.name()).collect();
+            word("workloads", names.join(","));
+        }
+        if self.cover != d.cover {
+            word("cover", self.cover.name().into());
+        }
+        if self.area_words != d.area_words {
+            word("area", self.area_words.to_string());
+        }
+        if self.transport != d.transport {
+            word("transport", self.transport.name().into());
+        }
+        if self.port != d.port {
+            word("port", self.port.to_string());
+        }
+        if self.settle_ms != d.settle_ms {
+            word("settle_ms", self.settle_ms.to_string());
+        }
+        if self.snapshot_ms != d.snapshot_ms {
+            word("snapshot_ms", self.snapshot_ms.to_string());
+        }
+        let (p, dp) = (&self.params, &d.params);
+        let on = |b: bool| if b { "on" } else { "off" }.to_string();
+        if p.frames != dp.frames {
+            word("frames", p.frames.to_string());
+        }
+        if p.size != dp.size {
+            word("size", p.size.to_string());
+        }
+        if p.queue != dp.queue {
+            word("queue", p.queue.to_string());
+        }
+        if p.indirect != dp.indirect {
+            word("indirect", on(p.indirect));
+        }
+        if p.event_idx != dp.event_idx {
+            word("event_idx", on(p.event_idx));
+        }
+        if p.mrg_rxbuf != dp.mrg_rxbuf {
+            word("mrg_rxbuf", on(p.mrg_rxbuf));
+        }
+        if p.vsock_cid != dp.vsock_cid {
+            word("vsock_cid", p.vsock_cid.to_string());
+        }
+        if p.timeout_ms != dp.timeout_ms {
+            word("timeout_ms", p.timeout_ms.to_string());
+        }
+        w
     }
 
     /// Frame size for the net workloads, checked against Ethernet limits.
@@ -466,5 +559,52 @@ mod tests {
         assert!(e("testbed.workloads=bogus")
             .to_string()
             .contains("unknown workload \"bogus\""));
+    }
+
+    #[test]
+    fn words_round_trip() {
+        assert!(Plan::default().words().is_empty());
+        assert_eq!(Plan::parse("", false), Ok(Plan::default()));
+        let mut p = Plan::default();
+        for (k, v) in [
+            ("workloads", "vhost-vsock,cmd,vhost-net-tx"),
+            ("cover", "cmp"),
+            ("area", "2048"),
+            ("transport", "vsock"),
+            ("port", "4321"),
+            ("settle_ms", "7"),
+            ("snapshot_ms", "0"),
+            ("frames", "3"),
+            ("size", "100"),
+            ("queue", "32"),
+            ("indirect", "on"),
+            ("event_idx", "off"),
+            ("mrg_rxbuf", "off"),
+            ("vsock_cid", "9"),
+            ("timeout_ms", "55"),
+        ] {
+            p.set(k, v).unwrap();
+        }
+        let words = p.words();
+        assert_eq!(words.len(), 15, "{words:?}");
+        assert_eq!(Plan::parse(&words.join(" "), true), Ok(p.clone()));
+        // Each setting alone, too (only what differs from the default is rendered).
+        for w in &words {
+            let one = Plan::parse(w, w.contains("cmd")).unwrap();
+            assert_eq!(one.words(), std::slice::from_ref(w), "{w}");
+        }
+        // set refuses what parse refuses.
+        assert!(matches!(
+            p.set("frobs", "1"),
+            Err(PlanError::UnknownKey { .. })
+        ));
+        assert!(matches!(
+            p.set("queue", "12"),
+            Err(PlanError::BadValue { .. })
+        ));
+        assert!(matches!(
+            p.set("workloads", "nope"),
+            Err(PlanError::UnknownWorkload { .. })
+        ));
     }
 }
