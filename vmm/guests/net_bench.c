@@ -1,4 +1,4 @@
-/* virtio-net throughput test guest (src/net_bench.rs, tests/net_bench.rs,
+/* virtio-net throughput test guest (benches/src/net.rs, benches/tests/net.rs,
  * `cargo xtask bench net`).
  *
  * Polls (no interrupts under PVM; it asks for none: VRING_AVAIL_F_NO_INTERRUPT,
@@ -50,7 +50,7 @@
  *       reordered, bad used ids, checksum lo, hi (0 without nb.verify), kicks,
  *       stopped by the host (1) or not (0);
  *   END_MAGIC.
- * Mirrored in src/net_bench.rs.
+ * Mirrored in benches/src/net.rs.
  */
 #define QSZ 256
 #include "virtio_guest.h"
@@ -118,14 +118,14 @@ static uint64_t param(const char *cmdline, const char *key, uint64_t dflt)
 	return number(&p);
 }
 
-/* Payload byte j of every frame (mirrored in src/net_bench.rs). */
+/* Payload byte j of every frame (mirrored in benches/src/net.rs). */
 static inline uint8_t pat(uint32_t j)
 {
 	return (uint8_t)(j * 7 + (j >> 8) * 3 + 1);
 }
 
 /* Fletcher-style sum over little-endian 64-bit words, the tail zero-padded
- * (mirrored in src/net_bench.rs frame_sum). */
+ * (mirrored in benches/src/net.rs frame_sum). */
 static uint64_t frame_sum(const uint8_t *f, uint32_t len)
 {
 	uint64_t a = 0, b = 0, w = 0;

@@ -81,7 +81,7 @@ guest!(
 guest!(
     NET_BENCH,
     "net_bench.elf",
-    "virtio-net throughput driver: sends or receives N frames of S bytes as fast as the rings allow, counting and checking them (see net_bench.c, src/net_bench.rs)."
+    "virtio-net throughput driver: sends or receives N frames of S bytes as fast as the rings allow, counting and checking them (see net_bench.c, benches/src/net.rs)."
 );
 
 /// Write guest `bytes` to `dir/name` and return the path.

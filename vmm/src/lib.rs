@@ -6,8 +6,7 @@
 //! * [`run`] / [`run_with_devices`]: boot a bzImage or ELF vmlinux (64-bit entry,
 //!   or PVH when the ELF has the note) and run it to the end; [`host_check`] says
 //!   whether this host can run that kernel under KVM at all.
-//! * [`guests`]: tiny test guests built from source; [`bench_start_to_first_pio`];
-//!   [`net_bench`]: virtio-net + tap throughput with a polling test guest.
+//! * [`guests`]: tiny test guests built from source; [`bench_start_to_first_pio`].
 //!
 //! A caller that boots Linux should call [`host_check`] first (the `vmm` binary
 //! does, and so does [`run`] unless `skip_host_check` is set).
@@ -23,7 +22,6 @@ pub mod host;
 pub mod host_kcov;
 pub mod kernel;
 mod log;
-pub mod net_bench;
 mod vcpu;
 mod vm;
 

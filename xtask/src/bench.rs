@@ -262,12 +262,12 @@ pub fn workload(frames: u32) -> Result<()> {
 /// backend, driven by the polling `net_bench` test guest under this host's
 /// /dev/kvm, each way, for 64 B, 1514 B and 65535 B frames (the longest a host
 /// can send into a tap); baseline: the same frames through the same kind of
-/// tap by host threads alone, in the same run (`vmm::net_bench`). Each figure
+/// tap by host threads alone, in the same run (`testbed_bench::net`). Each figure
 /// is the median of [`NET_RUNS`] runs (baseline and VM interleaved); frames
 /// per run are `frames`, or about one second's worth at the VM's rate (from a
 /// 200-frame probe). Skips with the reason without root, tun or /dev/kvm.
 pub fn net(frames: Option<u32>) -> Result<()> {
-    use vmm::net_bench::{
+    use testbed_bench::net::{
         host_ready, run_host, run_vm, Direction, NetBenchConfig, NetBenchError, NetBenchResult,
     };
     match host_ready(true) {

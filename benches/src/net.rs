@@ -1,7 +1,7 @@
 //! virtio-net throughput through the tap backend, for `cargo xtask bench net`
-//! and `tests/net_bench.rs`.
+//! and `benches/tests/net.rs`.
 //!
-//! [`run_vm`] boots the [`crate::guests::NET_BENCH`] test guest under
+//! [`run_vm`] boots the [`vmm::guests::NET_BENCH`] test guest under
 //! /dev/kvm with a [`NetDevice`] on a fresh tap and moves `frames` Ethernet
 //! frames of `frame_len` bytes one way:
 //!
@@ -21,7 +21,7 @@
 //! with no VM, a host thread in the guest's place (TX: writes to the tap fd;
 //! RX: reads the tap fd, with the guest's accounting and progress reports).
 //!
-//! Frame layout and guest protocol: `guests/net_bench.c` (mirrored here).
+//! Frame layout and guest protocol: `vmm/guests/net_bench.c` (mirrored here).
 //! Everything the guest reports is checked; a guest that misbehaves gives a
 //! [`NetBenchError::Guest`], never a panic.
 
@@ -32,11 +32,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::devices::virtio::net::{NetBackend, NetDevice, NetStats, DEFAULT_MAC};
-use crate::devices::virtio::tap::{Tap, TapError, TUN_PATH};
-use crate::devices::virtio::{device_type, VirtioMmioDevice};
-use crate::devices::BusDevice;
-use crate::guests::{BOOT_MAGIC, END_MAGIC, REPORT_PORT};
+use vmm::devices::virtio::net::{NetBackend, NetDevice, NetStats, DEFAULT_MAC};
+use vmm::devices::virtio::tap::{Tap, TapError, TUN_PATH};
+use vmm::devices::virtio::{device_type, VirtioMmioDevice};
+use vmm::devices::BusDevice;
+use vmm::guests::{BOOT_MAGIC, END_MAGIC, REPORT_PORT};
 
 /// Port the guest writes progress to and reads the host's control word from
 /// (`BENCH_PORT` in net_bench.c).
@@ -94,7 +94,7 @@ pub enum NetBenchError {
     },
     /// The VM could not be run.
     #[error("VM: {0}")]
-    Vm(#[from] crate::Error),
+    Vm(#[from] vmm::Error),
     /// The guest's reports do not follow net_bench.c's protocol.
     #[error("net bench guest: {0}")]
     Guest(String),
@@ -1050,13 +1050,13 @@ impl Drop for Scratch {
     }
 }
 
-/// One run through our VMM: the [`crate::guests::NET_BENCH`] guest under
+/// One run through our VMM: the [`vmm::guests::NET_BENCH`] guest under
 /// /dev/kvm, its [`NetDevice`] on a fresh tap ([module docs](self)).
 pub fn run_vm(cfg: &NetBenchConfig) -> Result<NetBenchResult, NetBenchError> {
     cfg.check()?;
     host_ready(true)?;
     let scratch = Scratch::new()?;
-    let kernel = crate::guests::write_guest(&scratch.0, "net_bench.elf", crate::guests::NET_BENCH)
+    let kernel = vmm::guests::write_guest(&scratch.0, "net_bench.elf", vmm::guests::NET_BENCH)
         .map_err(io_err("writing the guest image"))?;
     let tap = open_tap()?;
     let name = tap.name().to_owned();
@@ -1078,7 +1078,7 @@ pub fn run_vm(cfg: &NetBenchConfig) -> Result<NetBenchResult, NetBenchError> {
         Direction::Tx => "tx",
         Direction::Rx => "rx",
     };
-    let vm_cfg = crate::VmConfig {
+    let vm_cfg = vmm::VmConfig {
         kernel,
         cmdline: format!(
             "nb.dir={dir} nb.frames={} nb.len={}{}",
@@ -1093,8 +1093,8 @@ pub fn run_vm(cfg: &NetBenchConfig) -> Result<NetBenchResult, NetBenchError> {
         virtio_devices: vec![VirtioMmioDevice::new(Arc::new(Mutex::new(dev)))],
         ..Default::default()
     };
-    let extra = vec![crate::ExtraDevice {
-        bus: crate::BusKind::Pio,
+    let extra = vec![vmm::ExtraDevice {
+        bus: vmm::BusKind::Pio,
         base: u64::from(REPORT_PORT),
         len: 12,
         device: port.clone(),
@@ -1102,7 +1102,7 @@ pub fn run_vm(cfg: &NetBenchConfig) -> Result<NetBenchResult, NetBenchError> {
     let deadline = Instant::now() + cfg.timeout;
     let vm = std::thread::Builder::new()
         .name("net-bench-vm".into())
-        .spawn(move || crate::run_with_devices(&vm_cfg, extra))
+        .spawn(move || vmm::run_with_devices(&vm_cfg, extra))
         .map_err(io_err("spawning the VM thread"))?;
     let alive = || !vm.is_finished();
     let n = u64::from(cfg.frames);
@@ -1394,7 +1394,7 @@ mod tests {
     /// The constants match net_bench.c.
     #[test]
     fn guest_source_matches() {
-        let c = include_str!("../guests/net_bench.c");
+        let c = include_str!("../../vmm/guests/net_bench.c");
         let def = |name: &str| -> u64 {
             let line = c
                 .lines()
@@ -1419,7 +1419,7 @@ mod tests {
         assert_eq!(def("HDR"), VNET_HDR as u64);
         assert_eq!(
             MAX_LEN,
-            crate::devices::virtio::net::MAX_FRAME_LEN,
+            vmm::devices::virtio::net::MAX_FRAME_LEN,
             "MAX_LEN follows the device's limit"
         );
     }

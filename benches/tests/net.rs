@@ -6,7 +6,7 @@
 //! frames sent), and the device's counters agree. Skips ("SKIP: reason")
 //! without root, /dev/net/tun or a usable /dev/kvm.
 
-use vmm::net_bench::{
+use testbed_bench::net::{
     host_ready, run_host, run_vm, Direction, NetBenchConfig, NetBenchError, NetBenchResult,
 };
 
