@@ -2,9 +2,43 @@
 //! their public APIs only; `cargo xtask bench NAME` runs them and prints each
 //! figure against a baseline measured in the same run.
 //!
+//! * [`vmm_start`]: VMM start to the test guest's first port write, in process.
 //! * [`net`]: virtio-net + tap throughput with a polling test guest, against
 //!   host threads pushing the same frames through a tap.
 
 #![deny(missing_docs)]
 
+use std::io;
+use std::path::{Path, PathBuf};
+
 pub mod net;
+pub mod vmm_start;
+
+/// Why a benchmark could not run or did not add up. Every message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The VM could not be built or run.
+    #[error(transparent)]
+    Vm(#[from] vmm::Error),
+    /// A scratch directory, guest image or socket could not be made.
+    #[error("benchmark scratch {path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// The guest or the host end did not behave.
+    #[error("benchmark: {0}")]
+    Failed(String),
+}
+
+impl Error {
+    /// `map_err` helper: an I/O error at `path`.
+    fn io(path: &Path) -> impl Fn(io::Error) -> Error + Copy + '_ {
+        move |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

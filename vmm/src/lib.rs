@@ -6,7 +6,7 @@
 //! * [`run`] / [`run_with_devices`]: boot a bzImage or ELF vmlinux (64-bit entry,
 //!   or PVH when the ELF has the note) and run it to the end; [`host_check`] says
 //!   whether this host can run that kernel under KVM at all.
-//! * [`guests`]: tiny test guests built from source; [`bench_start_to_first_pio`].
+//! * [`guests`]: tiny test guests built from source.
 //!
 //! A caller that boots Linux should call [`host_check`] first (the `vmm` binary
 //! does, and so does [`run`] unless `skip_host_check` is set).
@@ -14,7 +14,6 @@
 #![deny(missing_docs)]
 
 pub mod arch;
-pub mod bench;
 pub mod devices;
 pub mod error;
 pub mod guests;
@@ -25,13 +24,12 @@ mod log;
 mod vcpu;
 mod vm;
 
-pub use bench::{bench_start_to_first_pio, BenchReport};
 pub use error::Error;
 pub use host::{host_check, HostCheckError, HostKvm};
 pub use kernel::BootProtocol;
 pub use log::set_verbose;
 pub use vcpu::VmExit;
 pub use vm::{
-    run, run_with_devices, ApStart, BusKind, ExtraDevice, RunOutcome, VmConfig, DEFAULT_CMDLINE,
-    MAX_MEM_MIB, MIN_MEM_MIB,
+    proc_status_kib, run, run_with_devices, ApStart, BusKind, ExtraDevice, RunOutcome, VmConfig,
+    DEFAULT_CMDLINE, MAX_MEM_MIB, MIN_MEM_MIB,
 };

@@ -449,8 +449,9 @@ fn validate(cfg: &VmConfig) -> Result<(), Error> {
     Ok(())
 }
 
-/// Read a `Name:  N kB` line of /proc/self/status.
-pub(crate) fn proc_status_kib(key: &str) -> Option<u64> {
+/// A `Name:  N kB` line of this process's /proc/self/status, in KiB (`key` with
+/// its colon, e.g. `"VmRSS:"` as in [`RunOutcome::rss_kib`], or `"VmHWM:"`).
+pub fn proc_status_kib(key: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with(key))?;
     line[key.len()..].split_whitespace().next()?.parse().ok()

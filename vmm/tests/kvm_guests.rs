@@ -326,14 +326,3 @@ fn linux_boots_to_console_output() {
     // No init: the kernel panics and, with panic=-1, resets.
     assert_eq!(o.exit, VmExit::Reset, "{text}");
 }
-
-#[test]
-fn bench_helper_measures_start_to_first_pio() {
-    if !kvm_or_skip("bench_helper_measures_start_to_first_pio") {
-        return;
-    }
-    let r = vmm::bench_start_to_first_pio(3, 32).unwrap();
-    assert_eq!(r.iterations, 3);
-    assert!(r.min <= r.median && r.median <= r.max);
-    assert!(r.peak_rss_kib.is_some());
-}

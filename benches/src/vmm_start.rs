@@ -1,12 +1,13 @@
-//! Start-up benchmark: VMM start (the call of [`crate::run`]) to the test guest's
-//! first port write, over many runs of the [`crate::guests::HELLO`] guest.
-//! For `cargo xtask bench vmm-start`.
+//! Start-up benchmark: VMM start (the call of [`vmm::run`]) to the test guest's
+//! first port write, over many runs of the [`vmm::guests::HELLO`] guest, in
+//! this process (`cargo run -p testbed-bench --example vmm_start`; `cargo xtask
+//! bench vmm-start` times the `vmm` binary instead, process start included).
 
 use std::time::Duration;
 
-use crate::error::Error;
-use crate::vcpu::VmExit;
-use crate::vm::{proc_status_kib, run, VmConfig};
+use vmm::{proc_status_kib, run, VmConfig, VmExit};
+
+use crate::Error;
 
 /// Result of [`bench_start_to_first_pio`].
 #[derive(Debug, Clone)]
@@ -37,14 +38,9 @@ fn median<T: Copy + Ord>(v: &[T]) -> Option<T> {
 /// measure the time from `run` to its first port write.
 pub fn bench_start_to_first_pio(iterations: usize, mem_mib: u64) -> Result<BenchReport, Error> {
     let dir = std::env::temp_dir().join(format!("vmm-bench-{}", std::process::id()));
-    let io = |source| {
-        Error::Kernel(crate::kernel::KernelError::Io {
-            path: dir.clone(),
-            source,
-        })
-    };
+    let io = Error::io(&dir);
     std::fs::create_dir_all(&dir).map_err(io)?;
-    let kernel = crate::guests::write_guest(&dir, "hello.elf", crate::guests::HELLO).map_err(io)?;
+    let kernel = vmm::guests::write_guest(&dir, "hello.elf", vmm::guests::HELLO).map_err(io)?;
     let cfg = VmConfig {
         kernel,
         cmdline: String::new(),
@@ -60,7 +56,7 @@ pub fn bench_start_to_first_pio(iterations: usize, mem_mib: u64) -> Result<Bench
         for _ in 0..iterations.max(1) {
             let o = run(&cfg)?;
             if o.exit != VmExit::Reset {
-                return Err(Error::Bench(format!(
+                return Err(Error::Failed(format!(
                     "benchmark guest ended with {:?} instead of a reset",
                     o.exit
                 )));

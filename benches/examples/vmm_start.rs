@@ -1,7 +1,7 @@
-//! `cargo run -p vmm --example bench_start [ITERATIONS] [MEM_MIB]`: VMM start to the
-//! test guest's first port write, median of ITERATIONS (default 20) runs, plus RSS.
-//! The function behind it, `vmm::bench_start_to_first_pio`, is what
-//! `cargo xtask bench vmm-start` calls.
+//! `cargo run -p testbed-bench --example vmm_start [ITERATIONS] [MEM_MIB]`: VMM start
+//! to the test guest's first port write, median of ITERATIONS (default 20) runs, plus
+//! RSS, in this process (`testbed_bench::vmm_start::bench_start_to_first_pio`);
+//! `cargo xtask bench vmm-start` measures the same from the `vmm` binary's start.
 
 use std::process::ExitCode;
 
@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let iterations = args.next().and_then(|a| a.parse().ok()).unwrap_or(20usize);
     let mem_mib = args.next().and_then(|a| a.parse().ok()).unwrap_or(128u64);
-    match vmm::bench_start_to_first_pio(iterations, mem_mib) {
+    match testbed_bench::vmm_start::bench_start_to_first_pio(iterations, mem_mib) {
         Ok(r) => {
             println!(
                 "vmm-start: {} runs, {} MiB guest: start -> first PIO median {:.3} ms (min {:.3}, max {:.3}); RSS while running median {} KiB, peak {} KiB",
