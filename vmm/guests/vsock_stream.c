@@ -128,7 +128,7 @@ static uint64_t param(const char *cmdline, const char *key, uint64_t dflt)
 
 /* The stream the guest sends: byte i is byte (i % 8) (little-endian) of
  * ((i / 8) % PAT_WORDS + 1) * 0x9e3779b97f4a7c15. Mirrored in
- * src/devices/virtio/vsock.rs stream_pattern() and tests/virtio_vsock.rs.
+ * src/guests.rs stream_pattern() and tests/virtio_vsock.rs.
  * Data descriptors point into a pre-built copy, so the (slow, emulated under
  * PVM) guest CPU does no per-byte work on the guest -> host path. */
 static void build_pattern(void)

@@ -84,6 +84,24 @@ guest!(
     "virtio-net throughput driver: sends or receives N frames of S bytes as fast as the rings allow, counting and checking them (see net_bench.c, benches/src/net.rs)."
 );
 
+/// The `vsock_stream` guest's pattern repeats every this many 8-byte words.
+pub const STREAM_PATTERN_WORDS: u64 = 8191;
+
+/// Byte `i` of the stream the `vsock_stream` test guest sends
+/// (`guests/vsock_stream.c` `build_pattern()`): byte `i % 8` (little-endian)
+/// of `((i / 8) % 8191 + 1) * 0x9e3779b97f4a7c15`.
+pub fn stream_pattern(i: u64) -> u8 {
+    let w = (i / 8) % STREAM_PATTERN_WORDS + 1;
+    (w.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (8 * (i % 8))) as u8
+}
+
+/// The first byte of `got` that is not the `vsock_stream` guest's ([`stream_pattern`]).
+pub fn first_stream_mismatch(got: &[u8]) -> Option<usize> {
+    got.iter()
+        .enumerate()
+        .position(|(i, b)| *b != stream_pattern(i as u64))
+}
+
 /// Write guest `bytes` to `dir/name` and return the path.
 pub fn write_guest(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
     let p = dir.join(name);

@@ -15,9 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vmm::devices::virtio::vsock::{
-    bench_guest_to_host, stream_pattern, VsockConfig, VsockDevice, VsockHandle,
-};
+use vmm::devices::virtio::vsock::{bench_guest_to_host, VsockConfig, VsockDevice, VsockHandle};
 use vmm::devices::virtio::{device_type, VirtioMmioDevice};
 use vmm::guests::*;
 use vmm::{run_with_devices, RunOutcome, VmConfig, VmExit};

@@ -99,10 +99,7 @@ fn vmm_ignores_inherited_fds_including_the_streams_own_listener() {
     );
     assert!(start.elapsed() < Duration::from_secs(60));
     assert_eq!(got.len(), bytes);
-    assert_eq!(
-        vmm::devices::virtio::vsock::first_stream_mismatch(&got),
-        None
-    );
+    assert_eq!(vmm::guests::first_stream_mismatch(&got), None);
     drop(pipes);
 }
 

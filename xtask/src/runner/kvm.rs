@@ -273,10 +273,7 @@ mod tests {
         assert_eq!(out.vsock_uds.as_deref(), Some(uds.as_path()));
         let got = sink.join().unwrap();
         assert_eq!(got.len(), bytes);
-        assert_eq!(
-            vmm::devices::virtio::vsock::first_stream_mismatch(&got),
-            None
-        );
+        assert_eq!(vmm::guests::first_stream_mismatch(&got), None);
     }
 
     #[test]

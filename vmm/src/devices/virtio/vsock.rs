@@ -423,28 +423,11 @@ impl<B: VsockBackend> Worker<B> {
 // constant referenced so a change in the core shows up here.
 const _: () = assert!(EVQ == 2 && RXQ == 0 && TXQ == 1);
 
-/// The `vsock_stream` guest's pattern repeats every this many 8-byte words.
-pub const STREAM_PATTERN_WORDS: u64 = 8191;
-
-/// Byte `i` of the stream the `vsock_stream` test guest sends
-/// (`guests/vsock_stream.c` `build_pattern()`): byte `i % 8` (little-endian)
-/// of `((i / 8) % 8191 + 1) * 0x9e3779b97f4a7c15`.
-pub fn stream_pattern(i: u64) -> u8 {
-    let w = (i / 8) % STREAM_PATTERN_WORDS + 1;
-    (w.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (8 * (i % 8))) as u8
-}
-
-/// The first byte of `got` that is not the `vsock_stream` guest's ([`stream_pattern`]).
-pub fn first_stream_mismatch(got: &[u8]) -> Option<usize> {
-    got.iter()
-        .enumerate()
-        .position(|(i, b)| *b != stream_pattern(i as u64))
-}
-
 /// What [`bench_guest_to_host`] measured.
 #[derive(Debug, Clone, Copy)]
 pub struct VsockBench {
-    /// Bytes the host listener received (all checked against [`stream_pattern`]).
+    /// Bytes the host listener received (all checked against
+    /// [`crate::guests::stream_pattern`]).
     pub bytes: u64,
     /// RW packet payload the guest used.
     pub packet: u32,
@@ -556,7 +539,9 @@ pub fn bench_guest_to_host(bytes: u64, packet: u32) -> Result<VsockBench, crate:
                     break;
                 }
                 start.get_or_insert_with(Instant::now);
-                if let Some(j) = (0..n).find(|&j| buf[j] != stream_pattern(got + j as u64)) {
+                if let Some(j) =
+                    (0..n).find(|&j| buf[j] != crate::guests::stream_pattern(got + j as u64))
+                {
                     return Err(format!("byte {} differs from the pattern", got + j as u64));
                 }
                 got += n as u64;
