@@ -3,6 +3,8 @@
 //! figure against a baseline measured in the same run.
 //!
 //! * [`vmm_start`]: VMM start to the test guest's first port write, in process.
+//! * [`vsock_device`]: guest → host throughput through our VMM's virtio-vsock
+//!   device with a polling test guest.
 //! * [`net`]: virtio-net + tap throughput with a polling test guest, against
 //!   host threads pushing the same frames through a tap.
 
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 pub mod net;
 pub mod vmm_start;
+pub mod vsock_device;
 
 /// Why a benchmark could not run or did not add up. Every message is one line.
 #[derive(Debug, thiserror::Error)]

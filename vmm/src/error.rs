@@ -88,9 +88,6 @@ pub enum Error {
     /// A device could not be attached (overlapping bus ranges).
     #[error("device setup: {0}")]
     Device(String),
-    /// The start-up benchmark's guest did not behave.
-    #[error("benchmark: {0}")]
-    Bench(String),
     /// A boot structure could not be built.
     #[error("boot setup: {0}")]
     Arch(#[from] ArchError),

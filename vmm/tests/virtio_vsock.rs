@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vmm::devices::virtio::vsock::{bench_guest_to_host, VsockConfig, VsockDevice, VsockHandle};
+use vmm::devices::virtio::vsock::{VsockConfig, VsockDevice, VsockHandle};
 use vmm::devices::virtio::{device_type, VirtioMmioDevice};
 use vmm::guests::*;
 use vmm::{run_with_devices, RunOutcome, VmConfig, VmExit};
@@ -421,20 +421,6 @@ fn connect_without_host_listener_is_refused() {
         (OP_RST, OP_RST, 0)
     );
     check_vm(&o, &vm.handle);
-}
-
-/// `bench_guest_to_host` (what `cargo xtask bench vsock` calls) runs and
-/// checks its stream.
-#[test]
-fn bench_guest_to_host_reports_a_throughput() {
-    if !kvm_or_skip("bench_guest_to_host_reports_a_throughput") {
-        return;
-    }
-    let b = bench_guest_to_host(4 << 20, 65536).unwrap();
-    eprintln!("vsock bench: {b}");
-    assert_eq!(b.bytes, 4 << 20);
-    assert!(b.mb_per_s() > 0.0);
-    assert_eq!(b.stats.activations, 1);
 }
 
 #[test]

@@ -186,7 +186,7 @@ pub fn vsock() -> Result<()> {
         .open("/dev/kvm")
     {
         Ok(_) => {
-            let b = vmm::devices::virtio::vsock::bench_guest_to_host(BYTES, 65536)?;
+            let b = testbed_bench::vsock_device::bench_guest_to_host(BYTES, 65536)?;
             println!(
                 "  kvm runner device (our VMM, polling test guest, 64 KiB packets): {:.1} MB/s ({:.3}x baseline)",
                 b.mb_per_s(),

@@ -2,9 +2,9 @@
 //! under /dev/kvm, a host listener on `<uds>_<port>`), for `cargo xtask bench
 //! vsock` or by hand:
 //!
-//! `cargo run --release -p vmm --example vsock_bench -- [MiB] [packet bytes] [runs]`
+//! `cargo run --release -p testbed-bench --example vsock_device -- [MiB] [packet bytes] [runs]`
 
-use vmm::devices::virtio::vsock::bench_guest_to_host;
+use testbed_bench::vsock_device::bench_guest_to_host;
 
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args().skip(1);
