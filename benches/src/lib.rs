@@ -5,6 +5,7 @@
 //! * [`vmm_start`]: VMM start to the test guest's first port write, in process.
 //! * [`vsock_device`]: guest → host throughput through our VMM's virtio-vsock
 //!   device with a polling test guest.
+//! * [`vsock_core`]: packets/s of the vsock core with a synthetic driver, no VM.
 //! * [`net`]: virtio-net + tap throughput with a polling test guest, against
 //!   host threads pushing the same frames through a tap.
 
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 pub mod net;
 pub mod vmm_start;
+pub mod vsock_core;
 pub mod vsock_device;
 
 /// Why a benchmark could not run or did not add up. Every message is one line.
@@ -31,6 +33,9 @@ pub enum Error {
         /// Cause.
         source: io::Error,
     },
+    /// The vsock core refused a step.
+    #[error(transparent)]
+    Vsock(#[from] vsock::Error),
     /// The guest or the host end did not behave.
     #[error("benchmark: {0}")]
     Failed(String),

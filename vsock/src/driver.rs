@@ -2,7 +2,8 @@
 //! (`GuestMemoryMmap`), filled the way the Linux virtio-vsock driver fills
 //! them (TX: header descriptor + data descriptor; RX: one device-writable
 //! descriptor for header and data). Used by the unit tests, the fuzz test
-//! and the packets/s benchmark; it is not a device model.
+//! and the packets/s benchmark (`testbed_bench::vsock_core`); it is not a
+//! device model.
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};

@@ -16,7 +16,6 @@
 //! dropped or answered with RST, never a panic; every buffer and queue has a
 //! fixed bound ([`Limits`]).
 
-pub mod bench;
 pub mod connection;
 pub mod device;
 pub mod driver;

@@ -196,7 +196,7 @@ pub fn vsock() -> Result<()> {
         Err(e) => println!("  kvm runner device: skipped (/dev/kvm not usable: {e})"),
     }
     for (packets, payload) in [(200_000u64, 64usize), (50_000, 4096), (5_000, 65536)] {
-        let c = vsock::bench::core(packets, payload)?;
+        let c = testbed_bench::vsock_core::core(packets, payload)?;
         println!(
             "  core, synthetic driver, {payload} B packets: {:.0} packets/s, {:.0} MB/s ({:.3}x baseline)",
             c.packets_per_s(),

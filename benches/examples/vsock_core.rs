@@ -1,4 +1,4 @@
-//! `cargo run --release -p vsock --example core_bench [PACKETS]`: packets/s
+//! `cargo run --release -p testbed-bench --example vsock_core [PACKETS]`: packets/s
 //! of the vsock core with the synthetic driver (small and full-size packets).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -12,7 +12,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             packets
         };
-        println!("vsock core: {}", vsock::bench::core(n, payload)?);
+        println!(
+            "vsock core: {}",
+            testbed_bench::vsock_core::core(n, payload)?
+        );
     }
     Ok(())
 }

@@ -1,29 +1,37 @@
 //! Throughput of the core with the synthetic driver (no VM): guest → host
 //! data packets through real descriptor chains, the muxer and a Unix socket
-//! drained by a host thread. `cargo xtask bench vsock` can call [`core`].
+//! drained by a host thread, through the `vsock` crate's public API. `cargo
+//! xtask bench vsock` calls [`core`].
 
 use std::io::Read;
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
-use crate::driver::GuestDriver;
-use crate::muxer::{listener_path, Muxer};
-use crate::proto::*;
-use crate::{Limits, Result, VsockEpollListener};
 use vmm_sys_util::epoll::EventSet;
+use vsock::driver::GuestDriver;
+use vsock::muxer::{listener_path, Muxer};
+use vsock::proto::*;
+use vsock::{Limits, VsockEpollListener};
+
+use crate::Error;
 
 /// What [`core`] measured.
 #[derive(Clone, Copy, Debug)]
 pub struct CoreBench {
+    /// RW packets sent guest → host.
     pub packets: u64,
+    /// Payload bytes of each.
     pub payload: usize,
+    /// First packet to the host having taken the last byte.
     pub elapsed: Duration,
 }
 
 impl CoreBench {
+    /// Packets per second.
     pub fn packets_per_s(&self) -> f64 {
         self.packets as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+    /// Payload MB (10^6 bytes) per second.
     pub fn mb_per_s(&self) -> f64 {
         (self.packets * self.payload as u64) as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -45,7 +53,7 @@ impl std::fmt::Display for CoreBench {
 
 /// Sends `packets` RW packets of `payload` bytes (≤ 64 KiB) guest → host,
 /// within the credit the device grants, and times it.
-pub fn core(packets: u64, payload: usize) -> Result<CoreBench> {
+pub fn core(packets: u64, payload: usize) -> Result<CoreBench, Error> {
     let payload = payload.clamp(1, MAX_PKT_BUF_SIZE as usize);
     let dir = std::env::temp_dir().join(format!("vsock-bench-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
@@ -54,7 +62,7 @@ pub fn core(packets: u64, payload: usize) -> Result<CoreBench> {
     let mut m = Muxer::new(&uds, 3, limits)?;
     let lpath = listener_path(&uds, 9000);
     let _ = std::fs::remove_file(&lpath);
-    let listener = UnixListener::bind(&lpath).map_err(|cause| crate::Error::Bind {
+    let listener = UnixListener::bind(&lpath).map_err(|cause| vsock::Error::Bind {
         path: lpath.clone(),
         cause,
     })?;
@@ -63,7 +71,7 @@ pub fn core(packets: u64, payload: usize) -> Result<CoreBench> {
     d.pump(&mut m);
     d.recv();
     d.fill_rx();
-    let (mut host, _) = listener.accept().map_err(crate::Error::Epoll)?;
+    let (mut host, _) = listener.accept().map_err(Error::io(&lpath))?;
     let total = packets * payload as u64;
     let drain = std::thread::spawn(move || {
         let mut buf = vec![0u8; 256 * 1024];
@@ -116,9 +124,7 @@ pub fn core(packets: u64, payload: usize) -> Result<CoreBench> {
     let elapsed = start.elapsed();
     let _ = std::fs::remove_dir_all(&dir);
     if got != total {
-        return Err(crate::Error::VhostUser(format!(
-            "bench: host got {got} of {total} bytes"
-        )));
+        return Err(Error::Failed(format!("host got {got} of {total} bytes")));
     }
     Ok(CoreBench {
         packets,
