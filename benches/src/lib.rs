@@ -8,12 +8,15 @@
 //! * [`vsock_core`]: packets/s of the vsock core with a synthetic driver, no VM.
 //! * [`net`]: virtio-net + tap throughput with a polling test guest, against
 //!   host threads pushing the same frames through a tap.
+//! * [`coverage`]: symbolizing every instrumented site against binutils
+//!   `addr2line`, and report generation for a synthetic run.
 
 #![deny(missing_docs)]
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub mod coverage;
 pub mod net;
 pub mod vmm_start;
 pub mod vsock_core;

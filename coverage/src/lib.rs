@@ -9,7 +9,6 @@
 //! golden coverage checks ([`golden`]). [`run`] owns the run directory (layout, `run.json`,
 //! collect-on-open, the loaded run with its build-id check); the CLI only finds kernels.
 
-pub mod bench;
 pub mod diff;
 pub mod glob;
 pub mod golden;

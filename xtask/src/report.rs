@@ -286,7 +286,7 @@ pub fn bench(vmlinux: Option<&Path>) -> Result<()> {
     let cache_dir = paths::workspace_root()
         .join("target/testbed/bench")
         .join(format!("symbols-{}", std::process::id()));
-    let s = coverage::bench::symbolize_vs_addr2line(&vmlinux, &cache_dir);
+    let s = testbed_bench::coverage::symbolize_vs_addr2line(&vmlinux, &cache_dir);
     let _ = std::fs::remove_dir_all(&cache_dir);
     let s = s?;
     println!("symbolize-all ({}):", vmlinux.display());
@@ -317,8 +317,12 @@ pub fn bench(vmlinux: Option<&Path>) -> Result<()> {
         .join("target/testbed/bench")
         .join(format!("report-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let r =
-        coverage::bench::report_generation(&table, 100_000, default_source_root().as_deref(), &dir);
+    let r = testbed_bench::coverage::report_generation(
+        &table,
+        100_000,
+        default_source_root().as_deref(),
+        &dir,
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let r = r?;
     println!("report ({} PCs, {} distinct):", r.entries, r.distinct);

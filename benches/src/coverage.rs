@@ -1,5 +1,6 @@
-//! Benchmarks of the host pipeline, each with its baseline measured in the same run
-//! (`cargo xtask bench` prints them; `coverage/tests/bench.rs` runs them by hand).
+//! Benchmarks of the host coverage pipeline (the `coverage` crate), each with its
+//! baseline measured in the same run (`cargo xtask bench symbolize` prints them;
+//! `benches/tests/coverage.rs` runs them by hand).
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -12,22 +13,22 @@ use kcov_wire::{
     WorkloadStart,
 };
 
-use crate::glob::PathGlob;
-use crate::html::write_html;
-use crate::map::Attribution;
-use crate::report::{Report, RunCoverage, SourceFilter, DEFAULT_FILTER};
-use crate::store::{collect, KernelIdentity, PcCounts, Store};
-use crate::symbolizer::{SiteKind, SiteTable, SymbolCache, Vmlinux};
+use coverage::glob::PathGlob;
+use coverage::html::write_html;
+use coverage::map::Attribution;
+use coverage::report::{Report, RunCoverage, SourceFilter, DEFAULT_FILTER};
+use coverage::store::{collect, KernelIdentity, PcCounts, Store};
+use coverage::symbolizer::{SiteKind, SiteTable, SymbolCache, Vmlinux};
 
 /// What a benchmark can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     /// The symbolizer.
     #[error(transparent)]
-    Symbolize(#[from] crate::symbolizer::Error),
+    Symbolize(#[from] coverage::symbolizer::Error),
     /// The store.
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] coverage::store::StoreError),
     /// The stream encoder.
     #[error("encoding the synthetic stream: {0}")]
     Wire(#[from] kcov_wire::WireError),

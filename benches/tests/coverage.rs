@@ -1,6 +1,6 @@
 //! The coverage benchmarks by hand (release build, quiet machine):
-//! `TESTBED_BENCH=1 TESTBED_VMLINUX=/path/to/vmlinux cargo test --release -p coverage --test bench -- --nocapture`.
-//! `cargo xtask bench` prints the same figures (`xtask::report::bench`).
+//! `TESTBED_BENCH=1 TESTBED_VMLINUX=/path/to/vmlinux cargo test --release -p testbed-bench --test coverage -- --nocapture`.
+//! `cargo xtask bench symbolize` prints the same figures (`xtask::report::bench`).
 
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ fn bench_symbolize_and_report() {
         std::path::PathBuf::from(std::env::var_os("TESTBED_VMLINUX").expect("TESTBED_VMLINUX"));
     let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
     let cache = tempfile::tempdir().unwrap();
-    let s = coverage::bench::symbolize_vs_addr2line(&vm, cache.path()).unwrap();
+    let s = testbed_bench::coverage::symbolize_vs_addr2line(&vm, cache.path()).unwrap();
     println!(
         "symbolize-all: ours {} sites -> {} frames in {} (symbolize {}); addr2line {} ({} lines); \
          ratio {:.1}x; from the build-id cache {} (ratio {:.1}x)",
@@ -36,8 +36,8 @@ fn bench_symbolize_and_report() {
     let table = coverage::SiteTable::build(&v).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let src = std::env::var_os("TESTBED_SOURCE_ROOT").map(std::path::PathBuf::from);
-    let r =
-        coverage::bench::report_generation(&table, 100_000, src.as_deref(), dir.path()).unwrap();
+    let r = testbed_bench::coverage::report_generation(&table, 100_000, src.as_deref(), dir.path())
+        .unwrap();
     println!("report ({} PCs, {} distinct):", r.entries, r.distinct);
     for (name, d) in &r.stages {
         println!("  {name}: {}", ms(*d));
