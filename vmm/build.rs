@@ -1,6 +1,6 @@
-//! Builds the test guests (guests/*.S, and the C guests guests/*.c) from source with
-//! the system C compiler and `ld` into static x86-64 ELF files under OUT_DIR/guests;
-//! src/guests.rs embeds them.
+//! With the `test-guests` feature, builds the test guests (guests/*.S, and the C guests
+//! guests/*.c) from source with the system C compiler and `ld` into static x86-64 ELF
+//! files under OUT_DIR/guests; src/guests.rs embeds them. Without it, nothing.
 
 use std::path::Path;
 use std::process::Command;
@@ -46,12 +46,15 @@ fn run(cmd: &mut Command) {
 }
 
 fn main() {
+    // The whole directory: the guests and the headers they include (abi.h, virtio_guest.h).
+    println!("cargo:rerun-if-changed=guests");
+    if std::env::var_os("CARGO_FEATURE_TEST_GUESTS").is_none() {
+        return;
+    }
     let out = std::env::var("OUT_DIR").expect("OUT_DIR");
     let out = Path::new(&out).join("guests");
     std::fs::create_dir_all(&out).expect("create OUT_DIR/guests");
     let src = Path::new("guests");
-    // The whole directory: the guests and the headers they include (abi.h, virtio_guest.h).
-    println!("cargo:rerun-if-changed=guests");
     let target = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let sources = GUESTS
         .iter()

@@ -6,7 +6,8 @@
 //! * [`run`] / [`run_with_devices`]: boot a bzImage or ELF vmlinux (64-bit entry,
 //!   or PVH when the ELF has the note) and run it to the end; [`host_check`] says
 //!   whether this host can run that kernel under KVM at all.
-//! * [`guests`]: tiny test guests built from source.
+//! * `guests` (feature `test-guests`): tiny test guests built from source, for
+//!   tests and benchmarks.
 //!
 //! A caller that boots Linux should call [`host_check`] first (the `vmm` binary
 //! does, and so does [`run`] unless `skip_host_check` is set).
@@ -16,6 +17,7 @@
 pub mod arch;
 pub mod devices;
 pub mod error;
+#[cfg(feature = "test-guests")]
 pub mod guests;
 pub mod host;
 pub mod host_kcov;
