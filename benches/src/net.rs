@@ -32,8 +32,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use vmm::devices::virtio::net::tap::{Tap, TapError, TUN_PATH};
 use vmm::devices::virtio::net::{NetBackend, NetDevice, NetStats, DEFAULT_MAC};
-use vmm::devices::virtio::tap::{Tap, TapError, TUN_PATH};
 use vmm::devices::virtio::{device_type, VirtioMmioDevice};
 use vmm::devices::BusDevice;
 use vmm::guests::{BOOT_MAGIC, END_MAGIC, REPORT_PORT};

@@ -23,8 +23,8 @@ use guest_agent::net::{frame_id, test_frame, PacketSocket, NET_HDR_LEN, TEST_ETH
 use guest_agent::vring::{Arena, Segment, SplitQueue};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
+use vmm::devices::virtio::net::tap::Tap;
 use vmm::devices::virtio::net::{NetDevice, DEFAULT_MAC, F_MAC, F_STATUS};
-use vmm::devices::virtio::tap::Tap;
 use vmm::devices::virtio::{features, ActivateContext, Interrupt, VirtioDevice};
 use vmm::host_kcov::HostKcov;
 

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use vmm::devices::virtio::net::tap::{Tap, TapError, TUN_PATH};
 use vmm::devices::virtio::net::{NetDevice, DEFAULT_MAC, F_MAC, F_MRG_RXBUF, F_STATUS};
-use vmm::devices::virtio::tap::{Tap, TapError, TUN_PATH};
 use vmm::devices::virtio::{device_type, VirtioMmioDevice};
 use vmm::guests::NET_TAP;
 use vmm::{run_with_devices, VmConfig};

@@ -19,7 +19,6 @@
 pub mod echo;
 pub mod mmio;
 pub mod net;
-pub mod tap;
 pub mod vsock;
 mod worker;
 

@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 pub use frontends::tap::{check_name, Tap, TapError, TUN_PATH};
 
-use super::net::NetBackend;
+use super::NetBackend;
 
 impl NetBackend for Tap {
     fn ready_fd(&self) -> RawFd {

@@ -1,7 +1,7 @@
 //! virtio-net (virtio 1.2, 5.1) with two kinds of host backend:
 //!
 //! * userspace: frames cross the VMM behind the [`NetBackend`] seam — a tap
-//!   ([`super::tap::Tap`]) in the VMM, a memory backend in tests;
+//!   ([`tap::Tap`]) in the VMM, a memory backend in tests;
 //! * host vhost-net ([`NetDevice::vhost`], module [`vhost`]): the rings go to the
 //!   host kernel's `/dev/vhost-net` with a tap as its backend, and the VMM only
 //!   relays interrupts (optionally under host kcov, [`crate::host_kcov`]).
@@ -56,6 +56,7 @@ use super::{device_type, features, ActivateContext, ActivateError, Interrupt, Vi
 use crate::host_kcov::KcovOwner;
 use crate::log::debug;
 
+pub mod tap;
 pub mod vhost;
 
 /// Size of `virtio_net_hdr_v1` (VERSION_1 always uses it, with `num_buffers`).
@@ -273,7 +274,7 @@ impl NetDevice {
     /// as its backend; `VHOST_SET_OWNER` runs on `owner`'s thread when given (host kcov).
     /// `/dev/vhost-net` is opened at each activation: check it beforehand with
     /// [`frontends::vhost_net::probe`] to fail early.
-    pub fn vhost(tap: super::tap::Tap, mac: [u8; 6], owner: Option<KcovOwner>) -> Self {
+    pub fn vhost(tap: tap::Tap, mac: [u8; 6], owner: Option<KcovOwner>) -> Self {
         Self::with_backend(Backend::Vhost(vhost::VhostBackendSpec { tap, owner }), mac)
     }
 
@@ -422,8 +423,8 @@ impl NetSpec {
     /// `host_kcov` asks for it and the host has `/dev/vhost-net` (else the userspace tap
     /// backend, with a note); host kcov when asked for and the host has it (else a note).
     /// Fails only when the tap cannot be opened.
-    pub fn build(&self, host_kcov: bool) -> Result<BuiltNet, super::tap::TapError> {
-        let tap = super::tap::Tap::open(&self.tap)?;
+    pub fn build(&self, host_kcov: bool) -> Result<BuiltNet, tap::TapError> {
+        let tap = tap::Tap::open(&self.tap)?;
         let mut notes = Vec::new();
         let mut vhost = self.vhost || host_kcov;
         if vhost {
@@ -1209,8 +1210,8 @@ mod tests {
     /// Whether this test may create taps (root, /dev/net/tun); prints why not.
     fn root_and_tun_or_skip(test: &str) -> bool {
         // SAFETY: geteuid has no preconditions.
-        let ok = unsafe { libc::geteuid() } == 0
-            && std::path::Path::new(super::super::tap::TUN_PATH).exists();
+        let ok =
+            unsafe { libc::geteuid() } == 0 && std::path::Path::new(super::tap::TUN_PATH).exists();
         if !ok {
             test_skip::skip(test, test_skip::ROOT_TUN, "needs root and /dev/net/tun");
         }
@@ -1313,7 +1314,7 @@ mod tests {
         if !root_and_tun_or_skip("checksum_offload_through_a_real_tap") {
             return;
         }
-        let tap = super::super::tap::Tap::open("vcsum%d").unwrap();
+        let tap = super::tap::Tap::open("vcsum%d").unwrap();
         tap.set_up().unwrap();
         let net = 10 + (std::process::id() % 200) as u8;
         let (host_ip, guest_ip) = ([10, 213, net, 1], [10, 213, net, 2]);
@@ -1771,7 +1772,7 @@ mod tests {
         if !root_and_tun_or_skip("vhost_backend_activation_on_this_host") {
             return;
         }
-        let tap = super::super::tap::Tap::open("vhtest%d").unwrap();
+        let tap = super::tap::Tap::open("vhtest%d").unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
         let mut dev = NetDevice::vhost(tap, DEFAULT_MAC, None);
         assert!(dev.is_vhost());
