@@ -1,7 +1,7 @@
 //! Throughput of the core with the synthetic driver (no VM): guest → host
 //! data packets through real descriptor chains, the muxer and a Unix socket
 //! drained by a host thread, through the `vsock` crate's public API. `cargo
-//! xtask bench vsock` calls [`core`].
+//! xtask bench vsock` calls [`core()`].
 
 use std::io::Read;
 use std::os::unix::net::UnixListener;
@@ -15,7 +15,7 @@ use vsock::{Limits, VsockEpollListener};
 
 use crate::Error;
 
-/// What [`core`] measured.
+/// What [`core()`] measured.
 #[derive(Clone, Copy, Debug)]
 pub struct CoreBench {
     /// RW packets sent guest → host.
