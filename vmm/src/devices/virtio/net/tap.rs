@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 pub use frontends::tap::{check_name, Tap, TapError, TUN_PATH};
 
-use super::NetBackend;
+use super::backend::NetBackend;
 
 impl NetBackend for Tap {
     fn ready_fd(&self) -> RawFd {
