@@ -15,16 +15,14 @@
 //! by one pending buffer of at most [`ECHO_MAX_LEN`] bytes.
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{check_queues, epoll_wait, read_config_bytes, WorkerThread};
+use super::worker::{check_queues, read_config_bytes, spawn, QueueWorker, WorkerThread};
 use super::{device_type, features, ActivateContext, ActivateError, Interrupt, VirtioDevice};
 use crate::log::debug;
 
@@ -188,40 +186,17 @@ impl VirtioDevice for EchoDevice {
             ..
         } = ctx;
         check_queues(&queues, &queue_evts, 2, &[0, 1])?;
-        let w = |e: std::io::Error| ActivateError::Worker(e.to_string());
-        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(w)?;
-        let epoll = Epoll::new().map_err(w)?;
-        for (i, fd) in queue_evts
-            .iter()
-            .map(|e| e.as_raw_fd())
-            .chain([kill.as_raw_fd()])
-            .enumerate()
-        {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, i as u64),
-                )
-                .map_err(w)?;
-        }
         let worker = Worker {
             mem,
             queues,
             queue_evts,
-            kill: kill.try_clone().map_err(w)?,
-            epoll,
             interrupt,
             shared: self.shared.clone(),
             pending: None,
         };
         self.shared.echoed.store(0, Ordering::SeqCst);
-        let thread = std::thread::Builder::new()
-            .name("virtio-echo".into())
-            .spawn(move || worker.run())
-            .map_err(w)?;
+        self.running = Some(spawn("virtio-echo", "echo", worker, &[])?);
         self.shared.activations.fetch_add(1, Ordering::SeqCst);
-        self.running = Some(WorkerThread { kill, thread });
         Ok(())
     }
 
@@ -237,44 +212,19 @@ struct Worker {
     mem: GuestMemoryMmap,
     queues: Vec<Queue>,
     queue_evts: Vec<EventFd>,
-    kill: EventFd,
-    epoll: Epoll,
     interrupt: Arc<Interrupt>,
     shared: Arc<Shared>,
     pending: Option<Vec<u8>>,
 }
 
-impl Worker {
-    fn run(mut self) {
-        let mut events = [EpollEvent::default(); 3];
-        self.process();
-        loop {
-            let Some(n) = epoll_wait(&self.epoll, &mut events, "echo") else {
-                return;
-            };
-            for ev in &events[..n] {
-                match usize::try_from(ev.data())
-                    .ok()
-                    .and_then(|i| self.queue_evts.get(i))
-                {
-                    Some(evt) => {
-                        let _ = evt.read();
-                    }
-                    None => {
-                        let _ = self.kill.read();
-                        return;
-                    }
-                }
-            }
-            self.process();
-        }
+impl QueueWorker for Worker {
+    fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
     }
 
     /// Serve both queues until no more work is visible (at most a bounded
     /// number of rounds; if work is left the worker wakes itself again).
-    /// Returns the number of buffers echoed.
-    fn process(&mut self) -> u64 {
-        let mut echoed = 0;
+    fn process(&mut self) {
         let mut used = [false; 2];
         let mut idle = false;
         for _ in 0..MAX_ROUNDS {
@@ -283,8 +233,7 @@ impl Worker {
                     debug(format_args!("echo: disable_notification: {e}"));
                 }
             }
-            let (n, progressed) = self.round(&mut used);
-            echoed += n;
+            let progressed = self.round(&mut used);
             // Re-enable notifications, then look again: buffers the driver
             // added before it saw them enabled are still served.
             for q in &mut self.queues {
@@ -310,9 +259,10 @@ impl Worker {
         if notify {
             self.interrupt.signal_used_queue();
         }
-        echoed
     }
+}
 
+impl Worker {
     /// No progress possible: the queue the next step needs (RX while a buffer
     /// is pending, TX otherwise) has no new buffers.
     fn stalled(&self) -> bool {
@@ -323,9 +273,8 @@ impl Worker {
     }
 
     /// One pass: at most one queue's worth of chains from each queue. Returns
-    /// the buffers echoed and whether any chain was consumed.
-    fn round(&mut self, used: &mut [bool; 2]) -> (u64, bool) {
-        let mut echoed = 0;
+    /// whether any chain was consumed.
+    fn round(&mut self, used: &mut [bool; 2]) -> bool {
         let mut progressed = false;
         let budget = usize::from(self.queues[TXQ].size()) + usize::from(self.queues[RXQ].size());
         for _ in 0..budget {
@@ -376,7 +325,6 @@ impl Worker {
             let len = match written {
                 Ok(n) => {
                     self.pending = None;
-                    echoed += 1;
                     self.shared.total_buffers.fetch_add(1, Ordering::SeqCst);
                     self.shared
                         .total_bytes
@@ -399,6 +347,6 @@ impl Worker {
             }
             used[RXQ] = true;
         }
-        (echoed, progressed)
+        progressed
     }
 }

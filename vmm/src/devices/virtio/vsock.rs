@@ -18,7 +18,6 @@
 //! Everything the guest writes is hostile: malformed chains and packets are
 //! dropped or answered with RST by the core; nothing here panics on them.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,10 +27,10 @@ use ::vsock::muxer::Muxer;
 use ::vsock::{Limits, VsockBackend};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{check_queues, epoll_wait, read_config_bytes, WorkerThread};
+use super::worker::{check_queues, read_config_bytes, spawn, QueueWorker, WorkerThread};
 use super::{device_type, features, ActivateContext, ActivateError, Interrupt, VirtioDevice};
 use crate::log::debug;
 
@@ -42,10 +41,6 @@ pub const CONFIG_SIZE: usize = 8;
 /// Most rounds of queue processing per wake-up before the worker yields to
 /// epoll (it wakes itself again if work is left).
 const MAX_ROUNDS: usize = 16;
-
-/// epoll tokens of the worker: the queue eventfds use their queue index.
-const TOKEN_BACKEND: u64 = NUM_QUEUES as u64;
-const TOKEN_KILL: u64 = NUM_QUEUES as u64 + 1;
 
 /// Why a vsock device cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -245,7 +240,6 @@ impl<B: VsockBackend + 'static> VirtioDevice for VsockDevice<B> {
         } = ctx;
         // The event queue is never used; the driver may leave it disabled.
         check_queues(&queues, &queue_evts, NUM_QUEUES, &[RXQ, TXQ])?;
-        let w = |e: std::io::Error| ActivateError::Worker(e.to_string());
         let backend = match self.backend.take() {
             Some(b) => b,
             None => (self.factory)().map_err(|e| {
@@ -253,20 +247,6 @@ impl<B: VsockBackend + 'static> VirtioDevice for VsockDevice<B> {
                 ActivateError::Worker(format!("vsock backend: {e}"))
             })?,
         };
-        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(w)?;
-        let epoll = Epoll::new().map_err(w)?;
-        let mut fds: Vec<(i32, EventSet, u64)> = queue_evts
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.as_raw_fd(), EventSet::IN, i as u64))
-            .collect();
-        fds.push((backend.as_raw_fd(), backend.interest(), TOKEN_BACKEND));
-        fds.push((kill.as_raw_fd(), EventSet::IN, TOKEN_KILL));
-        for (fd, ev, token) in fds {
-            epoll
-                .ctl(ControlOperation::Add, fd, EpollEvent::new(ev, token))
-                .map_err(w)?;
-        }
         let mut queues = queues.into_iter();
         let (Some(rxq), Some(txq)) = (queues.next(), queues.next()) else {
             return Err(ActivateError::QueueCount {
@@ -274,24 +254,19 @@ impl<B: VsockBackend + 'static> VirtioDevice for VsockDevice<B> {
                 got: 0,
             });
         };
+        let backend_fd = (backend.as_raw_fd(), backend.interest());
         let worker = Worker {
             mem,
             rxq,
             txq,
             event_idx: features & features::RING_EVENT_IDX != 0,
             queue_evts,
-            kill: kill.try_clone().map_err(w)?,
-            epoll,
             interrupt,
             backend,
             shared: self.shared.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("virtio-vsock".into())
-            .spawn(move || worker.run())
-            .map_err(w)?;
+        self.running = Some(spawn("virtio-vsock", "vsock", worker, &[backend_fd])?);
         self.shared.activations.fetch_add(1, Ordering::SeqCst);
-        self.running = Some(WorkerThread { kill, thread });
         Ok(())
     }
 
@@ -309,64 +284,23 @@ struct Worker<B: VsockBackend> {
     txq: Queue,
     event_idx: bool,
     queue_evts: Vec<EventFd>,
-    kill: EventFd,
-    epoll: Epoll,
     interrupt: Arc<Interrupt>,
     backend: B,
     shared: Arc<Shared>,
 }
 
-impl<B: VsockBackend> Worker<B> {
-    fn run(mut self) {
-        let mut events = [EpollEvent::default(); NUM_QUEUES + 2];
-        self.process();
-        loop {
-            let Some(n) = epoll_wait(&self.epoll, &mut events, "vsock") else {
-                return;
-            };
-            self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
-            for ev in &events[..n] {
-                match ev.data() {
-                    TOKEN_KILL => {
-                        let _ = self.kill.read();
-                        return;
-                    }
-                    TOKEN_BACKEND => self.backend.notify(ev.event_set()),
-                    i => {
-                        if let Some(evt) =
-                            usize::try_from(i).ok().and_then(|i| self.queue_evts.get(i))
-                        {
-                            // Read before processing: a notification that
-                            // comes during processing wakes us again.
-                            let _ = evt.read();
-                        }
-                    }
-                }
-            }
-            self.process();
-        }
+impl<B: VsockBackend + 'static> QueueWorker for Worker<B> {
+    fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
     }
 
-    fn set_notifications(&mut self, enable: bool) {
-        if !self.event_idx {
-            return;
-        }
-        for q in [&mut self.rxq, &mut self.txq] {
-            let r = if enable {
-                q.enable_notification(&self.mem).map(|_| ())
-            } else {
-                q.disable_notification(&self.mem)
-            };
-            if let Err(e) = r {
-                debug(format_args!("vsock: queue notification setting: {e}"));
-            }
-        }
+    fn woken(&mut self) {
+        self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn has_avail(&self, q: &Queue) -> bool {
-        q.avail_idx(&self.mem, Ordering::Acquire)
-            .map(|i| i.0 != q.next_avail())
-            .unwrap_or(false)
+    /// The backend's fd (the only extra one).
+    fn extra_event(&mut self, _index: usize, events: EventSet) {
+        self.backend.notify(events);
     }
 
     /// Serves both queues until no more progress is possible (bounded; if
@@ -416,6 +350,30 @@ impl<B: VsockBackend> Worker<B> {
             s.interrupts.fetch_add(1, Ordering::Relaxed);
             self.interrupt.signal_used_queue();
         }
+    }
+}
+
+impl<B: VsockBackend> Worker<B> {
+    fn set_notifications(&mut self, enable: bool) {
+        if !self.event_idx {
+            return;
+        }
+        for q in [&mut self.rxq, &mut self.txq] {
+            let r = if enable {
+                q.enable_notification(&self.mem).map(|_| ())
+            } else {
+                q.disable_notification(&self.mem)
+            };
+            if let Err(e) = r {
+                debug(format_args!("vsock: queue notification setting: {e}"));
+            }
+        }
+    }
+
+    fn has_avail(&self, q: &Queue) -> bool {
+        q.avail_idx(&self.mem, Ordering::Acquire)
+            .map(|i| i.0 != q.next_avail())
+            .unwrap_or(false)
     }
 }
 

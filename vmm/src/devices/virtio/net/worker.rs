@@ -3,17 +3,16 @@
 //! the backend, backend frames into RX buffers, merged or not), bounded per
 //! wake-up, raising the used-buffer interrupt where the driver wants it.
 
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::super::worker::{epoll_wait, WorkerThread};
+use super::super::worker::{spawn, QueueWorker, WorkerThread};
 use super::super::{ActivateContext, ActivateError, Interrupt};
 use super::backend::{NetBackend, SharedBackend};
 use super::spec::{
@@ -42,30 +41,14 @@ pub(super) fn start(
         interrupt,
         ..
     } = ctx;
-    let w = |e: io::Error| ActivateError::Worker(e.to_string());
-    let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(w)?;
-    let epoll = Epoll::new().map_err(w)?;
     let backend_fd = backend
         .lock()
         .map_err(|_| ActivateError::Worker("backend lock poisoned".into()))?
         .ready_fd();
-    let fds = [
-        (queue_evts[RXQ].as_raw_fd(), EventSet::IN),
-        (queue_evts[TXQ].as_raw_fd(), EventSet::IN),
-        (backend_fd, EventSet::IN | EventSet::EDGE_TRIGGERED),
-        (kill.as_raw_fd(), EventSet::IN),
-    ];
-    for (i, (fd, ev)) in fds.into_iter().enumerate() {
-        epoll
-            .ctl(ControlOperation::Add, fd, EpollEvent::new(ev, i as u64))
-            .map_err(w)?;
-    }
     let worker = Worker {
         mem,
         queues,
         queue_evts,
-        kill: kill.try_clone().map_err(w)?,
-        epoll,
         interrupt,
         shared,
         backend,
@@ -73,11 +56,13 @@ pub(super) fn start(
         mrg_rxbuf: features & F_MRG_RXBUF != 0,
         features,
     };
-    let thread = std::thread::Builder::new()
-        .name("virtio-net".into())
-        .spawn(move || worker.run())
-        .map_err(w)?;
-    Ok(WorkerThread { kill, thread })
+    // The backend fd is edge-triggered: process() reads it until it is empty.
+    spawn(
+        "virtio-net",
+        "net",
+        worker,
+        &[(backend_fd, EventSet::IN | EventSet::EDGE_TRIGGERED)],
+    )
 }
 
 /// The worker's two frame buffers (allocated once per activation).
@@ -103,8 +88,6 @@ struct Worker {
     mem: GuestMemoryMmap,
     queues: Vec<Queue>,
     queue_evts: Vec<EventFd>,
-    kill: EventFd,
-    epoll: Epoll,
     interrupt: Arc<Interrupt>,
     shared: Arc<Shared>,
     backend: SharedBackend,
@@ -119,31 +102,9 @@ fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::SeqCst);
 }
 
-/// epoll token of the backend fd (0 and 1 are the queues, 3 the kill eventfd).
-const TOKEN_BACKEND: u64 = 2;
-
-impl Worker {
-    fn run(mut self) {
-        let mut events = [EpollEvent::default(); 4];
-        self.process();
-        loop {
-            let Some(n) = epoll_wait(&self.epoll, &mut events, "net") else {
-                return;
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    i @ (0 | 1) => {
-                        let _ = self.queue_evts[i as usize].read();
-                    }
-                    TOKEN_BACKEND => {}
-                    _ => {
-                        let _ = self.kill.read();
-                        return;
-                    }
-                }
-            }
-            self.process();
-        }
+impl QueueWorker for Worker {
+    fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
     }
 
     /// Serves TX, then RX, and raises the interrupt where the driver wants it.
@@ -166,7 +127,9 @@ impl Worker {
             self.interrupt.signal_used_queue();
         }
     }
+}
 
+impl Worker {
     /// Sends every TX chain (at most [`BUDGET`]); returns whether any went to
     /// the used ring.
     fn process_tx(&mut self, backend: &mut dyn NetBackend) -> bool {
@@ -484,8 +447,6 @@ mod tests {
             queue_evts: (0..2)
                 .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
                 .collect(),
-            kill: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            epoll: Epoll::new().unwrap(),
             interrupt: Arc::new(Interrupt::new().unwrap()),
             shared: Arc::default(),
             backend: Arc::new(Mutex::new(backend)),
@@ -686,7 +647,7 @@ mod tests {
         let ctl = |req: libc::c_ulong, arg: *mut libc::c_void, what: &str| {
             // SAFETY: each request reads or writes the struct `arg` points to.
             let r = unsafe { libc::ioctl(fd, req, arg) };
-            assert_eq!(r, 0, "{what}: {}", io::Error::last_os_error());
+            assert_eq!(r, 0, "{what}: {}", std::io::Error::last_os_error());
         };
         let mut ifr = ifreq(name);
         ifr.ifr_ifru.ifru_addr = sockaddr_v4(ip);
