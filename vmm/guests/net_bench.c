@@ -62,7 +62,7 @@
 #define SEQ_OFF 14
 #define PAT_OFF 18
 #define MIN_LEN 60
-#define MAX_LEN 65553 /* MAX_FRAME_LEN of src/devices/virtio/net.rs */
+#define MAX_LEN 65553 /* MAX_FRAME_LEN of src/devices/virtio/net/spec.rs */
 #define MAX_FRAMES 0x7fffffffu
 #define POOL_SIZE (16u << 20)
 #define SLOT_ALIGN 64

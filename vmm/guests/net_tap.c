@@ -1,4 +1,4 @@
-/* virtio-net driver test guest (src/devices/virtio/net.rs, tests/virtio_net.rs).
+/* virtio-net driver test guest (src/devices/virtio/net/, tests/virtio_net.rs).
  *
  * Polls (no interrupts under PVM). Finds the device through the
  * `virtio_mmio.device=<size>@<base>:<irq>` word, negotiates VERSION_1 + MAC +
