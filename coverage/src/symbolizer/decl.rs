@@ -7,8 +7,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::batch::{render_file, Reader};
 use super::dwarf::{load_dwarf, normalize_path};
+use super::line::render_file;
+use super::unit::Reader;
 use super::vmlinux::Vmlinux;
 use super::Error;
 

@@ -9,24 +9,29 @@
 //! ```
 //!
 //! Both stages run on all cores: code is decoded in chunks, and `Symbolizer::symbolize_sorted`
-//! reads each DWARF unit once for all the addresses in it (`batch`), giving exactly the frames
-//! addr2line's per-address `find_frames` gives (`Symbolizer::symbolize`,
+//! reads each DWARF unit once for all the addresses in it (`batch`, on gimli: `unit` finds the
+//! units of an address, `line` runs a unit's line program, `function` walks its DIEs), giving
+//! exactly the frames addr2line's per-address `find_frames` gives (`Symbolizer::symbolize`,
 //! `Symbolizer::symbolize_each`).
 
 mod batch;
+mod batch_hand;
 mod cache;
 mod decl;
 mod dwarf;
 mod frame;
+mod function;
+mod line;
 mod sites;
 mod table;
+mod unit;
 mod vmlinux;
 
 use std::path::PathBuf;
 
 pub use cache::{CacheOutcome, SymbolCache, CACHE_FORMAT_VERSION};
 pub use decl::{decl_lines, DeclLines};
-pub use dwarf::{normalize_path, Frame, Symbolizer};
+pub use dwarf::{normalize_path, Decoders, Frame, Symbolizer};
 pub use sites::{
     enumerate_sites, enumerate_sites_on, map_pcs, CallSite, PcMapping, SiteKind, SiteScan,
     TailCall, TRACE_CMP_HOOKS, TRACE_PC_HOOK,
