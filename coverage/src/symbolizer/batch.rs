@@ -410,3 +410,7 @@ pub(super) fn symbolize<'a>(
     }
     batch
 }
+
+#[cfg(test)]
+#[path = "batch_tests.rs"]
+mod tests;

@@ -8,7 +8,6 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 
 use super::batch::{self, Interner};
-use super::batch_hand;
 use super::frame::clean_path;
 pub use super::frame::{normalize_path, Frame};
 use super::unit::{Reader, UnitIndex};
@@ -21,7 +20,7 @@ use super::Error;
 pub struct Symbolizer<'a> {
     vmlinux: &'a Vmlinux,
     dwarf: gimli::Dwarf<Reader<'a>>,
-    index: Index<'a>,
+    index: UnitIndex<'a>,
     /// addr2line, for single addresses and for units the batch path cannot read.
     ctx: OnceCell<Result<addr2line::Context<Reader<'a>>, gimli::Error>>,
     src_roots: Vec<String>,
@@ -30,49 +29,18 @@ pub struct Symbolizer<'a> {
     threads: usize,
 }
 
-/// Which decoders the batch path reads DWARF with (for measuring them side by side).
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decoders {
-    /// gimli's readers.
-    Gimli,
-    /// The hand-written line program interpreter, abbreviation and attribute decoders.
-    Hand,
-}
-
-enum Index<'a> {
-    Gimli(UnitIndex<'a>),
-    Hand(batch_hand::UnitIndex<'a>),
-}
-
 impl<'a> Symbolizer<'a> {
     /// Parses the unit index of the image's DWARF and infers the source roots that paths are made
     /// relative to (the build directory, plus the source tree of an `O=` build: see
     /// [`Symbolizer::src_roots`]); override them with [`Symbolizer::with_src_roots`].
     pub fn new(vmlinux: &'a Vmlinux) -> Result<Self, Error> {
-        Self::with_decoders(vmlinux, Decoders::Gimli)
-    }
-
-    /// [`Symbolizer::new`] with the batch path on `decoders`.
-    #[doc(hidden)]
-    pub fn with_decoders(vmlinux: &'a Vmlinux, decoders: Decoders) -> Result<Self, Error> {
         vmlinux.require_dwarf()?;
         let dwarf = load_dwarf(vmlinux);
-        let err = |source| Error::Dwarf {
+        let (index, names) = UnitIndex::parse(&dwarf).map_err(|source| Error::Dwarf {
             path: vmlinux.path().to_path_buf(),
             addr: None,
             source,
-        };
-        let (index, names) = match decoders {
-            Decoders::Gimli => {
-                let (i, n) = UnitIndex::parse(&dwarf).map_err(err)?;
-                (Index::Gimli(i), n)
-            }
-            Decoders::Hand => {
-                let (i, n) = batch_hand::UnitIndex::parse(&dwarf).map_err(err)?;
-                (Index::Hand(i), n)
-            }
-        };
+        })?;
         let units: Vec<(Option<String>, Option<String>)> = names
             .into_iter()
             .map(|(dir, name)| {
@@ -162,35 +130,20 @@ impl<'a> Symbolizer<'a> {
             owned = p;
             &owned
         };
-        let (mut frames, fallback) = match &self.index {
-            Index::Gimli(index) => {
-                let b = batch::symbolize(
-                    &self.dwarf,
-                    index,
-                    &self.src_roots,
-                    self.vmlinux.symbols(),
-                    probes,
-                    self.threads,
-                );
-                (b.frames, b.fallback)
-            }
-            Index::Hand(index) => {
-                let b = batch_hand::symbolize(
-                    &self.dwarf,
-                    index,
-                    &self.src_roots,
-                    self.vmlinux.symbols(),
-                    probes,
-                    self.threads,
-                );
-                (b.frames, b.fallback)
-            }
-        };
+        let batch = batch::symbolize(
+            &self.dwarf,
+            &self.index,
+            &self.src_roots,
+            self.vmlinux.symbols(),
+            probes,
+            self.threads,
+        );
+        let mut frames = batch.frames;
         let mut failed = Vec::new();
-        if !fallback.is_empty() {
+        if !batch.fallback.is_empty() {
             failed.resize(probes.len(), false);
         }
-        for &i in &fallback {
+        for &i in &batch.fallback {
             frames[i] = self.dwarf_frames(probes[i]).unwrap_or_else(|_| {
                 failed[i] = true;
                 Vec::new()

@@ -15,7 +15,6 @@
 //! `Symbolizer::symbolize_each`).
 
 mod batch;
-mod batch_hand;
 mod cache;
 mod decl;
 mod dwarf;
@@ -31,7 +30,7 @@ use std::path::PathBuf;
 
 pub use cache::{CacheOutcome, SymbolCache, CACHE_FORMAT_VERSION};
 pub use decl::{decl_lines, DeclLines};
-pub use dwarf::{normalize_path, Decoders, Frame, Symbolizer};
+pub use dwarf::{normalize_path, Frame, Symbolizer};
 pub use sites::{
     enumerate_sites, enumerate_sites_on, map_pcs, CallSite, PcMapping, SiteKind, SiteScan,
     TailCall, TRACE_CMP_HOOKS, TRACE_PC_HOOK,

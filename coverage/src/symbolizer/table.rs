@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::dwarf::{Decoders, Frame, Symbolizer};
+use super::dwarf::{Frame, Symbolizer};
 use super::sites::{enumerate_sites, map_pcs, CallSite, PcMapping, SiteScan, TailCall};
 use super::vmlinux::{BuildId, Vmlinux};
 use super::Error;
@@ -52,19 +52,10 @@ impl SiteTable {
     /// its own thread while the code is decoded (on the others), so the stages overlap:
     /// `enumerate` ends when the sites are known, `symbolize` is the rest.
     pub fn build_timed(vmlinux: &Vmlinux) -> Result<(Self, SymbolizeAllStats), Error> {
-        Self::build_timed_with(vmlinux, Decoders::Gimli)
-    }
-
-    /// [`SiteTable::build_timed`] with the batch path on `decoders` (for measuring them).
-    #[doc(hidden)]
-    pub fn build_timed_with(
-        vmlinux: &Vmlinux,
-        decoders: Decoders,
-    ) -> Result<(Self, SymbolizeAllStats), Error> {
         let start = Instant::now();
         vmlinux.require_dwarf()?;
         let (scan, symbolizer, enumerate) = std::thread::scope(|s| {
-            let symbolizer = s.spawn(|| Symbolizer::with_decoders(vmlinux, decoders));
+            let symbolizer = s.spawn(|| Symbolizer::new(vmlinux));
             let scan = enumerate_sites(vmlinux);
             let enumerate = start.elapsed();
             let symbolizer = symbolizer
