@@ -20,6 +20,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use addr2line::gimli;
+
 use super::frame::{normalize_path, Frame};
 use super::function::{Functions, Names};
 use super::line::{LineBuffers, LineCursor, Lines};

@@ -1,6 +1,8 @@
 //! The batch symbolizer against addr2line's `find_frames` on every byte of the fixture ELFs
 //! (built here), and on a unit whose DWARF it cannot read (addr2line's answers and errors).
 
+use addr2line::gimli;
+
 use crate::fixture::{Fixture, Variant};
 use crate::symbolizer::dwarf::load_dwarf;
 use crate::symbolizer::unit::Reader;

@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use addr2line::gimli;
+
 use super::dwarf::{load_dwarf, normalize_path};
 use super::line::render_file;
 use super::unit::Reader;

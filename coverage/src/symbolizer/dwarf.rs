@@ -7,6 +7,8 @@
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 
+use addr2line::gimli;
+
 use super::batch::{self, Interner};
 use super::frame::clean_path;
 pub use super::frame::{normalize_path, Frame};

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use addr2line::gimli;
 use gimli::AttributeValue;
 
 use super::batch::FastMap;

@@ -4,6 +4,8 @@
 
 use std::num::NonZeroU64;
 
+use addr2line::gimli;
+
 use super::unit::{covering, max_ends, Lookup, Reader};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -28,6 +28,8 @@ mod vmlinux;
 
 use std::path::PathBuf;
 
+use addr2line::gimli;
+
 pub use cache::{CacheOutcome, SymbolCache, CACHE_FORMAT_VERSION};
 pub use decl::{decl_lines, DeclLines};
 pub use dwarf::{normalize_path, Frame, Symbolizer};

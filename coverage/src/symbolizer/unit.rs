@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use addr2line::gimli;
 use gimli::AttributeValue;
 
 pub(super) type Reader<'a> = gimli::EndianSlice<'a, gimli::RunTimeEndian>;
