@@ -192,7 +192,7 @@ impl<'a, 'i> Worker<'a, 'i> {
     /// Looks up `probes` (ascending) in unit `id`, one outcome each; `None` when the unit
     /// cannot be read.
     fn unit(&mut self, id: usize, probes: &[u64]) -> Option<Vec<Outcome>> {
-        let mut unit = self.index.get(id).with_lines(self.dwarf).ok()?;
+        let mut unit = self.index.get(id).parse(self.dwarf, true).ok()?;
         let program = unit.line_program.take();
         let unit = gimli::UnitRef::new(self.dwarf, &unit);
         let lines = match program {

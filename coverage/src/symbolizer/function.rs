@@ -378,8 +378,13 @@ impl Names {
         let name = match target == id {
             true => entry_name(unit, index, offset, NAME_DEPTH)?,
             false => {
-                let other = gimli::UnitRef::new(unit.dwarf, index.get(target).unit());
-                entry_name(other, index, offset, NAME_DEPTH)?
+                let other = index.get(target).parse(unit.dwarf, false)?;
+                entry_name(
+                    gimli::UnitRef::new(unit.dwarf, &other),
+                    index,
+                    offset,
+                    NAME_DEPTH,
+                )?
             }
         };
         let name = name.map(|n| self.intern(n));
@@ -429,8 +434,8 @@ fn entry_name<'a>(
         Some(AttributeValue::UnitRef(o)) => entry_name(unit, index, o, depth - 1),
         Some(AttributeValue::DebugInfoRef(o)) => {
             let (target, o) = index.find_unit(o)?;
-            let other = gimli::UnitRef::new(unit.dwarf, index.get(target).unit());
-            entry_name(other, index, o, depth - 1)
+            let other = index.get(target).parse(unit.dwarf, false)?;
+            entry_name(gimli::UnitRef::new(unit.dwarf, &other), index, o, depth - 1)
         }
         _ => Ok(None),
     }

@@ -146,8 +146,8 @@ impl RangeAttributes {
     }
 }
 
-/// A unit that can hold code, as `gimli::Dwarf::unit` parses it but without its line program
-/// (each takes memory; it is parsed again when the unit is symbolized).
+/// A unit that can hold code, as `gimli::Dwarf::unit` parses it but without its abbreviations
+/// and line program (they take most of its memory; [`IndexedUnit::parse`] parses them again).
 pub(super) struct IndexedUnit<'a> {
     offset: gimli::DebugInfoOffset<usize>,
     unit: gimli::Unit<Reader<'a>>,
@@ -190,6 +190,8 @@ impl<'a> UnitIndex<'a> {
 
         let mut names = Vec::new();
         let mut units = Vec::new();
+        // Abbreviations take most of a unit's memory: each is parsed again when needed.
+        let no_abbreviations = Arc::new(gimli::Abbreviations::default());
         let mut ranges = Vec::new();
         let mut iter = dwarf.units();
         while let Some(header) = iter.next()? {
@@ -228,6 +230,7 @@ impl<'a> UnitIndex<'a> {
                 }
             }
             let line_program = unit.line_program.take().map(|p| p.header().offset());
+            unit.abbreviations = Arc::clone(&no_abbreviations);
             units.push(IndexedUnit {
                 offset,
                 unit,
@@ -300,29 +303,26 @@ impl<'a> UnitIndex<'a> {
 }
 
 impl<'a> IndexedUnit<'a> {
-    /// The unit, all its abbreviations parsed, without its line program.
-    pub(super) fn unit(&self) -> &gimli::Unit<Reader<'a>> {
-        &self.unit
-    }
-
-    /// The unit with its line program, parsed again.
-    pub(super) fn with_lines(
+    /// The unit as `gimli::Dwarf::unit` gives it, its abbreviations parsed again, its line
+    /// program too when `lines`.
+    pub(super) fn parse(
         &self,
         dwarf: &gimli::Dwarf<Reader<'a>>,
+        lines: bool,
     ) -> Result<gimli::Unit<Reader<'a>>, gimli::Error> {
         let u = &self.unit;
         let line_program = match self.line_program {
-            Some(offset) => Some(dwarf.debug_line.program(
+            Some(offset) if lines => Some(dwarf.debug_line.program(
                 offset,
                 u.header.address_size(),
                 u.comp_dir,
                 u.name,
             )?),
-            None => None,
+            _ => None,
         };
         Ok(gimli::Unit {
             header: u.header,
-            abbreviations: Arc::clone(&u.abbreviations),
+            abbreviations: dwarf.abbreviations(&u.header)?,
             name: u.name,
             comp_dir: u.comp_dir,
             low_pc: u.low_pc,
