@@ -15,7 +15,7 @@ use std::sync::Arc;
 use addr2line::gimli;
 use gimli::AttributeValue;
 
-use super::batch::FastMap;
+use super::lookup::FastMap;
 use super::unit::{covering, max_ends, Lookup, RangeAttributes, Reader, UnitIndex};
 
 /// How many abstract origins or specifications a name is followed through.

@@ -6,7 +6,7 @@ use std::num::NonZeroU64;
 
 use addr2line::gimli;
 
-use super::unit::{covering, max_ends, Lookup, Reader};
+use super::lookup::{covering, max_ends, Lookup, Reader};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Row {

@@ -21,6 +21,7 @@ mod dwarf;
 mod frame;
 mod function;
 mod line;
+mod lookup;
 mod sites;
 mod table;
 mod unit;

@@ -1,7 +1,6 @@
 //! The unit index: every compilation unit that can hold code, the address ranges it claims, and
-//! which units to try, in which order, for an address. Also what the other modules share: the
-//! address ranges of a DIE ([`RangeAttributes`]) and the search over ranges sorted by their
-//! start ([`covering`]).
+//! which units to try, in which order, for an address. Also the address ranges of a DIE
+//! ([`RangeAttributes`]), which the function walk shares.
 //!
 //! A unit's ranges are, in order of preference, its `DW_AT_ranges`, its `.debug_aranges` sets,
 //! its `DW_AT_low_pc`/`DW_AT_high_pc`, the sequences of its line program; the units for an
@@ -14,63 +13,7 @@ use std::sync::Arc;
 use addr2line::gimli;
 use gimli::AttributeValue;
 
-pub(super) type Reader<'a> = gimli::EndianSlice<'a, gimli::RunTimeEndian>;
-
-/// A lookup whose answer may depend on more than the data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Lookup<T> {
-    Found(T),
-    Missing,
-    /// Ranges overlap around the address, so what a binary search finds depends on the order
-    /// its sort left equal keys in: addr2line itself has to answer.
-    Undecided,
-}
-
-/// Which of `items` (sorted by the start of `range(item)`; `max_end[i]` the largest end among
-/// `items[..=i]`; `below` of them start at or before `probe`) contains `probe`, as every binary
-/// search for "start <= probe < end" finds it whatever the order of equal starts.
-///
-/// That holds when the comparison is monotone in every such order: the ranges before the last
-/// one that starts at or before `probe` all end at or before it, and none of them starts where
-/// that last one does (else a tie could put one of them after it). Then the last one is the
-/// answer if it contains `probe`, and there is none if it does not. Otherwise
-/// [`Lookup::Undecided`].
-pub(super) fn covering<T>(
-    items: &[T],
-    max_end: &[u64],
-    below: usize,
-    probe: u64,
-    range: impl Fn(&T) -> gimli::Range,
-) -> Lookup<usize> {
-    let Some(last) = below.checked_sub(1) else {
-        return Lookup::Missing;
-    };
-    let r = range(&items[last]);
-    if r.end <= probe {
-        return if max_end[last] <= probe {
-            Lookup::Missing
-        } else {
-            Lookup::Undecided
-        };
-    }
-    match last.checked_sub(1) {
-        None => Lookup::Found(last),
-        Some(prev) if max_end[prev] <= probe && range(&items[prev]).begin != r.begin => {
-            Lookup::Found(last)
-        }
-        Some(_) => Lookup::Undecided,
-    }
-}
-
-/// The running maximum of the ends of `ranges`.
-pub(super) fn max_ends(ranges: impl Iterator<Item = gimli::Range>, out: &mut Vec<u64>) {
-    out.clear();
-    let mut max = 0;
-    out.extend(ranges.map(|r| {
-        max = max.max(r.end);
-        max
-    }));
-}
+pub(super) use super::lookup::{covering, max_ends, Lookup, Reader};
 
 /// The address ranges of a DIE: `DW_AT_ranges`, else `DW_AT_low_pc` with `DW_AT_high_pc` (an
 /// address, or a size when it is a constant).
