@@ -137,7 +137,7 @@ impl Kcov {
         &self.path
     }
 
-    fn ioctl(&self, req: u32, arg: libc::c_ulong) -> Result<(), io::Error> {
+    fn ioctl(&self, req: libc::c_ulong, arg: libc::c_ulong) -> Result<(), io::Error> {
         sys::ioctl(&self.fd, req, arg)
     }
 
@@ -159,7 +159,7 @@ impl Kcov {
         if !words.is_multiple_of(page_words) {
             return Err(KcovError::AreaNotPageSized { words, page_words });
         }
-        self.ioctl(KCOV_INIT_TRACE, words as libc::c_ulong)
+        self.ioctl(KCOV_INIT_TRACE(), words as libc::c_ulong)
             .map_err(|source| match sys::errno_of(&source) {
                 libc::EBUSY => KcovError::ThreadBusy {
                     op: "KCOV_INIT_TRACE",
@@ -191,7 +191,7 @@ impl Kcov {
     /// `KCOV_ENABLE(mode)`: trace the calling thread's own syscalls.
     pub fn enable_local(&mut self, mode: KcovMode) -> Result<(), KcovError> {
         self.ready("enable_local")?;
-        self.ioctl(KCOV_ENABLE, mode as libc::c_ulong)
+        self.ioctl(KCOV_ENABLE(), mode as libc::c_ulong)
             .map_err(|source| match sys::errno_of(&source) {
                 libc::EBUSY => KcovError::ThreadBusy { op: "KCOV_ENABLE" },
                 _ => KcovError::Ioctl {
@@ -215,7 +215,7 @@ impl Kcov {
     ) -> Result<(), KcovError> {
         let words = self.ready("remote_enable")?.words();
         let arg = remote_arg(mode, words as u32, common_handle, global_handles)?;
-        self.ioctl(KCOV_REMOTE_ENABLE, arg.as_ptr() as libc::c_ulong)
+        self.ioctl(KCOV_REMOTE_ENABLE(), arg.as_ptr() as libc::c_ulong)
             .map_err(|source| match sys::errno_of(&source) {
                 libc::EBUSY => KcovError::ThreadBusy {
                     op: "KCOV_REMOTE_ENABLE",
@@ -242,7 +242,7 @@ impl Kcov {
                 why: "not enabled",
             });
         }
-        self.ioctl(KCOV_DISABLE, 0)
+        self.ioctl(KCOV_DISABLE(), 0)
             .map_err(|source| KcovError::Ioctl {
                 op: "KCOV_DISABLE (from another thread than the one that enabled?)",
                 source,
@@ -320,7 +320,7 @@ impl Drop for Kcov {
         if self.is_enabled() {
             // Best effort: fails with EINVAL if dropped on another thread than the one
             // that enabled; the kernel then drops the association at thread exit.
-            let _ = self.ioctl(KCOV_DISABLE, 0);
+            let _ = self.ioctl(KCOV_DISABLE(), 0);
         }
         // `area` (munmap, unless shared) and then `fd` (close) drop in field order.
     }

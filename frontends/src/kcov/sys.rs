@@ -191,7 +191,7 @@ pub(super) fn open(path: &Path) -> Result<OwnedFd, KcovError> {
 }
 
 /// One kcov ioctl on `fd`.
-pub(super) fn ioctl(fd: &OwnedFd, req: u32, arg: libc::c_ulong) -> Result<(), io::Error> {
+pub(super) fn ioctl(fd: &OwnedFd, req: libc::c_ulong, arg: libc::c_ulong) -> Result<(), io::Error> {
     // SAFETY: kcov ioctls either take an integer argument or (KCOV_REMOTE_ENABLE) a
     // pointer the caller keeps alive for the call.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) };
