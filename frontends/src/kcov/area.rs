@@ -76,25 +76,6 @@ impl Coverage {
         };
         parse_cmp(words)
     }
-
-    /// Splits into wire chunks (see [`kcov_wire::chunk_coverage`]).
-    pub fn chunks<'a>(
-        &'a self,
-        workload: &'a str,
-        source: kcov_wire::CoverageSource,
-        first_seq: u32,
-        max_words: usize,
-    ) -> Result<kcov_wire::CoverageChunks<'a>, kcov_wire::WireError> {
-        kcov_wire::chunk_coverage(
-            workload,
-            source,
-            self.mode,
-            self.overflow,
-            &self.words,
-            first_seq,
-            max_words,
-        )
-    }
 }
 
 /// Parses an area snapshot (`area[0]` = count, entries follow). Pure: used on in-memory copies
@@ -455,18 +436,6 @@ mod tests {
         assert!(cov.is_empty());
         let cov = parse_area(&[0, 0], KcovMode::Pc);
         assert!(cov.is_empty() && !cov.overflow);
-    }
-
-    #[test]
-    fn coverage_chunks_for_the_wire() {
-        let cov = parse_area(&[3, 10, 20, 30, 0], KcovMode::Pc);
-        let chunks: Vec<_> = cov
-            .chunks("w", kcov_wire::CoverageSource::Remote, 0, 2)
-            .unwrap()
-            .collect();
-        assert_eq!(chunks.len(), 2);
-        assert_eq!(chunks[0].words, [10, 20]);
-        assert_eq!(chunks[1].words, [30]);
     }
 
     /// Takes everything through `c` until nothing new comes, then a final read.
