@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use guest_agent::kcov::{self, Kcov};
-use guest_agent::ship::{ship_while_running, AreaNote, FrameSink, Shipper};
+use guest_agent::ship::{ship_while_running, trace_mode, AreaNote, FrameSink, Shipper};
 use guest_agent::sys::{self, kernel_release, mount_all};
 use guest_agent::{net, vsock};
 use kcov_wire::console::{LineWriter, CMD_FILE, EXIT_MARKER, READY_MARKER};
@@ -374,7 +374,7 @@ fn workload_thread(
     if let Cover::On(mode) = plan.cover {
         let enabled = Kcov::open_default().and_then(|mut k| {
             k.init_trace(plan.area_words)?;
-            k.remote_enable(mode, handle, &[])?;
+            k.remote_enable(trace_mode(mode), handle, &[])?;
             Ok(k)
         });
         match enabled {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use frontends::kcov::{AreaCursor, AreaWords, MappedArea};
+use frontends::kcov::{AreaCursor, AreaWords, MappedArea, TraceMode};
 use kcov_wire::{chunk_coverage, CoverageSource, Frame, KcovMode};
 
 /// Where shipped frames go (the agent's stream).
@@ -29,6 +29,15 @@ pub trait FrameSink {
 /// A workload thread's kcov area, handed to the shipping thread once remote coverage is on:
 /// the shared mapping and the mode it is filled in.
 pub type AreaNote = (Arc<MappedArea>, KcovMode);
+
+/// The kcov trace mode of a wire (plan, frame) mode: the agent's boundary between
+/// `kcov_wire` and `frontends::kcov`.
+pub fn trace_mode(mode: KcovMode) -> TraceMode {
+    match mode {
+        KcovMode::Pc => TraceMode::Pc,
+        KcovMode::Cmp => TraceMode::Cmp,
+    }
+}
 
 /// Ships the coverage of the workload running on `thread` while it runs, then the rest.
 ///
@@ -89,6 +98,7 @@ pub enum Shipment {
 pub struct Shipper {
     workload: String,
     source: CoverageSource,
+    mode: KcovMode,
     cursor: AreaCursor,
     max_words: usize,
     next_seq: u32,
@@ -107,7 +117,8 @@ impl Shipper {
         Shipper {
             workload: workload.to_string(),
             source: CoverageSource::Remote,
-            cursor: AreaCursor::new(mode),
+            mode,
+            cursor: AreaCursor::new(trace_mode(mode)),
             max_words,
             next_seq: 0,
             chunks: 0,
@@ -142,7 +153,7 @@ impl Shipper {
         let chunks = chunk_coverage(
             &self.workload,
             self.source,
-            self.cursor.mode(),
+            self.mode,
             self.overflow,
             &new.words,
             self.next_seq,
@@ -195,6 +206,14 @@ impl Shipper {
 mod tests {
     use super::*;
     use frontends::kcov::parse_area;
+
+    #[test]
+    fn wire_modes_are_the_kernels_trace_modes() {
+        for m in [KcovMode::Pc, KcovMode::Cmp] {
+            assert_eq!(trace_mode(m) as u32, m as u32);
+            assert_eq!(trace_mode(m).words_per_entry(), m.words_per_entry());
+        }
+    }
     use kcov_wire::CoverageChunk;
 
     fn ship(s: &mut Shipper, area: &[u64], when: Shipment) -> Vec<CoverageChunk> {
@@ -248,7 +267,7 @@ mod tests {
         // the words one drain at the end would have shipped.
         let seqs: Vec<u32> = all.iter().map(|c| c.seq).collect();
         assert_eq!(seqs, (0..all.len() as u32).collect::<Vec<_>>());
-        assert_eq!(words(&all), parse_area(&area, KcovMode::Pc).words);
+        assert_eq!(words(&all), parse_area(&area, TraceMode::Pc).words);
         assert!(all.iter().all(|c| c.workload == "cmd"
             && c.source == CoverageSource::Remote
             && c.mode == KcovMode::Pc));

@@ -20,8 +20,8 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-pub use frontends::kcov::Coverage;
-use frontends::kcov::{self, Kcov, KcovError, KcovMode};
+use frontends::kcov::{self, Kcov, KcovError};
+pub use frontends::kcov::{Coverage, TraceMode};
 
 /// Area size in words (including the count word): 8 MiB, room for a million PCs.
 pub const DEFAULT_AREA_WORDS: usize = 1 << 20;
@@ -174,7 +174,7 @@ impl HostCoverage {
             handle,
             kernel_release: release.to_string(),
             coverage: Coverage {
-                mode: KcovMode::Pc,
+                mode: TraceMode::Pc,
                 words,
                 overflow,
                 reported_count: count,
@@ -217,7 +217,7 @@ impl HostKcov {
                     let mut k = Kcov::open(&path)?;
                     k.init_trace(area_words)?;
                     let handle = kcov::common_handle(kcov::fresh_instance())?;
-                    k.remote_enable(KcovMode::Pc, handle, &[])?;
+                    k.remote_enable(TraceMode::Pc, handle, &[])?;
                     Ok((k, handle))
                 })();
                 let mut k = match setup {
@@ -229,7 +229,7 @@ impl HostKcov {
                         let _ = ready_tx.send(Err(e));
                         // Nothing was collected; the caller already has the error.
                         return Ok(Coverage {
-                            mode: KcovMode::Pc,
+                            mode: TraceMode::Pc,
                             words: Vec::new(),
                             overflow: false,
                             reported_count: 0,
@@ -312,7 +312,7 @@ mod tests {
             handle: 0x0100_0000_0000_0042,
             kernel_release: "6.12.118, odd".into(),
             coverage: Coverage {
-                mode: KcovMode::Pc,
+                mode: TraceMode::Pc,
                 words: vec![
                     0xffff_ffff_8100_0020,
                     0xffff_ffff_8100_0010,
@@ -384,7 +384,7 @@ mod tests {
             handle: 0x1234,
             kernel_release: "6.12.0".into(),
             coverage: Coverage {
-                mode: KcovMode::Pc,
+                mode: TraceMode::Pc,
                 words: vec![
                     0xffff_ffff_8100_0010,
                     0xffff_ffff_8100_0008,

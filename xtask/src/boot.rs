@@ -423,7 +423,7 @@ pub fn store_host_coverage(
             kernel_release: Some(hc.kernel_release.clone()),
             kernel_build_id,
             common_handle: hc.handle,
-            mode: hc.coverage.mode,
+            mode: wire_mode(hc.coverage.mode),
             overflow: hc.coverage.overflow,
         };
         let dir = coverage::run::store_dir(run_dir);
@@ -432,6 +432,15 @@ pub fn store_host_coverage(
         msg.push_str(" and the run store (source=host)");
     }
     Ok(msg)
+}
+
+/// The wire mode of a trace mode: the vmm reports host coverage in `frontends::kcov` terms,
+/// the store keeps `kcov_wire`'s.
+fn wire_mode(mode: vmm::host_kcov::TraceMode) -> kcov_wire::KcovMode {
+    match mode {
+        vmm::host_kcov::TraceMode::Pc => kcov_wire::KcovMode::Pc,
+        vmm::host_kcov::TraceMode::Cmp => kcov_wire::KcovMode::Cmp,
+    }
 }
 
 /// Reassembles the console stream lines of `serial_log` into `<run_dir>/coverage.kcw` (a vsock
@@ -551,7 +560,7 @@ mod stream_tests {
 
     fn frontends_coverage(words: &[u64]) -> vmm::host_kcov::Coverage {
         vmm::host_kcov::Coverage {
-            mode: KcovMode::Pc,
+            mode: vmm::host_kcov::TraceMode::Pc,
             words: words.to_vec(),
             overflow: false,
             reported_count: words.len() as u64,

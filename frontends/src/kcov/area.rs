@@ -1,9 +1,7 @@
 //! Area parsing (pure): what to copy out of an area ([`plan_drain`], [`parse_area`]), the
 //! copied [`Coverage`], incremental reads of a live area ([`AreaCursor`]) and CMP entries.
 
-use kcov_wire::KcovMode;
-
-use super::uapi::{KCOV_CMP_CONST, KCOV_CMP_SIZE_MASK};
+use super::uapi::{TraceMode, KCOV_CMP_CONST, KCOV_CMP_SIZE_MASK};
 
 /// What to copy out of an area whose word 0 (kernel-written, untrusted) says `reported_count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +21,7 @@ pub struct DrainPlan {
 /// `count >= area_words - 1`; in CMP mode it includes `count * 4 + 1 >= area_words` and also
 /// catches a full area whose size is not `4k + 1`. A count beyond capacity (corrupt or racing)
 /// is clamped.
-pub fn plan_drain(reported_count: u64, area_words: usize, mode: KcovMode) -> DrainPlan {
+pub fn plan_drain(reported_count: u64, area_words: usize, mode: TraceMode) -> DrainPlan {
     let wpe = mode.words_per_entry();
     let capacity = area_words.saturating_sub(1) / wpe;
     let count = usize::try_from(reported_count).unwrap_or(usize::MAX);
@@ -39,7 +37,7 @@ pub fn plan_drain(reported_count: u64, area_words: usize, mode: KcovMode) -> Dra
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Coverage {
     /// Trace mode the area was filled in.
-    pub mode: KcovMode,
+    pub mode: TraceMode,
     /// Raw entry words after the count word: PCs, or 4 words per CMP entry.
     pub words: Vec<u64>,
     /// The area was full: coverage may be missing.
@@ -62,8 +60,8 @@ impl Coverage {
     /// PCs: every word in PC mode, the `pc` of each entry in CMP mode.
     pub fn pcs(&self) -> impl Iterator<Item = u64> + '_ {
         let (skip, step) = match self.mode {
-            KcovMode::Pc => (0, 1),
-            KcovMode::Cmp => (3, 4),
+            TraceMode::Pc => (0, 1),
+            TraceMode::Cmp => (3, 4),
         };
         self.words.iter().copied().skip(skip).step_by(step)
     }
@@ -71,8 +69,8 @@ impl Coverage {
     /// CMP entries (empty in PC mode).
     pub fn cmp_entries(&self) -> impl Iterator<Item = CmpEntry> + '_ {
         let words: &[u64] = match self.mode {
-            KcovMode::Pc => &[],
-            KcovMode::Cmp => &self.words,
+            TraceMode::Pc => &[],
+            TraceMode::Cmp => &self.words,
         };
         parse_cmp(words)
     }
@@ -80,7 +78,7 @@ impl Coverage {
 
 /// Parses an area snapshot (`area[0]` = count, entries follow). Pure: used on in-memory copies
 /// and in tests; [`Kcov::drain`](crate::kcov::Kcov::drain) applies the same [`plan_drain`] to the live mapping.
-pub fn parse_area(area: &[u64], mode: KcovMode) -> Coverage {
+pub fn parse_area(area: &[u64], mode: TraceMode) -> Coverage {
     let reported_count = area.first().copied().unwrap_or(0);
     let plan = plan_drain(reported_count, area.len(), mode);
     Coverage {
@@ -139,19 +137,19 @@ pub struct NewEntries {
 /// nothing until it grows past the taken part again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AreaCursor {
-    mode: KcovMode,
+    mode: TraceMode,
     /// Words after the count word already taken (a multiple of the entry size).
     taken: usize,
 }
 
 impl AreaCursor {
     /// A cursor at the start of a fresh area filled in `mode`.
-    pub fn new(mode: KcovMode) -> Self {
+    pub fn new(mode: TraceMode) -> Self {
         AreaCursor { mode, taken: 0 }
     }
 
     /// Trace mode the cursor reads.
-    pub fn mode(&self) -> KcovMode {
+    pub fn mode(&self) -> TraceMode {
         self.mode
     }
 
@@ -285,7 +283,7 @@ mod tests {
         assert!(odd.is_const());
         assert_eq!(odd.size_bytes(), 8);
 
-        let cov = parse_area(&[2, 5, 1, 2, 0xa, 3, 3, 4, 0xb, 0], KcovMode::Cmp);
+        let cov = parse_area(&[2, 5, 1, 2, 0xa, 3, 3, 4, 0xb, 0], TraceMode::Cmp);
         assert_eq!(cov.entry_count(), 2);
         assert_eq!(cov.pcs().collect::<Vec<_>>(), [0xa, 0xb]);
         assert_eq!(
@@ -295,7 +293,7 @@ mod tests {
             [4, 2]
         );
         assert_eq!(
-            parse_area(&[1, 7, 0], KcovMode::Pc).cmp_entries().count(),
+            parse_area(&[1, 7, 0], TraceMode::Pc).cmp_entries().count(),
             0
         );
     }
@@ -303,7 +301,7 @@ mod tests {
     #[test]
     fn drain_plan_pc_mode() {
         // 8-word area: count word + 7 PCs.
-        let p = |c| plan_drain(c, 8, KcovMode::Pc);
+        let p = |c| plan_drain(c, 8, TraceMode::Pc);
         assert_eq!(
             p(0),
             DrainPlan {
@@ -347,23 +345,23 @@ mod tests {
             }
         );
         // Degenerate areas never index out of bounds.
-        assert_eq!(plan_drain(5, 0, KcovMode::Pc).words, 0);
-        assert_eq!(plan_drain(5, 1, KcovMode::Pc).words, 0);
+        assert_eq!(plan_drain(5, 0, TraceMode::Pc).words, 0);
+        assert_eq!(plan_drain(5, 1, TraceMode::Pc).words, 0);
         assert_eq!(
-            plan_drain(0, 2, KcovMode::Pc),
+            plan_drain(0, 2, TraceMode::Pc),
             DrainPlan {
                 entries: 0,
                 words: 0,
                 overflow: false
             }
         );
-        assert!(plan_drain(1, 2, KcovMode::Pc).overflow);
+        assert!(plan_drain(1, 2, TraceMode::Pc).overflow);
     }
 
     #[test]
     fn drain_plan_cmp_mode() {
         // 9 words = count + 2 entries exactly.
-        let p = |c| plan_drain(c, 9, KcovMode::Cmp);
+        let p = |c| plan_drain(c, 9, TraceMode::Cmp);
         assert_eq!(
             p(1),
             DrainPlan {
@@ -390,7 +388,7 @@ mod tests {
             }
         );
         // 12 words: room for 2 entries (11 / 4); full at 2 even though 2*4+1 < 12.
-        let q = |c| plan_drain(c, 12, KcovMode::Cmp);
+        let q = |c| plan_drain(c, 12, TraceMode::Cmp);
         assert!(!q(1).overflow);
         assert_eq!(
             q(2),
@@ -400,10 +398,10 @@ mod tests {
                 overflow: true
             }
         );
-        assert_eq!(plan_drain(u64::MAX, 12, KcovMode::Cmp).words, 8);
+        assert_eq!(plan_drain(u64::MAX, 12, TraceMode::Cmp).words, 8);
         // Too small for any entry: always "full".
         assert_eq!(
-            plan_drain(0, 4, KcovMode::Cmp),
+            plan_drain(0, 4, TraceMode::Cmp),
             DrainPlan {
                 entries: 0,
                 words: 0,
@@ -413,7 +411,7 @@ mod tests {
         // The brief's rule is implied: count*4+1 >= area_words => overflow.
         for area in 2..40usize {
             for c in 0..12u64 {
-                let plan = plan_drain(c, area, KcovMode::Cmp);
+                let plan = plan_drain(c, area, TraceMode::Cmp);
                 if c * 4 + 1 >= area as u64 {
                     assert!(plan.overflow, "area {area} count {c}");
                 }
@@ -424,17 +422,17 @@ mod tests {
 
     #[test]
     fn parse_area_copies_and_clamps() {
-        let cov = parse_area(&[3, 10, 20, 30, 99, 99], KcovMode::Pc);
+        let cov = parse_area(&[3, 10, 20, 30, 99, 99], TraceMode::Pc);
         assert_eq!(cov.words, [10, 20, 30]);
         assert!(!cov.overflow);
         assert_eq!(cov.reported_count, 3);
-        let cov = parse_area(&[1000, 10, 20, 30], KcovMode::Pc);
+        let cov = parse_area(&[1000, 10, 20, 30], TraceMode::Pc);
         assert_eq!(cov.words, [10, 20, 30]);
         assert!(cov.overflow);
         assert_eq!(cov.reported_count, 1000);
-        let cov = parse_area(&[], KcovMode::Pc);
+        let cov = parse_area(&[], TraceMode::Pc);
         assert!(cov.is_empty());
-        let cov = parse_area(&[0, 0], KcovMode::Pc);
+        let cov = parse_area(&[0, 0], TraceMode::Pc);
         assert!(cov.is_empty() && !cov.overflow);
     }
 
@@ -449,7 +447,7 @@ mod tests {
     fn cursor_takes_each_remote_entry_once() {
         // Remote sections land entries first, count after: every counted entry is written.
         let mut area = vec![0u64; 8];
-        let mut c = AreaCursor::new(KcovMode::Pc);
+        let mut c = AreaCursor::new(TraceMode::Pc);
         assert_eq!(c.take_new(&area[..], false), NewEntries::default());
         area[1..4].copy_from_slice(&[0x11, 0x12, 0x13]);
         area[0] = 2; // the third is written but not counted yet: not taken
@@ -473,10 +471,10 @@ mod tests {
         assert!(n.words.is_empty() && n.overflow, "{n:?}");
         assert_eq!(c.taken_words(), 7);
         // Concatenated, the reads are exactly what one drain at the end copies.
-        let mut fresh = AreaCursor::new(KcovMode::Pc);
+        let mut fresh = AreaCursor::new(TraceMode::Pc);
         assert_eq!(
             take_all(&mut fresh, &area),
-            parse_area(&area, KcovMode::Pc).words
+            parse_area(&area, TraceMode::Pc).words
         );
     }
 
@@ -484,7 +482,7 @@ mod tests {
     fn cursor_holds_back_counted_but_unwritten_entries() {
         // Local tracing counts first and stores the pc after: a counted 0 is not written yet.
         let mut area = vec![0u64; 16];
-        let mut c = AreaCursor::new(KcovMode::Pc);
+        let mut c = AreaCursor::new(TraceMode::Pc);
         area[1] = 0x21;
         area[0] = 3; // slots 2 and 3 counted, not written
         let n = c.take_new(&area[..], false);
@@ -501,10 +499,10 @@ mod tests {
         let n = c.take_new(&area[..], true);
         assert_eq!((n.words.as_slice(), n.held_back), (&[0x24, 0][..], 0));
         assert_eq!(c.taken_words(), 5);
-        let mut fresh = AreaCursor::new(KcovMode::Pc);
+        let mut fresh = AreaCursor::new(TraceMode::Pc);
         assert_eq!(
             take_all(&mut fresh, &area),
-            parse_area(&area, KcovMode::Pc).words
+            parse_area(&area, TraceMode::Pc).words
         );
     }
 
@@ -512,7 +510,7 @@ mod tests {
     fn cursor_cmp_mode_takes_whole_entries() {
         // 13 words = count + 3 CMP entries (type, arg1, arg2, pc).
         let mut area = [0u64; 13];
-        let mut c = AreaCursor::new(KcovMode::Cmp);
+        let mut c = AreaCursor::new(TraceMode::Cmp);
         area[1..5].copy_from_slice(&[1, 2, 3, 0xa0]);
         area[5..8].copy_from_slice(&[4, 5, 6]); // pc of entry 2 not written yet
         area[0] = 2;
@@ -526,13 +524,13 @@ mod tests {
         assert_eq!(n.words, [4, 5, 6, 0xb0, 7, 8, 9, 0xc0]);
         assert!(n.overflow, "3 entries fill 13 words");
         assert_eq!(c.taken_words(), 12);
-        assert_eq!(c.mode(), KcovMode::Cmp);
+        assert_eq!(c.mode(), TraceMode::Cmp);
     }
 
     #[test]
     fn cursor_ignores_a_shrinking_count_and_tiny_areas() {
         let mut area = [3u64, 0x31, 0x32, 0x33, 0];
-        let mut c = AreaCursor::new(KcovMode::Pc);
+        let mut c = AreaCursor::new(TraceMode::Pc);
         assert_eq!(c.take_new(&area[..], false).words.len(), 3);
         area[0] = 1; // reset behind our back: nothing is taken twice
         assert!(c.take_new(&area[..], true).words.is_empty());
@@ -541,7 +539,7 @@ mod tests {
         assert_eq!(c.take_new(&area[..], false).words, [0x34]);
         for len in 0..3 {
             let tiny = vec![u64::MAX; len];
-            let mut c = AreaCursor::new(KcovMode::Cmp);
+            let mut c = AreaCursor::new(TraceMode::Cmp);
             assert!(c.take_new(&tiny[..], true).words.is_empty());
         }
     }

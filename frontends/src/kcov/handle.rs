@@ -3,11 +3,9 @@
 
 use std::mem::{offset_of, size_of};
 
-use kcov_wire::KcovMode;
-
 use super::error::KcovError;
 use super::uapi::{
-    KcovRemoteArg, KCOV_INSTANCE_MASK, KCOV_REMOTE_MAX_HANDLES, KCOV_SUBSYSTEM_COMMON,
+    KcovRemoteArg, TraceMode, KCOV_INSTANCE_MASK, KCOV_REMOTE_MAX_HANDLES, KCOV_SUBSYSTEM_COMMON,
     KCOV_SUBSYSTEM_MASK, KCOV_SUBSYSTEM_USB,
 };
 
@@ -127,7 +125,7 @@ fn os_random() -> Option<u64> {
 /// Builds the `KCOV_REMOTE_ENABLE` argument: header plus handles, as u64 words so the buffer
 /// is 8-byte aligned. Validates the handles as the kernel would.
 pub fn remote_arg(
-    mode: KcovMode,
+    mode: TraceMode,
     area_words: u32,
     common_handle: u64,
     global_handles: &[u64],
@@ -188,7 +186,7 @@ mod tests {
         assert_eq!(offset_of!(KcovRemoteArg, common_handle), 16);
 
         let h = common_handle(0xdead_beef).unwrap();
-        let arg = remote_arg(KcovMode::Cmp, 1 << 20, h, &[usb_handle(3), usb_handle(7)]).unwrap();
+        let arg = remote_arg(TraceMode::Cmp, 1 << 20, h, &[usb_handle(3), usb_handle(7)]).unwrap();
         assert_eq!(arg.len(), 5);
         let bytes: Vec<u8> = arg.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let u32_at = |o: usize| u32::from_ne_bytes(bytes[o..o + 4].try_into().unwrap());
@@ -202,7 +200,7 @@ mod tests {
         assert_eq!(u64_at(32), 0x0100_0000_0000_0007);
         assert_eq!(arg.as_ptr() as usize % 8, 0);
 
-        let plain = remote_arg(KcovMode::Pc, 64, 1, &[]).unwrap();
+        let plain = remote_arg(TraceMode::Pc, 64, 1, &[]).unwrap();
         assert_eq!(plain.len(), 3);
         // Little-endian targets: the exact bytes.
         #[cfg(target_endian = "little")]
@@ -212,7 +210,7 @@ mod tests {
     #[test]
     fn remote_arg_validates_handles() {
         assert!(
-            remote_arg(KcovMode::Pc, 64, 0, &[]).is_ok(),
+            remote_arg(TraceMode::Pc, 64, 0, &[]).is_ok(),
             "no common handle is fine"
         );
         for bad in [
@@ -223,7 +221,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    remote_arg(KcovMode::Pc, 64, bad, &[]),
+                    remote_arg(TraceMode::Pc, 64, bad, &[]),
                     Err(KcovError::InvalidHandle { .. })
                 ),
                 "{bad:#x}"
@@ -231,16 +229,16 @@ mod tests {
         }
         for bad in [1u64, 0, 0x0100_0001_0000_0000, 0x0200_0000_0000_0000] {
             assert!(matches!(
-                remote_arg(KcovMode::Pc, 64, 1, &[bad]),
+                remote_arg(TraceMode::Pc, 64, 1, &[bad]),
                 Err(KcovError::InvalidHandle { .. })
             ));
         }
         let many = vec![usb_handle(1); KCOV_REMOTE_MAX_HANDLES + 1];
         assert!(matches!(
-            remote_arg(KcovMode::Pc, 64, 1, &many),
+            remote_arg(TraceMode::Pc, 64, 1, &many),
             Err(KcovError::TooManyHandles { count: 257 })
         ));
-        assert!(remote_arg(KcovMode::Pc, 64, 1, &many[1..]).is_ok());
+        assert!(remote_arg(TraceMode::Pc, 64, 1, &many[1..]).is_ok());
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! Safe wrapper over `/sys/kernel/debug/kcov` (Documentation/dev-tools/kcov.rst, kernel/kcov.c).
 //!
 //! ```no_run
-//! use frontends::kcov::{common_handle, fresh_instance, Kcov, KcovMode};
+//! use frontends::kcov::{common_handle, fresh_instance, Kcov, TraceMode};
 //! # fn main() -> Result<(), frontends::kcov::KcovError> {
 //! let mut kcov = Kcov::open_default()?;
 //! kcov.init_trace(1 << 20)?;
 //! let handle = common_handle(fresh_instance())?;
-//! kcov.remote_enable(KcovMode::Pc, handle, &[])?;
+//! kcov.remote_enable(TraceMode::Pc, handle, &[])?;
 //! // ... VHOST_SET_OWNER from this thread (or a child forked now), drive the device ...
 //! let cov = kcov.drain()?;
 //! println!("{} PCs, overflow: {}", cov.entry_count(), cov.overflow);
@@ -38,8 +38,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 #[cfg(target_os = "linux")]
 use std::sync::Arc;
-
-pub use kcov_wire::KcovMode;
 
 mod area;
 mod error;
@@ -90,7 +88,7 @@ pub struct Kcov {
     area: Option<Arc<MappedArea>>,
     fd: OwnedFd,
     state: State,
-    mode: KcovMode,
+    mode: TraceMode,
     path: String,
     /// kcov binds an enable to the calling thread: keep the handle on it (not Send/Sync).
     _one_thread: PhantomData<*const ()>,
@@ -110,7 +108,7 @@ impl Kcov {
             area: None,
             fd: sys::open(path)?,
             state: State::Open,
-            mode: KcovMode::Pc,
+            mode: TraceMode::Pc,
             path: path.display().to_string(),
             _one_thread: PhantomData,
         })
@@ -126,7 +124,7 @@ impl Kcov {
             // SAFETY: forwarded to the caller.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             state: State::Open,
-            mode: KcovMode::Pc,
+            mode: TraceMode::Pc,
             path: format!("fd {fd}"),
             _one_thread: PhantomData,
         }
@@ -189,7 +187,7 @@ impl Kcov {
     }
 
     /// `KCOV_ENABLE(mode)`: trace the calling thread's own syscalls.
-    pub fn enable_local(&mut self, mode: KcovMode) -> Result<(), KcovError> {
+    pub fn enable_local(&mut self, mode: TraceMode) -> Result<(), KcovError> {
         self.ready("enable_local")?;
         self.ioctl(KCOV_ENABLE(), mode as libc::c_ulong)
             .map_err(|source| match sys::errno_of(&source) {
@@ -209,7 +207,7 @@ impl Kcov {
     /// (USB subsystem). The remote area size is the area size given to `init_trace`.
     pub fn remote_enable(
         &mut self,
-        mode: KcovMode,
+        mode: TraceMode,
         common_handle: u64,
         global_handles: &[u64],
     ) -> Result<(), KcovError> {
@@ -257,7 +255,7 @@ impl Kcov {
     }
 
     /// Mode of the last enable (PC before any).
-    pub fn mode(&self) -> KcovMode {
+    pub fn mode(&self) -> TraceMode {
         self.mode
     }
 
@@ -344,11 +342,11 @@ mod tests {
         // State checks happen before any syscall.
         let mut k = Kcov::open("/dev/null").unwrap();
         assert!(matches!(
-            k.enable_local(KcovMode::Pc),
+            k.enable_local(TraceMode::Pc),
             Err(KcovError::InvalidState { .. })
         ));
         assert!(matches!(
-            k.remote_enable(KcovMode::Pc, 1, &[]),
+            k.remote_enable(TraceMode::Pc, 1, &[]),
             Err(KcovError::InvalidState { .. })
         ));
         assert!(matches!(k.disable(), Err(KcovError::InvalidState { .. })));

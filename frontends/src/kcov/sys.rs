@@ -7,11 +7,9 @@ use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kcov_wire::KcovMode;
-
 use super::area::{plan_drain, AreaWords, Coverage};
 use super::error::KcovError;
-use super::uapi::{MAX_AREA_WORDS, MIN_AREA_WORDS};
+use super::uapi::{TraceMode, MAX_AREA_WORDS, MIN_AREA_WORDS};
 
 /// A shared mapping of a kcov area (`words` u64 words, word 0 = count). The kernel writes
 /// it concurrently (remote sections land from other CPUs at `kcov_remote_stop()`), so it
@@ -124,7 +122,7 @@ impl MappedArea {
 
     /// Copies the coverage out: reads the count once, clamps it with [`plan_drain`], then
     /// copies exactly the planned words (never past the mapping).
-    pub fn snapshot(&self, mode: KcovMode) -> Coverage {
+    pub fn snapshot(&self, mode: TraceMode) -> Coverage {
         let reported_count = self.count();
         let plan = plan_drain(reported_count, self.words, mode);
         // plan.words <= words - 1, so 1..=plan.words is inside the mapping.
@@ -228,7 +226,7 @@ mod tests {
             }
             drop(writer_area);
         });
-        let mut c = AreaCursor::new(KcovMode::Pc);
+        let mut c = AreaCursor::new(TraceMode::Pc);
         let mut got = Vec::new();
         let mut reads = 0;
         while !writer.is_finished() {
@@ -253,20 +251,20 @@ mod tests {
             area.write_word(i, 0x1000 + i as u64);
         }
         area.write_word(0, 3);
-        let cov = area.snapshot(KcovMode::Pc);
+        let cov = area.snapshot(TraceMode::Pc);
         assert_eq!(cov.words, [0x1001, 0x1002, 0x1003]);
         assert!(!cov.overflow);
         // Untrusted huge count: clamped to the mapping, overflow reported.
         area.write_word(0, u64::MAX);
-        let cov = area.snapshot(KcovMode::Pc);
+        let cov = area.snapshot(TraceMode::Pc);
         assert_eq!(cov.words.len(), 7);
         assert!(cov.overflow);
-        let cmp = area.snapshot(KcovMode::Cmp);
+        let cmp = area.snapshot(TraceMode::Cmp);
         assert_eq!(cmp.words.len(), 4);
         assert!(cmp.overflow);
         area.reset();
         assert_eq!(area.count(), 0);
-        assert!(area.snapshot(KcovMode::Pc).is_empty());
+        assert!(area.snapshot(TraceMode::Pc).is_empty());
         assert_eq!(area.read_word(7), Some(0x1007));
         assert_eq!(area.read_word(8), None);
         area.write_word(8, 1); // ignored

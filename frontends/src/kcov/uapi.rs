@@ -24,6 +24,27 @@ pub const KCOV_TRACE_PC: u32 = 0;
 /// Trace mode argument: comparison operands.
 pub const KCOV_TRACE_CMP: u32 = 1;
 
+/// kcov trace mode: the `KCOV_ENABLE` argument and `kcov_remote_arg.trace_mode`. The
+/// discriminants are [`KCOV_TRACE_PC`] / [`KCOV_TRACE_CMP`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum TraceMode {
+    /// One u64 word per entry: a PC (return address of the `__sanitizer_cov_trace_pc` call).
+    Pc = KCOV_TRACE_PC,
+    /// Four u64 words per entry: type, arg1, arg2, pc.
+    Cmp = KCOV_TRACE_CMP,
+}
+
+impl TraceMode {
+    /// Number of u64 words one entry occupies in a kcov area.
+    pub fn words_per_entry(self) -> usize {
+        match self {
+            TraceMode::Pc => 1,
+            TraceMode::Cmp => 4,
+        }
+    }
+}
+
 /// Handle subsystem of common handles (top byte 0).
 pub const KCOV_SUBSYSTEM_COMMON: u64 = 0x00 << 56;
 /// Handle subsystem of USB handles.
@@ -66,8 +87,6 @@ pub struct KcovRemoteArg {
 mod tests {
     use std::mem::size_of;
 
-    use kcov_wire::KcovMode;
-
     use super::*;
 
     #[test]
@@ -78,7 +97,9 @@ mod tests {
         assert_eq!(KCOV_DISABLE(), 0x6365);
         assert_eq!(KCOV_REMOTE_ENABLE(), 0x4018_6366);
         assert_eq!(size_of::<KcovRemoteArg>(), 24, "the size _IOW encodes");
-        assert_eq!(KCOV_TRACE_PC, KcovMode::Pc as u32);
-        assert_eq!(KCOV_TRACE_CMP, KcovMode::Cmp as u32);
+        assert_eq!(KCOV_TRACE_PC, TraceMode::Pc as u32);
+        assert_eq!(KCOV_TRACE_CMP, TraceMode::Cmp as u32);
+        assert_eq!(TraceMode::Pc.words_per_entry(), 1);
+        assert_eq!(TraceMode::Cmp.words_per_entry(), 4);
     }
 }
