@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use frontends::netif::ifreq;
 use vmm::devices::virtio::net::tap::{Tap, TapError, TUN_PATH};
 use vmm::devices::virtio::net::{NetBackend, NetDevice, NetStats, DEFAULT_MAC};
 use vmm::devices::virtio::{device_type, VirtioMmioDevice};
@@ -483,15 +484,6 @@ fn tap_name() -> String {
         std::process::id() % 10_000_000,
         N.fetch_add(1, Ordering::SeqCst) % 1000
     )
-}
-
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    ifr
 }
 
 /// The largest MTU a tap takes (65535 less its Ethernet header): frames sent

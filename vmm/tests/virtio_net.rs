@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use frontends::netif::ifreq;
 use vmm::devices::virtio::net::tap::{Tap, TapError, TUN_PATH};
 use vmm::devices::virtio::net::{NetDevice, DEFAULT_MAC, F_MAC, F_MRG_RXBUF, F_STATUS};
 use vmm::devices::virtio::{device_type, VirtioMmioDevice};
@@ -80,15 +81,6 @@ fn tap_name() -> String {
         std::process::id() % 1_000_000,
         N.fetch_add(1, Ordering::SeqCst)
     )
-}
-
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain old data.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    ifr
 }
 
 /// `ip link set NAME up` through SIOCSIFFLAGS, with IPv6 off on it first so

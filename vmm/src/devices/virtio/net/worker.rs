@@ -405,6 +405,7 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
+    use frontends::netif::ifreq;
     use vm_memory::{Bytes, GuestAddress};
 
     use super::super::super::features;
@@ -616,16 +617,6 @@ mod tests {
         let mut zero = [0u8; VNET_HDR_LEN];
         zero[NUM_BUFFERS_OFFSET] = 1;
         assert_eq!(&got[..VNET_HDR_LEN], &zero);
-    }
-
-    /// An `ifreq` for interface `name`.
-    fn ifreq(name: &str) -> libc::ifreq {
-        // SAFETY: ifreq is plain old data.
-        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-            *d = s as libc::c_char;
-        }
-        ifr
     }
 
     fn sockaddr_v4(ip: [u8; 4]) -> libc::sockaddr {
