@@ -438,6 +438,81 @@ fn coverage_patch_exact() {
     assert_eq!(p["instrumented"], 5);
     assert_eq!(p["hit"], 3);
     assert!(stdout.contains("patch coverage: 9 changed lines, 5 instrumented, 3 hit, 2 missed"));
+
+    // --patch-base REF: the same changes made in a git tree give the same patch coverage,
+    // without piping a diff by hand.
+    let tree = tmp.path().join("linux");
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&tree)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    std::fs::create_dir_all(tree.join("drivers/vhost")).unwrap();
+    let last = changed.iter().max().unwrap() + 10;
+    let lines = |f: &dyn Fn(u32) -> String| (1..=last).map(|l| f(l) + "\n").collect::<String>();
+    std::fs::write(tree.join(file), lines(&|l| format!("old {l}"))).unwrap();
+    std::fs::write(tree.join("drivers/vhost/test.h"), "1\n2\n3\n").unwrap();
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "base"]);
+    let changed2 = changed.clone();
+    std::fs::write(
+        tree.join(file),
+        lines(&|l| {
+            if changed2.contains(&l) {
+                format!("new {l}")
+            } else {
+                format!("old {l}")
+            }
+        }),
+    )
+    .unwrap();
+    std::fs::write(tree.join("drivers/vhost/test.h"), "1\n2\n3\na\nb\n").unwrap();
+    let js2 = tmp.path().join("r2.json");
+    let (ok, stdout, stderr, _) = xtask_run(&[
+        "report",
+        s(&run),
+        "--vmlinux",
+        s(&vm),
+        "--patch-base",
+        "HEAD",
+        "--tree",
+        s(&tree),
+        "--json",
+        s(&js2),
+    ])
+    .unwrap();
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(json(&js2)["patch"], v["patch"]);
+    // A revision the tree does not have, a directory that is no git tree, both sources at once:
+    // one line each, non-zero exit.
+    for (args, want) in [
+        (
+            vec!["--patch-base", "no-such-branch", "--tree", s(&tree)],
+            "no such commit",
+        ),
+        (
+            vec!["--patch-base", "HEAD", "--tree", s(&run)],
+            "not inside a git work tree",
+        ),
+        (
+            vec!["--patch-base", "HEAD", "--patch", s(&patch)],
+            "give one of them",
+        ),
+    ] {
+        let mut all = vec!["report", s(&run), "--vmlinux", s(&vm)];
+        all.extend(args);
+        let (ok, stdout, stderr, _) = xtask_run(&all).unwrap();
+        assert!(!ok, "{all:?}: {stdout}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(errors.len(), 1, "{all:?}: {stderr}");
+        assert!(errors[0].contains(want), "{all:?}: {stderr}");
+    }
 }
 
 /// One error line containing every word of `want`, a failure status, and the store unchanged.

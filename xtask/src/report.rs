@@ -147,6 +147,10 @@ pub struct ReportOpts {
     pub filter: Vec<String>,
     /// Unified diff for patch coverage.
     pub patch: Option<PathBuf>,
+    /// Patch coverage of the changes since this git revision in `tree` (instead of `patch`).
+    pub patch_base: Option<String>,
+    /// The git tree `patch_base` is taken from (default: the current directory).
+    pub tree: Option<PathBuf>,
     /// Kernel source tree for HTML and lcov paths (default: the cached Debian source).
     pub source_root: Option<PathBuf>,
     /// The host kernel's vmlinux for host coverage (default: the one run.json names).
@@ -156,32 +160,89 @@ pub struct ReportOpts {
 /// `cargo xtask report`: returns the terminal text; writes the requested files.
 pub fn report(opts: &ReportOpts) -> Result<String> {
     // Cheap input checks first, so bad input fails before anything is read or written.
-    let patch = match &opts.patch {
-        Some(p) => {
+    let patch = match (&opts.patch, &opts.patch_base) {
+        (Some(_), Some(_)) => bail!("--patch and --patch-base: give one of them"),
+        (Some(p), None) => {
             let bytes =
                 std::fs::read(p).with_context(|| format!("reading the patch {}", p.display()))?;
-            // Bytes that are not UTF-8 (a Latin-1 comment, say) do not spoil the patch: they
-            // are read as U+FFFD and named by line.
-            let bad: Vec<String> = bytes
-                .split(|&b| b == b'\n')
-                .enumerate()
-                .filter(|(_, l)| std::str::from_utf8(l).is_err())
-                .map(|(i, _)| (i + 1).to_string())
-                .collect();
-            if !bad.is_empty() {
-                eprintln!(
-                    "report: warning: {} line(s) {} are not UTF-8; read with U+FFFD",
-                    p.display(),
-                    bad.join(", ")
-                );
-            }
-            let text = String::from_utf8_lossy(&bytes);
-            Some(PatchLines::parse(&text).with_context(|| format!("{}", p.display()))?)
+            Some(parse_patch(&bytes, &p.display().to_string())?)
         }
-        None => None,
+        (None, Some(base)) => {
+            let tree = opts.tree.clone().unwrap_or_else(|| PathBuf::from("."));
+            let bytes = git_diff_since(&tree, base)?;
+            Some(parse_patch(
+                &bytes,
+                &format!("git diff {base} in {}", tree.display()),
+            )?)
+        }
+        (None, None) if opts.tree.is_some() => bail!("--tree is for --patch-base REF"),
+        (None, None) => None,
     };
     let run = load(&opts.run_dir, &opts.load)?;
     report_run(opts, &run, patch)
+}
+
+/// A unified diff's changed lines. Bytes that are not UTF-8 (a Latin-1 comment, say) do not
+/// spoil the patch: they are read as U+FFFD and named by line (`what` names the patch).
+fn parse_patch(bytes: &[u8], what: &str) -> Result<PatchLines> {
+    let bad: Vec<String> = bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| std::str::from_utf8(l).is_err())
+        .map(|(i, _)| (i + 1).to_string())
+        .collect();
+    if !bad.is_empty() {
+        eprintln!(
+            "report: warning: {what} line(s) {} are not UTF-8; read with U+FFFD",
+            bad.join(", ")
+        );
+    }
+    let text = String::from_utf8_lossy(bytes);
+    PatchLines::parse(&text).with_context(|| what.to_string())
+}
+
+/// `git diff BASE` of the working tree at `tree` (committed, staged and unstaged changes since
+/// `base`), checked first: a tree that is no git work tree and a revision git does not know
+/// each fail in one line.
+fn git_diff_since(tree: &Path, base: &str) -> Result<Vec<u8>> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(tree)
+            .args(args)
+            .output()
+            .with_context(|| "running git (is it installed?)".to_string())
+    };
+    let inside = git(&["rev-parse", "--is-inside-work-tree"])?;
+    if !inside.status.success() {
+        bail!(
+            "--patch-base: {} is not inside a git work tree (give the kernel tree with --tree)",
+            tree.display()
+        );
+    }
+    if base.starts_with('-') {
+        bail!("--patch-base {base:?}: expected a git revision");
+    }
+    let commit = format!("{base}^{{commit}}");
+    if !git(&["rev-parse", "--verify", "--quiet", &commit])?
+        .status
+        .success()
+    {
+        bail!(
+            "--patch-base {base}: no such commit in {} (try a branch, tag or hash that `git \
+             log` shows)",
+            tree.display()
+        );
+    }
+    let out = git(&["diff", "--no-color", "--no-ext-diff", base, "--"])?;
+    if !out.status.success() {
+        bail!(
+            "git diff {base} in {}: {}",
+            tree.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
 }
 
 /// The rendering half of [`report`]: `run` is `opts.run_dir` loaded, `patch` the parsed
@@ -370,6 +431,13 @@ pub struct ReportArgs {
     /// Patch coverage of a unified diff (e.g. `git diff base..topic -- drivers/vhost`).
     #[arg(long, value_name = "DIFF")]
     pub patch: Option<PathBuf>,
+    /// Patch coverage of the changes since git revision REF in the kernel tree (`git diff REF`
+    /// of --tree, default the current directory), instead of --patch.
+    #[arg(long, value_name = "REF")]
+    pub patch_base: Option<String>,
+    /// The kernel tree for --patch-base (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub tree: Option<PathBuf>,
     /// Kernel source tree for annotated HTML (default: the cached Debian source).
     #[arg(long, value_name = "DIR")]
     pub source_root: Option<PathBuf>,
@@ -405,6 +473,8 @@ pub fn report_cmd(a: &ReportArgs) -> Result<std::process::ExitCode> {
         json: a.json.clone(),
         filter: a.filter.clone(),
         patch: a.patch.clone(),
+        patch_base: a.patch_base.clone(),
+        tree: a.tree.clone(),
         source_root: a.source_root.clone(),
         host_vmlinux: a.host_vmlinux.clone(),
     })?;
