@@ -189,6 +189,18 @@ fn kernel_tail_jumping_callees_credit_their_callers() {
 }
 
 #[test]
+fn kernel_build_id_is_read_from_the_notes_alone() {
+    let Some(k) = kernel() else { return };
+    let id = Vmlinux::read_build_id(k.vm.path()).unwrap();
+    assert!(id.is_some());
+    assert_eq!(id.as_ref(), k.vm.build_id());
+    // Not an ELF image: an error, not a panic.
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), b"not an elf").unwrap();
+    assert!(Vmlinux::read_build_id(tmp.path()).is_err());
+}
+
+#[test]
 fn kernel_decl_lines_are_declarations() {
     let Some(k) = kernel() else { return };
     let files = std::collections::BTreeSet::from(["drivers/vhost/net.c"]);

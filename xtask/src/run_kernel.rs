@@ -127,10 +127,21 @@ pub fn site_table(path: &Path) -> Result<TableEntry> {
     if let Some(t) = tables.lock().ok().and_then(|m| m.get(&key).cloned()) {
         return Ok(t);
     }
-    let vm = open_vmlinux(path)?;
     let cache = SymbolCache::new(paths::cache_root().join("symbols"));
-    let (table, _) = SiteTable::load_or_build(&vm, Some(&cache))?;
-    let entry = (Arc::new(table), vm.build_id().map(|b| b.to_hex()));
+    // A table cached for this build-id needs only the image's notes, not the whole image (a
+    // table is only ever built from an image with DWARF).
+    let cached = Vmlinux::read_build_id(path)
+        .ok()
+        .flatten()
+        .and_then(|id| Some((cache.load(&id).ok().flatten()?, id.to_hex())));
+    let entry = match cached {
+        Some((table, id)) => (Arc::new(table), Some(id)),
+        None => {
+            let vm = open_vmlinux(path)?;
+            let (table, _) = SiteTable::load_or_build(&vm, Some(&cache))?;
+            (Arc::new(table), vm.build_id().map(|b| b.to_hex()))
+        }
+    };
     if let Ok(mut m) = tables.lock() {
         m.insert(key, entry.clone());
     }

@@ -297,6 +297,26 @@ impl Vmlinux {
         self.build_id.as_ref()
     }
 
+    /// The GNU build-id of the image at `path`, reading only its headers and notes (not the
+    /// whole file, as [`Vmlinux::open`] does): enough to find its site table in the cache.
+    pub fn read_build_id(path: impl AsRef<Path>) -> Result<Option<BuildId>, Error> {
+        let path = path.as_ref();
+        let file = std::fs::File::open(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cache = object::ReadCache::new(file);
+        let parse_err = |source: object::Error| Error::Parse {
+            path: path.to_path_buf(),
+            source,
+        };
+        let elf = object::File::parse(&cache).map_err(parse_err)?;
+        Ok(elf
+            .build_id()
+            .map_err(parse_err)?
+            .map(|b| BuildId(b.to_vec())))
+    }
+
     /// True when both `.debug_line` and `.debug_info` are present and non-empty.
     pub fn has_dwarf(&self) -> bool {
         self.has_dwarf
