@@ -194,6 +194,16 @@ fn kernel_build_id_is_read_from_the_notes_alone() {
     let id = Vmlinux::read_build_id(k.vm.path()).unwrap();
     assert!(id.is_some());
     assert_eq!(id.as_ref(), k.vm.build_id());
+    // An image without DWARF gives none (its table must not be used for it).
+    let stripped = tempfile::NamedTempFile::new().unwrap();
+    let ok = std::process::Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(k.vm.path())
+        .arg(stripped.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "objcopy (binutils) is needed by this test");
+    assert_eq!(Vmlinux::read_build_id(stripped.path()).unwrap(), None);
     // Not an ELF image: an error, not a panic.
     let tmp = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(tmp.path(), b"not an elf").unwrap();

@@ -297,8 +297,10 @@ impl Vmlinux {
         self.build_id.as_ref()
     }
 
-    /// The GNU build-id of the image at `path`, reading only its headers and notes (not the
-    /// whole file, as [`Vmlinux::open`] does): enough to find its site table in the cache.
+    /// The GNU build-id of the image at `path` when it also has DWARF line tables, reading only
+    /// its headers and notes (not the whole file, as [`Vmlinux::open`] does): enough to find
+    /// its site table in the cache. `Ok(None)` for an image without build-id or without DWARF
+    /// (open it to be told why).
     pub fn read_build_id(path: impl AsRef<Path>) -> Result<Option<BuildId>, Error> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).map_err(|source| Error::Io {
@@ -311,6 +313,14 @@ impl Vmlinux {
             source,
         };
         let elf = object::File::parse(&cache).map_err(parse_err)?;
+        let has_dwarf = [".debug_line", ".debug_info"].iter().all(|name| {
+            elf.section_by_name(name)
+                .and_then(|s| s.file_range())
+                .is_some_and(|(_, len)| len > 0)
+        });
+        if !has_dwarf {
+            return Ok(None);
+        }
         Ok(elf
             .build_id()
             .map_err(parse_err)?
