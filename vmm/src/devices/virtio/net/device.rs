@@ -167,13 +167,12 @@ impl VirtioDevice for NetDevice {
 
 #[cfg(test)]
 mod tests {
-    use virtio_queue::{Queue, QueueT};
     use vm_memory::{GuestAddress, GuestMemoryMmap};
     use vmm_sys_util::eventfd::EventFd;
 
     use super::super::super::Interrupt;
     use super::super::spec::DEFAULT_MAC;
-    use super::super::testutil::{mem_backend, ring, root_and_tun_or_skip, MEM, QSZ};
+    use super::super::testutil::{mem_backend, queues, root_and_tun_or_skip, MEM};
     use super::*;
 
     #[test]
@@ -196,16 +195,7 @@ mod tests {
 
     /// Both queues set up in `mem` (the TX queue ready only when `ready`).
     fn activation_ctx(mem: &GuestMemoryMmap, ready: bool) -> ActivateContext {
-        let queues = (0..2)
-            .map(|i| {
-                let mut q = Queue::new(QSZ).unwrap();
-                q.set_desc_table_address(Some(ring(i) as u32), Some(0));
-                q.set_avail_ring_address(Some(ring(i) as u32 + 0x1000), Some(0));
-                q.set_used_ring_address(Some(ring(i) as u32 + 0x2000), Some(0));
-                q.set_ready(ready || i == 0);
-                q
-            })
-            .collect();
+        let queues = queues(ready);
         ActivateContext {
             mem: mem.clone(),
             features: features::VERSION_1 | F_MAC,

@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::NetBackend;
@@ -46,6 +47,20 @@ pub(super) const MEM: u64 = 1 << 20;
 /// Queue q's rings at 0x1000 * (1 + 3q): desc, avail, used.
 pub(super) fn ring(q: usize) -> u64 {
     0x1000 * (1 + 3 * q as u64)
+}
+
+/// The RX and TX queues at [`ring`]'s layout; TX is ready only when `tx_ready`.
+pub(super) fn queues(tx_ready: bool) -> Vec<Queue> {
+    (0..2)
+        .map(|i| {
+            let mut q = Queue::new(QSZ).unwrap();
+            q.set_desc_table_address(Some(ring(i) as u32), Some(0));
+            q.set_avail_ring_address(Some(ring(i) as u32 + 0x1000), Some(0));
+            q.set_used_ring_address(Some(ring(i) as u32 + 0x2000), Some(0));
+            q.set_ready(tx_ready || i == 0);
+            q
+        })
+        .collect()
 }
 
 pub(super) fn mem_backend() -> Box<dyn NetBackend> {

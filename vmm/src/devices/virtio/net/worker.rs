@@ -411,7 +411,7 @@ mod tests {
     use super::super::super::features;
     use super::super::spec::{tun_offloads, F_GUEST_CSUM};
     use super::super::stats::{NetHandle, NetStats};
-    use super::super::testutil::{ring, root_and_tun_or_skip, MemBackend, MEM, QSZ};
+    use super::super::testutil::{queues, ring, root_and_tun_or_skip, MemBackend, MEM, QSZ};
     use super::*;
 
     struct Rig {
@@ -424,16 +424,7 @@ mod tests {
 
     fn rig() -> Rig {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
-        let queues = (0..2)
-            .map(|i| {
-                let mut q = Queue::new(QSZ).unwrap();
-                q.set_desc_table_address(Some(ring(i) as u32), Some(0));
-                q.set_avail_ring_address(Some(ring(i) as u32 + 0x1000), Some(0));
-                q.set_used_ring_address(Some(ring(i) as u32 + 0x2000), Some(0));
-                q.set_ready(true);
-                q
-            })
-            .collect();
+        let queues = queues(true);
         let inbox = Arc::new(Mutex::new(VecDeque::new()));
         let sent = Arc::new(Mutex::new(Vec::new()));
         let backend: Box<dyn NetBackend> = Box::new(MemBackend {
