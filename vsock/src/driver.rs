@@ -29,9 +29,10 @@ fn device_queue(ring: &DriverRing) -> Queue {
     q
 }
 
-/// Writes one descriptor of the ring's table; a write outside the driver's memory is a
-/// bug of the driver's layout, and fuzzed values stay inside the table, so it is ignored.
-fn desc(
+/// Writes one descriptor of the ring's table (index taken modulo the size); a write outside
+/// the driver's memory is a bug of the driver's layout, and fuzzed values stay inside the
+/// table, so it is ignored.
+pub fn desc(
     ring: &DriverRing,
     mem: &GuestMemoryMmap,
     idx: u16,

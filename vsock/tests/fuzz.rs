@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use vmm_sys_util::epoll::EventSet;
-use vsock::driver::{Desc, GuestDriver, Hdr, MEM_SIZE, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vsock::driver::{desc, GuestDriver, Hdr, MEM_SIZE, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vsock::muxer::{listener_path, Muxer};
 use vsock::proto::*;
 use vsock::{Limits, VsockEpollListener};
@@ -140,17 +140,7 @@ fn fuzz_descriptor_chains_and_headers() {
                         r.next() as u32
                     };
                     let next = r.below(d.tx.size as u64 + 2) as u16;
-                    let _ = d.tx.write_desc(
-                        &d.mem,
-                        None,
-                        idx,
-                        Desc {
-                            addr,
-                            len,
-                            flags,
-                            next,
-                        },
-                    );
+                    desc(&d.tx, &d.mem, idx, addr, len, flags, next);
                 }
                 let head = r.below(d.tx.size as u64 + 4) as u16;
                 let _ = d.tx.push_avail(&d.mem, head);
@@ -166,17 +156,7 @@ fn fuzz_descriptor_chains_and_headers() {
                 let addr = wild_addr(&mut r);
                 let len = r.next() as u32 % 100_000;
                 let next = r.below(d.rx.size as u64 + 2) as u16;
-                let _ = d.rx.write_desc(
-                    &d.mem,
-                    None,
-                    idx,
-                    Desc {
-                        addr,
-                        len,
-                        flags,
-                        next,
-                    },
-                );
+                desc(&d.rx, &d.mem, idx, addr, len, flags, next);
                 let head = r.below(d.rx.size as u64 + 2) as u16;
                 let _ = d.rx.push_avail(&d.mem, head);
             }
