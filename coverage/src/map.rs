@@ -360,14 +360,18 @@ mod tests {
         }
     }
 
-    fn table() -> SiteTable {
-        let site = |a: u64, kind| CallSite {
+    /// A 5-byte hook call at `a`.
+    fn site(a: u64, kind: SiteKind) -> CallSite {
+        CallSite {
             call_addr: a,
             call_len: 5,
             ret_addr: a + 5,
             kind,
             tail: false,
-        };
+        }
+    }
+
+    fn table() -> SiteTable {
         SiteTable {
             sites: vec![
                 site(0x10, SiteKind::Pc),
@@ -492,24 +496,13 @@ mod tests {
 
     #[test]
     fn entries_are_the_first_site_of_each_instance() {
-        let f = |func: &str, line| Frame {
-            function: Some(Arc::from(func)),
-            file: Some(Arc::from("drivers/vhost/net.c")),
-            line: Some(line),
-        };
-        let site = |a: u64| CallSite {
-            call_addr: a,
-            call_len: 5,
-            ret_addr: a + 5,
-            kind: SiteKind::Pc,
-            tail: false,
-        };
+        let f = |func: &str, line| frame(func, "drivers/vhost/net.c", line);
         // handle_tx (out of line, lines 10-12) inlines helper twice (call lines 11 and 12);
         // helper's own body is lines 3-4.
         let t = SiteTable {
             sites: [0x10, 0x20, 0x30, 0x40, 0x50, 0x60]
                 .into_iter()
-                .map(site)
+                .map(|a| site(a, SiteKind::Pc))
                 .collect(),
             frames: vec![
                 vec![f("handle_tx", 10)],
