@@ -556,16 +556,21 @@ mod tests {
         run_with_status(root, 0)
     }
 
+    /// The Hello of the runs these tests collect.
+    fn hello() -> Frame {
+        Frame::Hello(Hello {
+            agent_version: "t".into(),
+            kernel_release: "6.12.117".into(),
+            kcov_mode: KcovMode::Pc,
+            area_words: 1 << 16,
+            common_handle: 0x42,
+        })
+    }
+
     /// A collected run whose workload `w` and agent end with `status` (an error if non-zero).
     fn run_with_status(root: &Path, status: i32) -> PathBuf {
         let frames = [
-            Frame::Hello(Hello {
-                agent_version: "t".into(),
-                kernel_release: "6.12.117".into(),
-                kcov_mode: KcovMode::Pc,
-                area_words: 1 << 16,
-                common_handle: 0x42,
-            }),
+            hello(),
             Frame::WorkloadStart(WorkloadStart { name: "w".into() }),
             Frame::CoverageChunk(CoverageChunk {
                 workload: "w".into(),
@@ -642,13 +647,7 @@ mod tests {
             })
         };
         let frames = [
-            Frame::Hello(Hello {
-                agent_version: "t".into(),
-                kernel_release: "6.12.117".into(),
-                kcov_mode: KcovMode::Pc,
-                area_words: 1 << 16,
-                common_handle: 0x42,
-            }),
+            hello(),
             Frame::WorkloadStart(WorkloadStart { name: "w".into() }),
             chunk(0, vec![0x15]),
             chunk(1, vec![0x15, 0x45]),
