@@ -191,10 +191,10 @@ fn kernel_tail_jumping_callees_credit_their_callers() {
 #[test]
 fn kernel_build_id_is_read_from_the_notes_alone() {
     let Some(k) = kernel() else { return };
-    let id = Vmlinux::read_build_id(k.vm.path()).unwrap();
-    assert!(id.is_some());
-    assert_eq!(id.as_ref(), k.vm.build_id());
-    // An image without DWARF gives none (its table must not be used for it).
+    let notes = Vmlinux::read_notes(k.vm.path()).unwrap();
+    assert!(notes.build_id.is_some() && notes.has_dwarf);
+    assert_eq!(notes.build_id.as_ref(), k.vm.build_id());
+    // An image without DWARF says so (its table must not be used for it), same build-id.
     let stripped = tempfile::NamedTempFile::new().unwrap();
     let ok = std::process::Command::new("objcopy")
         .arg("--strip-debug")
@@ -203,11 +203,13 @@ fn kernel_build_id_is_read_from_the_notes_alone() {
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "objcopy (binutils) is needed by this test");
-    assert_eq!(Vmlinux::read_build_id(stripped.path()).unwrap(), None);
+    let stripped = Vmlinux::read_notes(stripped.path()).unwrap();
+    assert!(!stripped.has_dwarf);
+    assert_eq!(stripped.build_id.as_ref(), k.vm.build_id());
     // Not an ELF image: an error, not a panic.
     let tmp = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(tmp.path(), b"not an elf").unwrap();
-    assert!(Vmlinux::read_build_id(tmp.path()).is_err());
+    assert!(Vmlinux::read_notes(tmp.path()).is_err());
 }
 
 #[test]

@@ -402,9 +402,9 @@ pub fn store_host_coverage(
     // The host kernel's identity, so reports map the PCs onto the right vmlinux.
     let kernel_build_id = match host_vmlinux {
         Some(p) => Some(
-            coverage::Vmlinux::open(p)
+            coverage::Vmlinux::read_notes(p)
                 .with_context(|| format!("reading the host kernel {}", p.display()))?
-                .build_id()
+                .build_id
                 .map(|b| b.to_hex())
                 .with_context(|| format!("{} has no build-id", p.display()))?,
         ),

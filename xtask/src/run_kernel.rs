@@ -95,9 +95,10 @@ pub fn run_identity(run_dir: &Path) -> KernelIdentity {
     let key = run_kernel_key(run_dir);
     let kdir = key.as_deref().and_then(cached_kernel_dir);
     let build_id = kdir.as_ref().and_then(|d| {
-        Vmlinux::open(d.join("vmlinux"))
-            .ok()
-            .and_then(|v| v.build_id().map(|b| b.to_hex()))
+        Vmlinux::read_notes(d.join("vmlinux"))
+            .ok()?
+            .build_id
+            .map(|b| b.to_hex())
     });
     KernelIdentity {
         release: None,
@@ -130,9 +131,10 @@ pub fn site_table(path: &Path) -> Result<TableEntry> {
     let cache = SymbolCache::new(paths::cache_root().join("symbols"));
     // A table cached for this build-id needs only the image's notes, not the whole image (a
     // table is only ever built from an image with DWARF).
-    let cached = Vmlinux::read_build_id(path)
+    let cached = Vmlinux::read_notes(path)
         .ok()
-        .flatten()
+        .filter(|n| n.has_dwarf)
+        .and_then(|n| n.build_id)
         .and_then(|id| Some((cache.load(&id).ok().flatten()?, id.to_hex())));
     let entry = match cached {
         Some((table, id)) => (Arc::new(table), Some(id)),

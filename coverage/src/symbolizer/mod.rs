@@ -39,7 +39,7 @@ pub use sites::{
     TailCall, TRACE_CMP_HOOKS, TRACE_PC_HOOK,
 };
 pub use table::{symbolize_all_sites, SiteTable, SymbolizeAllStats};
-pub use vmlinux::{BuildId, ExecSection, FunctionSymbol, SymbolTable, Vmlinux};
+pub use vmlinux::{BuildId, ExecSection, FunctionSymbol, ImageNotes, SymbolTable, Vmlinux};
 
 /// What the symbolizer layer can fail with. Each message says what to do next.
 #[derive(Debug, thiserror::Error)]

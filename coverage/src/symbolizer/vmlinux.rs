@@ -136,6 +136,25 @@ pub(crate) enum SectionBytes {
     Owned(Vec<u8>),
 }
 
+/// What [`Vmlinux::read_notes`] reads of an image without reading all of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageNotes {
+    /// Its GNU build-id.
+    pub build_id: Option<BuildId>,
+    /// Both `.debug_line` and `.debug_info` are present and non-empty.
+    pub has_dwarf: bool,
+}
+
+/// Both `.debug_line` and `.debug_info` present and non-empty: what symbolizing to file:line
+/// needs.
+fn dwarf_present<'d, R: object::ReadRef<'d>>(file: &object::File<'d, R>) -> bool {
+    [".debug_line", ".debug_info"].iter().all(|name| {
+        file.section_by_name(name)
+            .and_then(|s| s.file_range())
+            .is_some_and(|(_, len)| len > 0)
+    })
+}
+
 /// A kernel image opened for symbolization.
 pub struct Vmlinux {
     path: PathBuf,
@@ -252,11 +271,7 @@ impl Vmlinux {
                 Ok(SectionBytes::Owned(bytes.into_owned()))
             }
         })?;
-        let has_dwarf = [".debug_line", ".debug_info"].iter().all(|name| {
-            file.section_by_name(name)
-                .and_then(|s| s.file_range())
-                .is_some_and(|(_, len)| len > 0)
-        });
+        let has_dwarf = dwarf_present(&file);
         drop(file);
 
         Ok(Vmlinux {
@@ -297,11 +312,10 @@ impl Vmlinux {
         self.build_id.as_ref()
     }
 
-    /// The GNU build-id of the image at `path` when it also has DWARF line tables, reading only
-    /// its headers and notes (not the whole file, as [`Vmlinux::open`] does): enough to find
-    /// its site table in the cache. `Ok(None)` for an image without build-id or without DWARF
-    /// (open it to be told why).
-    pub fn read_build_id(path: impl AsRef<Path>) -> Result<Option<BuildId>, Error> {
+    /// The build-id of the image at `path` and whether it has DWARF, reading only its headers
+    /// and notes (not the whole file, as [`Vmlinux::open`] does): enough to name the kernel of
+    /// a run, or to find its site table in the cache.
+    pub fn read_notes(path: impl AsRef<Path>) -> Result<ImageNotes, Error> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
@@ -313,18 +327,13 @@ impl Vmlinux {
             source,
         };
         let elf = object::File::parse(&cache).map_err(parse_err)?;
-        let has_dwarf = [".debug_line", ".debug_info"].iter().all(|name| {
-            elf.section_by_name(name)
-                .and_then(|s| s.file_range())
-                .is_some_and(|(_, len)| len > 0)
-        });
-        if !has_dwarf {
-            return Ok(None);
-        }
-        Ok(elf
-            .build_id()
-            .map_err(parse_err)?
-            .map(|b| BuildId(b.to_vec())))
+        Ok(ImageNotes {
+            build_id: elf
+                .build_id()
+                .map_err(parse_err)?
+                .map(|b| BuildId(b.to_vec())),
+            has_dwarf: dwarf_present(&elf),
+        })
     }
 
     /// True when both `.debug_line` and `.debug_info` are present and non-empty.
