@@ -281,7 +281,10 @@ impl Drop for VsockSink {
             }
             match frontends::vring::poll_readable(&[fd], left) {
                 Ok(r) if r.first() == Some(&true) => {}
-                _ => continue,
+                Ok(_) => continue,
+                // EINTR: poll again; anything else will not get better by spinning.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
             }
             // SAFETY: reading into a local buffer from our own socket.
             let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
