@@ -14,6 +14,7 @@ pub mod glob;
 pub mod golden;
 pub mod html;
 pub mod map;
+pub mod merge;
 pub mod report;
 pub mod run;
 pub mod store;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kcov_wire::{CoverageSource, KcovMode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::glob::PathGlob;
 use crate::map::{Attribution, CoverageMap, MapOptions};
@@ -137,7 +137,7 @@ impl RunCoverage {
 }
 
 /// A source line of a report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineReport {
     /// 1-based line.
     pub line: u32,
@@ -150,7 +150,7 @@ pub struct LineReport {
 }
 
 /// A function of a report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionReport {
     /// Name.
     pub name: String,
@@ -170,14 +170,16 @@ pub struct FunctionReport {
     pub count: u64,
     /// How often it was entered: the hit counts of its instances' entry sites, summed
     /// ([`crate::map::FunctionCoverage::entries`]); lcov's `FNDA`.
+    #[serde(default)]
     pub calls: u64,
     /// Its declaration line (`DW_AT_decl_line`), when [`Report::with_decl_lines`] knew it;
     /// lcov's `FN` (else `first_line`).
+    #[serde(default)]
     pub decl_line: Option<u32>,
 }
 
 /// A file of a report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileReport {
     /// Normalised path (as in the kernel tree).
     pub path: String,
@@ -196,7 +198,7 @@ pub struct FileReport {
 }
 
 /// Totals of a report.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     /// Instrumented lines.
     pub lines_total: usize,
@@ -209,7 +211,7 @@ pub struct Totals {
 }
 
 /// PC statistics of a report.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PcStats {
     /// Distinct PCs received.
     pub distinct: usize,
@@ -222,7 +224,7 @@ pub struct PcStats {
 }
 
 /// Host kernel coverage in a report: counted, never symbolized against the guest vmlinux.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostCoverageReport {
     /// Distinct PCs in its file.
     pub distinct_pcs: usize,
@@ -275,7 +277,7 @@ impl HostCoverageReport {
 }
 
 /// A filtered report: what every output format renders.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     /// Title (run directory, workload).
     pub title: String,
@@ -290,7 +292,7 @@ pub struct Report {
     /// Files by path.
     pub files: Vec<FileReport>,
     /// Host kernel coverage of the run, counted only (not in JSON when there is none).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host: Vec<HostCoverageReport>,
 }
 
