@@ -586,6 +586,18 @@ fn nproc() -> usize {
 }
 
 /// Builds (or finds in the cache) the guest kernel.
+/// The cache key [`build`] uses for `opts`, computed without building (CI caches the kernel
+/// directory under it).
+pub fn cache_key_for(opts: &KernelOpts) -> Result<String> {
+    let fragments = load_fragments(opts)?;
+    let source = Source::resolve(opts.src.as_deref())?;
+    Ok(cache_key(
+        &source.identity()?,
+        &fragments,
+        &toolchain_identity(),
+    ))
+}
+
 pub fn build(opts: &KernelOpts) -> Result<Kernel> {
     let start = Instant::now();
     let fragments = load_fragments(opts)?;

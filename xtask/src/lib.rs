@@ -5,12 +5,14 @@
 pub mod agent;
 pub mod bench;
 pub mod boot;
+pub mod ci;
 pub mod deps;
 pub mod diff;
 pub mod golden;
 pub mod image;
 pub mod kernel;
 pub mod lock;
+pub mod merge;
 pub mod paths;
 pub mod progress;
 pub mod report;

@@ -140,6 +140,11 @@ enum Cmd {
     Diff(xtask::diff::DiffArgs),
     /// Reproducible coverage: run workloads K times, check (or --update) goldens/.
     Golden(xtask::golden::GoldenArgs),
+    /// Coverage tests of a testbed.toml (or one shard of it): JUnit XML, lcov, JSON, Markdown;
+    /// exits non-zero when a case or a gate fails.
+    Ci(xtask::ci::CiArgs),
+    /// Merge the outputs of several ci shards (one kernel build) into one report and gates.
+    Merge(xtask::merge::MergeArgs),
     /// Run directories: list them, prune old ones and the initramfs cache entries no run uses.
     Runs {
         #[command(subcommand)]
@@ -297,6 +302,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Report(args) => return xtask::report::report_cmd(&args),
         Cmd::Diff(args) => return xtask::diff::diff_cmd(&args),
         Cmd::Golden(args) => return xtask::golden::golden_cmd(&args),
+        Cmd::Ci(args) => return xtask::ci::ci_cmd(&args),
+        Cmd::Merge(args) => return xtask::merge::merge_cmd(&args),
         Cmd::Runs { cmd } => return xtask::runs::runs_cmd(&cmd),
         Cmd::Bench { .. } if cfg!(debug_assertions) => {
             // Benchmarks measure optimized code: re-run this command from a release build.

@@ -97,10 +97,15 @@ pub fn default_source_root() -> Option<PathBuf> {
 /// `report` with its functions' declaration lines (a warning, and `report` unchanged, when the
 /// vmlinux's DWARF cannot be read for them).
 pub fn with_decl_lines(run: &LoadedRun, report: Report) -> Report {
-    let decl = open_vmlinux(&run.vmlinux)
+    with_decl_lines_of(&run.vmlinux, &run.table.src_roots, report)
+}
+
+/// [`with_decl_lines`] from `vmlinux`, whose site table strips `src_roots` from paths.
+pub fn with_decl_lines_of(vmlinux: &Path, src_roots: &[String], report: Report) -> Report {
+    let decl = open_vmlinux(vmlinux)
         .map_err(|e| e.to_string())
         .and_then(|vm| {
-            coverage::symbolizer::decl_lines(&vm, &run.table.src_roots, &report.file_paths())
+            coverage::symbolizer::decl_lines(&vm, src_roots, &report.file_paths())
                 .map_err(|e| e.to_string())
         });
     match decl {
@@ -169,11 +174,7 @@ pub fn report(opts: &ReportOpts) -> Result<String> {
         }
         (None, Some(base)) => {
             let tree = opts.tree.clone().unwrap_or_else(|| PathBuf::from("."));
-            let bytes = git_diff_since(&tree, base)?;
-            Some(parse_patch(
-                &bytes,
-                &format!("git diff {base} in {}", tree.display()),
-            )?)
+            Some(patch_since(&tree, base)?)
         }
         (None, None) if opts.tree.is_some() => bail!("--tree is for --patch-base REF"),
         (None, None) => None,
@@ -201,10 +202,20 @@ fn parse_patch(bytes: &[u8], what: &str) -> Result<PatchLines> {
     PatchLines::parse(&text).with_context(|| what.to_string())
 }
 
+/// The changes of the working tree at `tree` since `base` (see [`git_diff_since`]); no change
+/// at all is an empty patch.
+pub(crate) fn patch_since(tree: &Path, base: &str) -> Result<PatchLines> {
+    let bytes = git_diff_since(tree, base)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(PatchLines::default());
+    }
+    parse_patch(&bytes, &format!("git diff {base} in {}", tree.display()))
+}
+
 /// `git diff BASE` of the working tree at `tree` (committed, staged and unstaged changes since
 /// `base`), checked first: a tree that is no git work tree and a revision git does not know
 /// each fail in one line.
-fn git_diff_since(tree: &Path, base: &str) -> Result<Vec<u8>> {
+pub(crate) fn git_diff_since(tree: &Path, base: &str) -> Result<Vec<u8>> {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .arg("-C")

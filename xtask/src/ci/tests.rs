@@ -1,0 +1,329 @@
+//! `ci` and `merge` on synthetic runs: a fake boot writes each case's stream (PCs of a small
+//! site table), so every check is exact; the real boots are in `tests/tests/ci.rs`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use coverage::run::STORE_DIR;
+use coverage::store::{collect, KernelIdentity};
+use coverage::{CallSite, Frame as SourceFrame, SiteKind, SiteTable};
+use kcov_wire::{
+    encode, CoverageChunk, CoverageSource, Done, Frame, Hello, KcovMode, WorkloadResult,
+    WorkloadStart,
+};
+
+use super::config::{Config, Partition};
+use super::manifest::{Manifest, COVERAGE_LCOV, JUNIT_XML, SUMMARY_MD};
+use super::*;
+use crate::merge::merge_dirs;
+
+/// net.c: handle_tx lines 10, 11, 12 (PCs 0x15, 0x25, 0x35); vhost.c: vhost_poll line 50
+/// (PC 0x45).
+fn table() -> Arc<SiteTable> {
+    let frame = |func: &str, file: &str, line: u32| SourceFrame {
+        function: Some(Arc::from(func)),
+        file: Some(Arc::from(file)),
+        line: Some(line),
+    };
+    let site = |a: u64| CallSite {
+        call_addr: a,
+        call_len: 5,
+        ret_addr: a + 5,
+        kind: SiteKind::Pc,
+        tail: false,
+    };
+    Arc::new(SiteTable {
+        sites: vec![site(0x10), site(0x20), site(0x30), site(0x40)],
+        frames: vec![
+            vec![frame("handle_tx", "drivers/vhost/net.c", 10)],
+            vec![frame("handle_tx", "drivers/vhost/net.c", 11)],
+            vec![frame("handle_tx", "drivers/vhost/net.c", 12)],
+            vec![frame("vhost_poll", "drivers/vhost/vhost.c", 50)],
+        ],
+        ..SiteTable::default()
+    })
+}
+
+const CONFIG: &str = r#"
+name = "unit"
+
+[expect]
+functions = ["handle_tx", "drivers/vhost/vhost.c:vhost_poll"]
+
+[[case]]
+name = "one"
+workloads = ["vhost-net-tx"]
+[case.expect]
+functions = ["handle_tx"]
+
+[[case]]
+name = "two"
+workloads = ["vhost-net-rx"]
+
+[[case]]
+name = "three"
+workloads = ["vhost-vsock"]
+"#;
+
+/// The PCs and agent status each case's fake boot streams.
+fn case_pcs(name: &str) -> (Vec<u64>, i32) {
+    match name {
+        "one" => (vec![0x15, 0x25, 0x15], 0),
+        "two" => (vec![0x25, 0x25, 0x35], 0),
+        "three" => (vec![0x45], 0),
+        "bad" => (vec![0x15], 3),
+        _ => (vec![], 0),
+    }
+}
+
+fn stream(pcs: &[u64], status: i32) -> Vec<u8> {
+    let frames = [
+        Frame::Hello(Hello {
+            agent_version: "t".into(),
+            kernel_release: "6.12.117".into(),
+            kcov_mode: KcovMode::Pc,
+            area_words: 1 << 16,
+            common_handle: 0x42,
+        }),
+        Frame::WorkloadStart(WorkloadStart { name: "w".into() }),
+        Frame::CoverageChunk(CoverageChunk {
+            workload: "w".into(),
+            source: CoverageSource::Remote,
+            mode: KcovMode::Pc,
+            seq: 0,
+            overflow: false,
+            words: pcs.to_vec(),
+        }),
+        Frame::WorkloadResult(WorkloadResult {
+            name: "w".into(),
+            status,
+            duration_us: 1,
+            counters: vec![],
+            error: (status != 0).then(|| "boom".to_string()),
+        }),
+        Frame::Done(Done { status }),
+    ];
+    frames.iter().flat_map(|f| encode(f).unwrap()).collect()
+}
+
+struct Fake {
+    root: PathBuf,
+    build_id: &'static str,
+    boots: Vec<String>,
+}
+
+impl Fake {
+    fn boot(&mut self, case: &Case) -> Result<Booted> {
+        self.boots.push(case.name.clone());
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self.root.join(format!("run-{}-{n}", case.name));
+        let (pcs, status) = case_pcs(&case.name);
+        let kernel = KernelIdentity {
+            build_id: Some(self.build_id.into()),
+            kernel_key: Some("k".into()),
+            ..KernelIdentity::default()
+        };
+        collect(&stream(&pcs, status)[..], &dir.join(STORE_DIR), kernel)?;
+        Ok(Booted {
+            dir,
+            exit_code: status,
+            status: format!("the agent exited with status {status}"),
+            hold: None,
+        })
+    }
+}
+
+fn load(dir: &Path) -> Result<LoadedRun> {
+    let t = table();
+    let id = t.build_id.as_ref().map(|b| b.to_hex());
+    crate::run_kernel::load_with_table(
+        dir,
+        &LoadOpts::default(),
+        PathBuf::from("/nonexistent/vmlinux"),
+        t,
+        id,
+    )
+}
+
+fn ci(cfg: &Config, root: &Path, partition: Option<&str>, out: &Path) -> (Manifest, Vec<String>) {
+    let mut fake = Fake {
+        root: root.to_path_buf(),
+        build_id: "ab12",
+        boots: Vec::new(),
+    };
+    let m = run_ci(
+        cfg,
+        &CiOpts {
+            partition: partition.map(|p| p.parse::<Partition>().unwrap()),
+            out: out.to_path_buf(),
+        },
+        &mut |c, _| fake.boot(c),
+        &load,
+    )
+    .unwrap();
+    (m, fake.boots)
+}
+
+fn kernel(_: Option<&str>) -> Result<(PathBuf, Arc<SiteTable>, Option<String>)> {
+    Ok((PathBuf::from("/nonexistent/vmlinux"), table(), None))
+}
+
+fn config(dir: &Path, text: &str) -> Config {
+    let path = dir.join("testbed.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path).unwrap()
+}
+
+/// Two shards merged give the unpartitioned run's lcov byte for byte; each case runs in
+/// exactly one shard; the gates on all cases wait for the merge and pass there.
+#[test]
+fn shards_merged_equal_one_run() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), CONFIG);
+    let (all, boots) = ci(&cfg, t.path(), None, &t.path().join("all"));
+    assert_eq!(boots, ["one", "two", "three"]);
+    assert!(all.passed(), "{all:?}");
+    assert_eq!(all.gates.len(), 1);
+    assert!(all.gates[0].passed && !all.gates[0].deferred);
+    let (s1, b1) = ci(&cfg, t.path(), Some("1/2"), &t.path().join("s1"));
+    let (s2, b2) = ci(&cfg, t.path(), Some("2/2"), &t.path().join("s2"));
+    assert_eq!(b1, ["one", "three"]);
+    assert_eq!(b2, ["two"]);
+    assert_eq!(s2.partition.as_deref(), Some("2/2"));
+    assert!(s1.gates.iter().all(|g| g.deferred), "{:?}", s1.gates);
+    let junit1 = std::fs::read_to_string(t.path().join("s1").join(JUNIT_XML)).unwrap();
+    assert!(junit1.contains("<skipped"), "{junit1}");
+    let merged = merge_dirs(
+        &[t.path().join("s2"), t.path().join("s1")],
+        Some(&cfg),
+        &t.path().join("merged"),
+        &mut kernel,
+    )
+    .unwrap();
+    assert!(merged.passed(), "{merged:?}");
+    let names: Vec<&str> = merged.cases.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["one", "two", "three"], "config order");
+    assert!(merged.gates.iter().all(|g| g.passed && !g.deferred));
+    let lcov = |d: &str| std::fs::read(t.path().join(d).join(COVERAGE_LCOV)).unwrap();
+    assert_eq!(lcov("all"), lcov("merged"));
+    let text = String::from_utf8(lcov("merged")).unwrap();
+    // Hit counts add up over cases: line 11 was hit once by one and twice by two.
+    assert!(text.contains("DA:11,3"), "{text}");
+    assert!(text.contains("DA:50,1"), "{text}");
+    let md = std::fs::read_to_string(t.path().join("merged").join(SUMMARY_MD)).unwrap();
+    assert!(md.contains("merged from 2 shards"), "{md}");
+    assert!(md.contains("**passed**: 3 of 3 cases passed"), "{md}");
+}
+
+/// A failing case and a failing gate show in the manifest, JUnit and Markdown, and fail the
+/// exit status; the output directory is replaced only whole.
+#[test]
+fn failures_are_reported() {
+    let t = tempfile::tempdir().unwrap();
+    let text = r#"
+[expect]
+functions = ["no_such_function"]
+[[case]]
+name = "bad"
+workloads = ["vhost-net-tx"]
+[case.expect]
+functions = ["vhost_poll"]
+"#;
+    let cfg = config(t.path(), text);
+    let (m, _) = ci(&cfg, t.path(), None, &t.path().join("out"));
+    assert!(!m.passed());
+    assert!(!m.cases[0].passed);
+    assert!(m.cases[0].message.contains("status 3"), "{:?}", m.cases[0]);
+    assert!(!m.cases[0].gates[0].passed);
+    assert_eq!(m.cases[0].gates[0].details, ["function vhost_poll"]);
+    assert!(!m.gates[0].passed);
+    let junit = std::fs::read_to_string(t.path().join("out").join(JUNIT_XML)).unwrap();
+    assert_eq!(junit.matches("<failure").count(), 3, "{junit}");
+    assert!(junit.contains("tests=\"1\""), "{junit}");
+    let md = std::fs::read_to_string(t.path().join("out").join(SUMMARY_MD)).unwrap();
+    assert!(md.contains("**FAILED**"), "{md}");
+    assert_eq!(
+        format!("{:?}", print_outcome(&m, &t.path().join("out"))),
+        format!("{:?}", ExitCode::FAILURE)
+    );
+    // An earlier output is replaced; a foreign directory is refused before any boot.
+    let (_, boots) = ci(&cfg, t.path(), None, &t.path().join("out"));
+    assert_eq!(boots.len(), 1);
+    std::fs::create_dir_all(t.path().join("foreign")).unwrap();
+    std::fs::write(t.path().join("foreign/keep.txt"), b"x").unwrap();
+    let mut fake = Fake {
+        root: t.path().to_path_buf(),
+        build_id: "ab12",
+        boots: Vec::new(),
+    };
+    let e = run_ci(
+        &cfg,
+        &CiOpts {
+            partition: None,
+            out: t.path().join("foreign"),
+        },
+        &mut |c, _| fake.boot(c),
+        &load,
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("refusing to replace it"), "{e}");
+    assert!(fake.boots.is_empty());
+    assert!(t.path().join("foreign/keep.txt").is_file());
+}
+
+/// Bad merges fail in one line and write nothing: a missing or repeated shard, no config for
+/// the gates left to the merge, another config, stores of another kernel build.
+#[test]
+fn bad_merges_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), CONFIG);
+    ci(&cfg, t.path(), Some("1/2"), &t.path().join("s1"));
+    ci(&cfg, t.path(), Some("2/2"), &t.path().join("s2"));
+    let out = t.path().join("m");
+    let merge = |inputs: &[&str], cfg: Option<&Config>| {
+        let inputs: Vec<PathBuf> = inputs.iter().map(|i| t.path().join(i)).collect();
+        format!(
+            "{:#}",
+            merge_dirs(&inputs, cfg, &out, &mut kernel).expect_err("refused")
+        )
+    };
+    let e = merge(&["s1"], Some(&cfg));
+    assert!(e.contains("shard 2/2 missing"), "{e}");
+    let e = merge(&["s1", "s1"], Some(&cfg));
+    assert!(e.contains("s1 is given twice"), "{e}");
+    let e = merge(&["s1", "s2"], None);
+    assert!(e.contains("give their config with --config"), "{e}");
+    let other = {
+        let d = t.path().join("other");
+        std::fs::create_dir_all(&d).unwrap();
+        config(&d, &format!("{CONFIG}\n# changed\n"))
+    };
+    let e = merge(&["s1", "s2"], Some(&other));
+    assert!(e.contains("is not the config"), "{e}");
+    // Shard 2 on another kernel build.
+    let mut fake = Fake {
+        root: t.path().join("k2"),
+        build_id: "cd34",
+        boots: Vec::new(),
+    };
+    run_ci(
+        &cfg,
+        &CiOpts {
+            partition: Some("2/2".parse().unwrap()),
+            out: t.path().join("s2k"),
+        },
+        &mut |c, _| fake.boot(c),
+        &load,
+    )
+    .unwrap();
+    let e = merge(&["s1", "s2k"], Some(&cfg));
+    assert!(
+        e.contains("build-id ab12") && e.contains("build-id cd34"),
+        "{e}"
+    );
+    let e = merge(&["nope"], Some(&cfg));
+    assert!(e.contains("no such directory"), "{e}");
+    assert!(!out.exists(), "a refused merge wrote {}", out.display());
+}
