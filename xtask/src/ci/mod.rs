@@ -530,6 +530,10 @@ pub fn ci_cmd(a: &CiArgs) -> Result<ExitCode> {
             .join("target/testbed/ci")
             .join(leaf)
     });
+    // Cheap checks, then one kernel build for every case: a build that fails, fails once.
+    outputs::check_out_dir(&out)?;
+    cfg.check_patch_base()?;
+    crate::kernel::build(&cfg.kernel)?;
     let load = |dir: &Path| crate::run_kernel::load(dir, &LoadOpts::default());
     let m = run_ci(
         &cfg,

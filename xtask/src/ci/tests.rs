@@ -327,3 +327,130 @@ fn bad_merges_are_refused() {
     assert!(e.contains("no such directory"), "{e}");
     assert!(!out.exists(), "a refused merge wrote {}", out.display());
 }
+
+/// A baseline is an earlier output: a function it covered and this run does not is a
+/// regression (per case, and on all cases); lines count too with `regression = "lines"` on
+/// the same kernel build. A golden gate fails on a golden item no run covered.
+#[test]
+fn regressions_and_goldens() {
+    let t = tempfile::tempdir().unwrap();
+    let base_cfg = config(t.path(), CONFIG);
+    let (base, _) = ci(&base_cfg, t.path(), None, &t.path().join("base"));
+    assert!(base.passed());
+    // Case "one" now runs with the PCs of "three" (loses handle_tx, gains vhost_poll).
+    let golden = t.path().join("one.txt");
+    std::fs::write(
+        &golden,
+        "workload one\nfilter drivers/vhost/*\nfunction drivers/vhost/net.c handle_tx\n\
+         line drivers/vhost/net.c 10\n",
+    )
+    .unwrap();
+    let d = t.path().join("later");
+    std::fs::create_dir_all(&d).unwrap();
+    let text = format!(
+        r#"
+[expect]
+baseline = "{base}"
+regression = "lines"
+[[case]]
+name = "one"
+workloads = ["vhost-vsock"]
+[case.expect]
+baseline = "{base}"
+golden = "{golden}"
+[[case]]
+name = "two"
+workloads = ["vhost-net-rx"]
+[case.expect]
+baseline = "{base}"
+"#,
+        base = t.path().join("base").display(),
+        golden = golden.display()
+    );
+    let cfg = config(&d, &text);
+    let mut fake = Fake {
+        root: d.clone(),
+        build_id: "ab12",
+        boots: Vec::new(),
+    };
+    let m = run_ci(
+        &cfg,
+        &CiOpts {
+            partition: None,
+            out: d.join("out"),
+        },
+        &mut |c, _| {
+            // "one" streams what "three" streamed.
+            let mut c = c.clone();
+            if c.name == "one" {
+                c.name = "three".into();
+            }
+            let b = fake.boot(&c)?;
+            Ok(b)
+        },
+        &load,
+    )
+    .unwrap();
+    assert!(!m.passed());
+    let gate = |scope: &str, name: &str| {
+        m.all_gates()
+            .find(|g| g.scope == scope && g.gate.starts_with(name))
+            .unwrap_or_else(|| panic!("{scope}: {name}: {:?}", m.all_gates().collect::<Vec<_>>()))
+            .clone()
+    };
+    let one = gate("one", "no regression");
+    assert!(!one.passed);
+    assert_eq!(one.details, ["function drivers/vhost/net.c handle_tx"]);
+    assert!(gate("two", "no regression").passed);
+    let golden = gate("one", "golden");
+    assert!(!golden.passed);
+    assert_eq!(
+        golden.details,
+        [
+            "function drivers/vhost/net.c handle_tx",
+            "line drivers/vhost/net.c 10"
+        ]
+    );
+    // On all cases: line 10 (only "one" hit it) is lost; handle_tx is still covered by "two".
+    let all = gate("all", "no regression (functions and lines)");
+    assert!(!all.passed);
+    assert_eq!(all.details, ["line drivers/vhost/net.c 10"]);
+    // A baseline of another kernel build compares functions only, and says so.
+    let mut other = json_of(&t.path().join("base").join(super::manifest::COVERAGE_JSON));
+    other["build_id"] = "ffff".into();
+    let other_path = d.join("other.json");
+    std::fs::write(&other_path, serde_json::to_vec(&other).unwrap()).unwrap();
+    let cfg2 = config(
+        &d,
+        &format!(
+            "[expect]\nbaseline = \"{}\"\nregression = \"lines\"\n[[case]]\nname = \"two\"\nworkloads = [\"vhost-net-rx\"]\n",
+            other_path.display()
+        ),
+    );
+    let (m2, _) = ci(&cfg2, &d, None, &d.join("out2"));
+    let g = &m2.gates[0];
+    assert!(g.message.contains("lines not compared"), "{g:?}");
+    // Two alone still covers handle_tx; vhost_poll (base's "three") is lost.
+    assert_eq!(g.details, ["function drivers/vhost/vhost.c vhost_poll"]);
+}
+
+fn json_of(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// More shards than cases: a shard without cases writes its (empty) output and passes; the
+/// merge of all shards still has every case.
+#[test]
+fn empty_shards() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = config(t.path(), CONFIG);
+    let dirs: Vec<PathBuf> = (1..=4).map(|k| t.path().join(format!("s{k}"))).collect();
+    for (k, d) in dirs.iter().enumerate() {
+        let (m, boots) = ci(&cfg, t.path(), Some(&format!("{}/4", k + 1)), d);
+        assert_eq!(boots.len(), usize::from(k < 3));
+        assert!(m.passed());
+    }
+    let m = merge_dirs(&dirs, Some(&cfg), &t.path().join("m"), &mut kernel).unwrap();
+    assert_eq!(m.cases.len(), 3);
+    assert!(m.passed(), "{m:?}");
+}
