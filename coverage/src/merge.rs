@@ -105,40 +105,18 @@ pub fn merged_coverage(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::{chunk, hello, result, stream};
     use crate::store::{collect, KernelIdentity};
-    use kcov_wire::{
-        encode, CoverageChunk, CoverageSource, Done, Frame, Hello, KcovMode, WorkloadResult,
-        WorkloadStart,
-    };
+    use kcov_wire::{Done, Frame, WorkloadStart};
 
     fn store(dir: &std::path::Path, build_id: Option<&str>, pcs: &[u64]) -> Store {
-        let frames = [
-            Frame::Hello(Hello {
-                agent_version: "t".into(),
-                kernel_release: "6.12.117".into(),
-                kcov_mode: KcovMode::Pc,
-                area_words: 1 << 16,
-                common_handle: 0x42,
-            }),
+        let bytes = stream(&[
+            hello(),
             Frame::WorkloadStart(WorkloadStart { name: "w".into() }),
-            Frame::CoverageChunk(CoverageChunk {
-                workload: "w".into(),
-                source: CoverageSource::Remote,
-                mode: KcovMode::Pc,
-                seq: 0,
-                overflow: false,
-                words: pcs.to_vec(),
-            }),
-            Frame::WorkloadResult(WorkloadResult {
-                name: "w".into(),
-                status: 0,
-                duration_us: 1,
-                counters: Vec::new(),
-                error: None,
-            }),
+            chunk("w", 0, pcs),
+            result("w"),
             Frame::Done(Done { status: 0 }),
-        ];
-        let bytes: Vec<u8> = frames.iter().flat_map(|f| encode(f).unwrap()).collect();
+        ]);
         let kernel = KernelIdentity {
             build_id: build_id.map(str::to_string),
             ..KernelIdentity::default()

@@ -1210,13 +1210,13 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use kcov_wire::{
         encode, CoverageChunk, Done, ErrorReport, Hello, WorkloadResult, WorkloadStart,
     };
 
-    pub(super) fn hello() -> Frame {
+    pub(crate) fn hello() -> Frame {
         Frame::Hello(Hello {
             agent_version: "t".into(),
             kernel_release: "6.12.117".into(),
@@ -1226,7 +1226,7 @@ mod tests {
         })
     }
 
-    fn chunk(w: &str, seq: u32, words: &[u64]) -> Frame {
+    pub(crate) fn chunk(w: &str, seq: u32, words: &[u64]) -> Frame {
         Frame::CoverageChunk(CoverageChunk {
             workload: w.into(),
             source: CoverageSource::Remote,
@@ -1237,7 +1237,7 @@ mod tests {
         })
     }
 
-    pub(super) fn result(w: &str) -> Frame {
+    pub(crate) fn result(w: &str) -> Frame {
         Frame::WorkloadResult(WorkloadResult {
             name: w.into(),
             status: 0,
@@ -1247,7 +1247,7 @@ mod tests {
         })
     }
 
-    pub(super) fn stream(frames: &[Frame]) -> Vec<u8> {
+    pub(crate) fn stream(frames: &[Frame]) -> Vec<u8> {
         frames.iter().flat_map(|f| encode(f).unwrap()).collect()
     }
 

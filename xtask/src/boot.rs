@@ -483,10 +483,7 @@ pub fn collect_stream(run_dir: &Path, serial_log: &Path) -> Result<Option<Stream
 #[cfg(test)]
 mod stream_tests {
     use super::*;
-    use kcov_wire::{
-        encode, CoverageChunk, CoverageSource, Done, Frame, Hello, KcovMode, WorkloadResult,
-        WorkloadStart,
-    };
+    use kcov_wire::{encode, Done, Frame, Hello, KcovMode};
 
     fn stream(frames: &[Frame]) -> Vec<u8> {
         frames.iter().flat_map(|f| encode(f).unwrap()).collect()
@@ -515,32 +512,7 @@ mod stream_tests {
         );
         // With one: also in the store, labelled host, apart from the guest's PCs.
         let run = tempfile::tempdir().unwrap();
-        let bytes = stream(&[
-            Frame::Hello(Hello {
-                agent_version: "t".into(),
-                kernel_release: "6.12".into(),
-                kcov_mode: KcovMode::Pc,
-                area_words: 512,
-                common_handle: 1,
-            }),
-            Frame::WorkloadStart(WorkloadStart { name: "w".into() }),
-            Frame::CoverageChunk(CoverageChunk {
-                workload: "w".into(),
-                source: CoverageSource::Remote,
-                mode: KcovMode::Pc,
-                seq: 0,
-                overflow: false,
-                words: vec![0xffff_ffff_8200_0000],
-            }),
-            Frame::WorkloadResult(WorkloadResult {
-                name: "w".into(),
-                status: 0,
-                duration_us: 1,
-                counters: vec![],
-                error: None,
-            }),
-            Frame::Done(Done { status: 0 }),
-        ]);
+        let bytes = crate::test_support::workload_stream(&[0xffff_ffff_8200_0000], 0);
         std::fs::write(run.path().join(STREAM_FILE), bytes).unwrap();
         let m = store_host_coverage(run.path(), &hc, None).unwrap();
         assert!(m.contains("run store (source=host)"), "{m}");

@@ -20,3 +20,5 @@ pub mod run_kernel;
 pub mod runner;
 pub mod runs;
 pub mod test;
+#[cfg(test)]
+mod test_support;

@@ -522,85 +522,22 @@ pub(crate) fn failed_run_exit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     use coverage::run::{STORE_DIR, STREAM_FILE};
     use coverage::store::{add_host_coverage, collect, HostCoverageInfo, KernelIdentity};
-    use coverage::SiteTable;
 
     use crate::run_kernel::{load_with_table, open_or_collect};
-    use coverage::{CallSite, Frame as SourceFrame, SiteKind};
-    use kcov_wire::{
-        encode, CoverageChunk, CoverageSource, Done, Frame, Hello, KcovMode, WorkloadResult,
-        WorkloadStart,
-    };
-
-    /// drivers/vhost/net.c: handle_tx lines 10, 11, 12 at 0x10, 0x20, 0x30 (PCs 0x15, 0x25,
-    /// 0x35); drivers/vhost/vhost.c: vhost_poll line 50 at 0x40 (PC 0x45).
-    fn table() -> Arc<SiteTable> {
-        let frame = |func: &str, file: &str, line: u32| SourceFrame {
-            function: Some(Arc::from(func)),
-            file: Some(Arc::from(file)),
-            line: Some(line),
-        };
-        let site = |a: u64| CallSite {
-            call_addr: a,
-            call_len: 5,
-            ret_addr: a + 5,
-            kind: SiteKind::Pc,
-            tail: false,
-        };
-        Arc::new(SiteTable {
-            sites: vec![site(0x10), site(0x20), site(0x30), site(0x40)],
-            frames: vec![
-                vec![frame("handle_tx", "drivers/vhost/net.c", 10)],
-                vec![frame("handle_tx", "drivers/vhost/net.c", 11)],
-                vec![frame("handle_tx", "drivers/vhost/net.c", 12)],
-                vec![frame("vhost_poll", "drivers/vhost/vhost.c", 50)],
-            ],
-            ..SiteTable::default()
-        })
-    }
+    use crate::test_support::{hello, table, workload_stream};
+    use kcov_wire::{encode, CoverageChunk, CoverageSource, Frame, KcovMode, WorkloadStart};
 
     /// A run directory whose store holds guest PC 0x15 (net.c line 10) of workload `w`.
     fn run_dir(root: &Path) -> PathBuf {
         run_with_status(root, 0)
     }
 
-    /// The Hello of the runs these tests collect.
-    fn hello() -> Frame {
-        Frame::Hello(Hello {
-            agent_version: "t".into(),
-            kernel_release: "6.12.117".into(),
-            kcov_mode: KcovMode::Pc,
-            area_words: 1 << 16,
-            common_handle: 0x42,
-        })
-    }
-
     /// A collected run whose workload `w` and agent end with `status` (an error if non-zero).
     fn run_with_status(root: &Path, status: i32) -> PathBuf {
-        let frames = [
-            hello(),
-            Frame::WorkloadStart(WorkloadStart { name: "w".into() }),
-            Frame::CoverageChunk(CoverageChunk {
-                workload: "w".into(),
-                source: CoverageSource::Remote,
-                mode: KcovMode::Pc,
-                seq: 0,
-                overflow: false,
-                words: vec![0x15, 0x15],
-            }),
-            Frame::WorkloadResult(WorkloadResult {
-                name: "w".into(),
-                status,
-                duration_us: 1,
-                counters: vec![],
-                error: (status != 0).then(|| "boom".to_string()),
-            }),
-            Frame::Done(Done { status }),
-        ];
-        let bytes: Vec<u8> = frames.iter().flat_map(|f| encode(f).unwrap()).collect();
+        let bytes = workload_stream(&[0x15, 0x15], status);
         let run = root.join("run");
         let s = collect(&bytes[..], &run.join(STORE_DIR), KernelIdentity::default()).unwrap();
         std::fs::write(run.join("stream.bin"), &bytes).unwrap();

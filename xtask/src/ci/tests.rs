@@ -6,43 +6,13 @@ use std::sync::Arc;
 
 use coverage::run::STORE_DIR;
 use coverage::store::{collect, KernelIdentity};
-use coverage::{CallSite, Frame as SourceFrame, SiteKind, SiteTable};
-use kcov_wire::{
-    encode, CoverageChunk, CoverageSource, Done, Frame, Hello, KcovMode, WorkloadResult,
-    WorkloadStart,
-};
+use coverage::SiteTable;
 
 use super::config::{Config, Partition};
 use super::manifest::{Manifest, COVERAGE_LCOV, JUNIT_XML, SUMMARY_MD};
 use super::*;
 use crate::merge::merge_dirs;
-
-/// net.c: handle_tx lines 10, 11, 12 (PCs 0x15, 0x25, 0x35); vhost.c: vhost_poll line 50
-/// (PC 0x45).
-fn table() -> Arc<SiteTable> {
-    let frame = |func: &str, file: &str, line: u32| SourceFrame {
-        function: Some(Arc::from(func)),
-        file: Some(Arc::from(file)),
-        line: Some(line),
-    };
-    let site = |a: u64| CallSite {
-        call_addr: a,
-        call_len: 5,
-        ret_addr: a + 5,
-        kind: SiteKind::Pc,
-        tail: false,
-    };
-    Arc::new(SiteTable {
-        sites: vec![site(0x10), site(0x20), site(0x30), site(0x40)],
-        frames: vec![
-            vec![frame("handle_tx", "drivers/vhost/net.c", 10)],
-            vec![frame("handle_tx", "drivers/vhost/net.c", 11)],
-            vec![frame("handle_tx", "drivers/vhost/net.c", 12)],
-            vec![frame("vhost_poll", "drivers/vhost/vhost.c", 50)],
-        ],
-        ..SiteTable::default()
-    })
-}
+use crate::test_support::{table, workload_stream};
 
 const CONFIG: &str = r#"
 name = "unit"
@@ -76,36 +46,6 @@ fn case_pcs(name: &str) -> (Vec<u64>, i32) {
     }
 }
 
-fn stream(pcs: &[u64], status: i32) -> Vec<u8> {
-    let frames = [
-        Frame::Hello(Hello {
-            agent_version: "t".into(),
-            kernel_release: "6.12.117".into(),
-            kcov_mode: KcovMode::Pc,
-            area_words: 1 << 16,
-            common_handle: 0x42,
-        }),
-        Frame::WorkloadStart(WorkloadStart { name: "w".into() }),
-        Frame::CoverageChunk(CoverageChunk {
-            workload: "w".into(),
-            source: CoverageSource::Remote,
-            mode: KcovMode::Pc,
-            seq: 0,
-            overflow: false,
-            words: pcs.to_vec(),
-        }),
-        Frame::WorkloadResult(WorkloadResult {
-            name: "w".into(),
-            status,
-            duration_us: 1,
-            counters: vec![],
-            error: (status != 0).then(|| "boom".to_string()),
-        }),
-        Frame::Done(Done { status }),
-    ];
-    frames.iter().flat_map(|f| encode(f).unwrap()).collect()
-}
-
 struct Fake {
     root: PathBuf,
     build_id: &'static str,
@@ -124,7 +64,11 @@ impl Fake {
             kernel_key: Some("k".into()),
             ..KernelIdentity::default()
         };
-        collect(&stream(&pcs, status)[..], &dir.join(STORE_DIR), kernel)?;
+        collect(
+            &workload_stream(&pcs, status)[..],
+            &dir.join(STORE_DIR),
+            kernel,
+        )?;
         Ok(Booted {
             dir,
             exit_code: status,
