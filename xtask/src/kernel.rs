@@ -843,6 +843,98 @@ mod tests {
         }
     }
 
+    /// Runs git in `dir` (a throwaway repository: name and mail given on the command line).
+    fn git(dir: &Path, args: &[&str]) {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .output()
+            .expect("git (a clone of this repository has it)");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    }
+
+    /// The stale-kernel guard: the cache key of a git tree changes with any change the
+    /// build can see (one line, a staged change, an untracked or deleted file, an edit
+    /// that keeps the size), two different edits never share a key, and a revert gives
+    /// the old key back, so the old kernel is reused.
+    #[test]
+    fn a_changed_tree_never_reuses_a_stale_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let net_c = d.join("drivers/vhost/net.c");
+        fs::create_dir_all(net_c.parent().unwrap()).unwrap();
+        let original = "static void handle_tx_copy(void)\n{\n\tint sent_pkts = 0;\n}\n";
+        fs::write(&net_c, original).unwrap();
+        fs::write(d.join("Makefile"), "all:\n").unwrap();
+        git(d, &["init", "-q"]);
+        git(d, &["add", "-A"]);
+        git(d, &["commit", "-q", "-m", "base"]);
+        let frags = [frag("a.config", "CONFIG_A=y\n")];
+        let key = || cache_key(&tree_identity(d).unwrap(), &frags, "gcc 12");
+        let base = key();
+        assert_eq!(base, key(), "an unchanged tree keeps its key");
+
+        let edit = |n: u32| original.replace("= 0;", &format!("= 0;\n\tsent_pkts += {n};"));
+        fs::write(&net_c, edit(1)).unwrap();
+        let one = key();
+        assert_ne!(one, base, "a one-line change must change the key");
+        fs::write(&net_c, edit(2)).unwrap();
+        let two = key();
+        assert_ne!(two, one, "two different edits must not share a key");
+        assert_ne!(two, base);
+        // The same size as the original, written within the same second.
+        fs::write(&net_c, original.replace("= 0;", "= 1;")).unwrap();
+        assert_ne!(
+            key(),
+            base,
+            "an edit that keeps the size must change the key"
+        );
+        fs::write(&net_c, original).unwrap();
+        assert_eq!(key(), base, "a reverted tree must get its old key back");
+
+        fs::write(&net_c, edit(1)).unwrap();
+        git(d, &["add", "drivers/vhost/net.c"]);
+        assert_eq!(
+            key(),
+            one,
+            "staged or not, the same content is the same kernel"
+        );
+        git(d, &["reset", "-q"]);
+        fs::write(&net_c, original).unwrap();
+        assert_eq!(key(), base);
+
+        let new = d.join("drivers/vhost/new.h");
+        fs::write(&new, "#define A 1\n").unwrap();
+        let untracked = key();
+        assert_ne!(untracked, base, "an untracked file must change the key");
+        fs::write(&new, "#define A 2\n").unwrap();
+        assert_ne!(
+            key(),
+            untracked,
+            "an untracked file's content is part of the key"
+        );
+        fs::remove_file(&new).unwrap();
+        assert_eq!(key(), base);
+
+        fs::remove_file(&net_c).unwrap();
+        assert_ne!(key(), base, "a deleted file must change the key");
+        git(d, &["checkout", "-q", "--", "drivers/vhost/net.c"]);
+        assert_eq!(key(), base);
+
+        fs::write(&net_c, edit(1)).unwrap();
+        git(d, &["commit", "-q", "-am", "edit"]);
+        let committed = key();
+        assert_ne!(committed, base, "a commit of a change must change the key");
+        git(d, &["reset", "-q", "--hard", "HEAD~1"]);
+        assert_eq!(
+            key(),
+            base,
+            "going back to the old commit reuses the old kernel"
+        );
+    }
+
     #[test]
     fn tree_identity_changes_with_content() {
         let dir = tempfile::tempdir().unwrap();
