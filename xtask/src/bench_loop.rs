@@ -6,7 +6,8 @@
 //!
 //! - kernel: a bare `make` of the same change (the revert, made in the same build directory);
 //! - boot: QEMU from its start to the kernel's first line (`earlyprintk`), and the guest's own
-//!   time (QEMU start to end, from `run.json`), so the host's overhead shows;
+//!   time (QEMU start to end, from `run.json`), so the host's overhead shows; the same boot
+//!   again with nothing changed (the revert's kernel, reused);
 //! - report: plain process starts (`/bin/true`, the xtask binary's `--help`, and
 //!   `cargo xtask --help`, the floor of any `cargo xtask` command).
 //!
@@ -323,6 +324,14 @@ fn passes(tree: &Path, t: &str, times: &Path, runs: usize) -> Result<(Vec<Sample
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(1);
+    let boot_args = [
+        "boot",
+        "--kernel-src",
+        t,
+        "--workload",
+        "vhost-net-tx",
+        "--no-echo",
+    ];
     let mut samples = Vec::new();
     let mut built_keys = Vec::new();
     let mut run_dirs = Vec::new();
@@ -341,17 +350,7 @@ fn passes(tree: &Path, t: &str, times: &Path, runs: usize) -> Result<(Vec<Sample
                     base.key
                 );
             }
-            let boot = xtask(
-                &[
-                    "boot",
-                    "--kernel-src",
-                    t,
-                    "--workload",
-                    "vhost-net-tx",
-                    "--no-echo",
-                ],
-                times,
-            )?;
+            let boot = xtask(&boot_args, times)?;
             s.boot = boot.wall;
             let run_dir = run_dir_of(&boot.stdout)?;
             run_dirs.push(run_dir.clone());
@@ -391,16 +390,12 @@ fn passes(tree: &Path, t: &str, times: &Path, runs: usize) -> Result<(Vec<Sample
                     base.key
                 );
             }
-            let boot0 = xtask(&["boot", "--kernel-src", t, "--no-echo"], times)?;
+            let boot0 = xtask(&boot_args, times)?;
             s.boot_unchanged = boot0.wall;
-            let run0 = run_dir_of(&boot0.stdout).ok();
-            if let Some(r) = &run0 {
-                run_dirs.push(r.clone());
-                (s.boot_unchanged_guest, s.boot_unchanged_ready) = guest_times(r, &base.key)?;
-            }
-            let initrd = run0
-                .as_deref()
-                .and_then(coverage::run::RunRecord::read)
+            let run0 = run_dir_of(&boot0.stdout)?;
+            run_dirs.push(run0.clone());
+            (s.boot_unchanged_guest, s.boot_unchanged_ready) = guest_times(&run0, &base.key)?;
+            let initrd = coverage::run::RunRecord::read(&run0)
                 .and_then(|r| r.initramfs)
                 .map(|i| i.path)
                 .ok_or_else(|| anyhow!("the unchanged boot names no initramfs"))?;
@@ -413,6 +408,15 @@ fn passes(tree: &Path, t: &str, times: &Path, runs: usize) -> Result<(Vec<Sample
             let bin = paths::workspace_root().join("target/debug/xtask");
             s.xtask_help = timed(Command::new(&bin).arg("--help"), "xtask --help")?.wall;
             s.cargo_xtask_help = xtask(&["--help"], times)?.wall;
+            eprintln!(
+                "bench loop: pass {}: kernel {:.2} s (bare make {:.2} s), boot {:.2} s, report {:.2} s (warm {:.3} s)",
+                i + 1,
+                s.kernel.as_secs_f64(),
+                s.bare_make.as_secs_f64(),
+                s.boot.as_secs_f64(),
+                s.report_cold.as_secs_f64(),
+                s.report_warm.as_secs_f64()
+            );
             samples.push(s);
         }
         Ok(())
