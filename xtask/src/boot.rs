@@ -237,6 +237,10 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, RunDir)> {
     if !opts.kernel_log {
         cmdline.push_str(" quiet");
     }
+    if runner == RunnerKind::Qemu {
+        cmdline.push(' ');
+        cmdline.push_str(runner::qemu::GUEST_CMDLINE);
+    }
     for word in &words {
         cmdline.push(' ');
         cmdline.push_str(word);

@@ -14,6 +14,8 @@ pub const KERNEL_BUILD_PACKAGES: &[&str] = &[
     "bc",
     "libelf-dev",
     "xz-utils",
+    // The bzImage is LZ4-compressed (kernel-config/base.config says why).
+    "lz4",
 ];
 /// The default kernel source: Debian's linux-source-6.12 tarball.
 pub const KERNEL_SOURCE_PACKAGE: &str = "linux-source-6.12";

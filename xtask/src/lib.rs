@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_loop;
 pub mod boot;
 pub mod ci;
 pub mod deps;

@@ -194,6 +194,12 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// The developer's loop: edit drivers/vhost/net.c, kernel, boot, patch report; vs bare make.
+    Loop {
+        /// Passes, each a different edit (medians reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// vhost workloads with coverage on vs off, and PCs/s shipped over vsock vs console.
     Workload {
         /// Frames/messages per workload.
@@ -323,6 +329,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             BenchCmd::Symbolize { vmlinux } => xtask::report::bench(vmlinux.as_deref())?,
             BenchCmd::Workload { frames } => xtask::bench::workload(frames)?,
             BenchCmd::Nested { runs } => xtask::bench::nested(runs)?,
+            BenchCmd::Loop { runs } => xtask::bench_loop::run(runs)?,
         },
         Cmd::Test { no_lint, args } => test::run(&test::TestOpts {
             lint: !no_lint,
