@@ -790,7 +790,7 @@ pub fn cache_key_for(opts: &KernelOpts) -> Result<String> {
     let fragments = load_fragments(opts)?;
     let source = Source::resolve(opts.src.as_deref())?;
     Ok(cache_key(
-        &source.identity()?,
+        &source.identity()?.0,
         &fragments,
         &toolchain_identity(),
     ))
