@@ -48,6 +48,16 @@ pub fn workload_verdict(
     vmlinux: Option<&Path>,
 ) -> Result<RunVerdict> {
     if !run_dir.join(STREAM_FILE).is_file() && !store_dir(run_dir).join(META_FILE).is_file() {
+        // A boot that failed (a kernel panic, a timeout) is a failure, not a missing feature.
+        if let Some(rec) = coverage::run::RunRecord::read(run_dir) {
+            if rec.exit_code.is_some_and(|c| c != 0) {
+                bail!(
+                    "the boot of {} failed before any coverage arrived: {}",
+                    run_dir.display(),
+                    rec.status.as_deref().unwrap_or("no status")
+                );
+            }
+        }
         return Ok(RunVerdict::Skip(format!(
             "run {} has no coverage stream ({STREAM_FILE}): this boot does not stream coverage yet",
             run_dir.display()
@@ -299,4 +309,35 @@ pub fn golden_cmd(a: &GoldenArgs) -> Result<std::process::ExitCode> {
     } else {
         std::process::ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coverage::run::RunRecord;
+
+    /// A boot that ended without a stream is a failure when the boot failed (a panic, a
+    /// timeout), and a skip only when the guest ended well without streaming.
+    #[test]
+    fn a_failed_boot_is_no_skip() {
+        let t = tempfile::tempdir().unwrap();
+        let filter = [PathGlob::new(DEFAULT_FILTER)];
+        let rec = |code: i32, status: &str| RunRecord {
+            exit_code: Some(code),
+            status: Some(status.into()),
+            ..RunRecord::default()
+        };
+        rec(70, "guest kernel panicked: IO-APIC + timer doesn't work!")
+            .write(t.path())
+            .unwrap();
+        let e = workload_verdict(t.path(), "vhost-net-tx", &filter, None).unwrap_err();
+        assert!(e.to_string().contains("kernel panicked"), "{e}");
+        rec(0, "agent finished successfully")
+            .write(t.path())
+            .unwrap();
+        assert!(matches!(
+            workload_verdict(t.path(), "vhost-net-tx", &filter, None).unwrap(),
+            RunVerdict::Skip(_)
+        ));
+    }
 }
