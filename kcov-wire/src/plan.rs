@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `testbed.workloads=a,b` | workloads in order ([`Workload`]) | `cmd` if a command was given, else none |
 //! | `testbed.cover=pc\|cmp\|off` | kcov remote trace mode; `off` = no remote enable (negative control) | `pc` |
+//! | `testbed.local=on\|off` | also collect the local coverage of the thread that drives a vhost device (its own ioctls, kicks, reads and writes of the device fd), in the same mode | `on` |
 //! | `testbed.area=<words>` | kcov area size in u64 words, whole pages (multiple of 512) | 1048576 |
 //! | `testbed.transport=console\|vsock` | where the kcov-wire stream goes | `console` |
 //! | `testbed.port=<P>` | AF_VSOCK port on CID 2 (vsock transport) | 10000 |
@@ -164,6 +165,8 @@ pub struct Plan {
     pub workloads: Vec<Workload>,
     /// Coverage setting.
     pub cover: Cover,
+    /// Also collect the local coverage of the thread that drives a vhost device.
+    pub local: bool,
     /// kcov area size in words.
     pub area_words: usize,
     /// Stream transport.
@@ -184,6 +187,7 @@ impl Default for Plan {
         Plan {
             workloads: Vec::new(),
             cover: Cover::On(KcovMode::Pc),
+            local: true,
             area_words: DEFAULT_AREA_WORDS,
             transport: Transport::Console,
             port: DEFAULT_PORT,
@@ -326,6 +330,7 @@ impl Plan {
                     _ => return Err(bad(key, value, "pc, cmp or off")),
                 }
             }
+            "local" => self.local = on_off(key, value)?,
             "area" => {
                 const AREA: &str = "kcov area words, a multiple of 512 (one page) up to 67108864";
                 let words: usize = num(key, value, 512..=(1 << 26), AREA)?;
@@ -388,6 +393,9 @@ impl Plan {
         }
         if self.cover != d.cover {
             word("cover", self.cover.name().into());
+        }
+        if self.local != d.local {
+            word("local", if self.local { "on" } else { "off" }.into());
         }
         if self.area_words != d.area_words {
             word("area", self.area_words.to_string());
@@ -456,6 +464,7 @@ mod tests {
         let p = Plan::parse("console=ttyS0 quiet", false).unwrap();
         assert!(p.workloads.is_empty());
         assert_eq!(p.cover, Cover::On(KcovMode::Pc));
+        assert!(p.local);
         assert_eq!(p.area_words, DEFAULT_AREA_WORDS);
         assert_eq!(p.transport, Transport::Console);
         assert_eq!(p.snapshot_ms, DEFAULT_SNAPSHOT_MS);
@@ -569,6 +578,7 @@ mod tests {
         for (k, v) in [
             ("workloads", "vhost-vsock,cmd,vhost-net-tx"),
             ("cover", "cmp"),
+            ("local", "off"),
             ("area", "2048"),
             ("transport", "vsock"),
             ("port", "4321"),
@@ -586,7 +596,7 @@ mod tests {
             p.set(k, v).unwrap();
         }
         let words = p.words();
-        assert_eq!(words.len(), 15, "{words:?}");
+        assert_eq!(words.len(), 16, "{words:?}");
         assert_eq!(Plan::parse(&words.join(" "), true), Ok(p.clone()));
         // Each setting alone, too (only what differs from the default is rendered).
         for w in &words {

@@ -19,8 +19,11 @@ fn boot(args: &[&str]) -> Option<Output> {
 #[derive(Default, Debug)]
 struct Workload {
     remote: Vec<u64>,
+    /// PCs of the driver thread's own syscalls (`testbed.local`).
+    local: Vec<u64>,
     overflow: bool,
     chunks: usize,
+    local_chunks: usize,
     status: Option<i32>,
     error: Option<String>,
     counters: BTreeMap<String, u64>,
@@ -52,12 +55,16 @@ fn read_stream(path: &Path) -> Stream {
             }
             Frame::CoverageChunk(c) => {
                 let w = s.workloads.get_mut(&c.workload).expect("chunk after start");
-                assert_eq!(c.source, CoverageSource::Remote);
-                assert_eq!(c.seq as usize, w.chunks, "chunks in sequence");
-                w.chunks += 1;
+                let (seen, pcs) = match c.source {
+                    CoverageSource::Remote => (&mut w.chunks, &mut w.remote),
+                    CoverageSource::Local => (&mut w.local_chunks, &mut w.local),
+                    CoverageSource::Host => panic!("a guest never sends host coverage"),
+                };
+                assert_eq!(c.seq as usize, *seen, "chunks of one source in sequence");
+                *seen += 1;
                 w.overflow |= c.overflow;
                 let step = c.mode.words_per_entry();
-                w.remote.extend(c.words.iter().skip(step - 1).step_by(step));
+                pcs.extend(c.words.iter().skip(step - 1).step_by(step));
             }
             Frame::WorkloadResult(r) => {
                 let w = s.workloads.get_mut(&r.name).expect("result after start");
@@ -127,6 +134,16 @@ fn agent_vhost_workloads_ship_remote_coverage() {
         assert_eq!(w.counters.get("iterations"), Some(&40), "{name}");
         assert!(!w.overflow, "{name} overflowed");
         assert_eq!(w.counters.get("remote_pcs"), Some(&(w.remote.len() as u64)));
+        assert_eq!(w.counters.get("local_pcs"), Some(&(w.local.len() as u64)));
+        // The driver thread's own syscalls: the vhost ioctls it made, traced locally.
+        let funcs = functions(&vmlinux, &w.local);
+        for f in [
+            "vhost_dev_set_owner",
+            "vhost_vring_ioctl",
+            "vhost_dev_ioctl",
+        ] {
+            assert!(funcs.iter().any(|g| g == f), "{name}: no local PC in {f}");
+        }
     }
     assert_eq!(tx.counters["frames_verified"], 40);
     assert_eq!(rx.counters["frames_verified"], 40);
@@ -229,9 +246,9 @@ fn agent_cover_off_is_a_negative_control() {
         w.error
     );
     assert_eq!(w.counters["frames_verified"], 10);
-    assert_eq!(w.chunks, 0);
+    assert_eq!((w.chunks, w.local_chunks), (0, 0));
     assert!(
-        w.remote.is_empty(),
+        w.remote.is_empty() && w.local.is_empty(),
         "{} PCs without a remote enable",
         w.remote.len()
     );
