@@ -2,6 +2,9 @@
 
 pub use frontends::kcov;
 pub mod net;
+pub mod net_errors;
+pub mod net_matrix;
+pub mod rawnet;
 pub mod ship;
 pub mod sys;
 pub mod vsock;

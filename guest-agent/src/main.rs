@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use guest_agent::kcov::{self, Kcov};
 use guest_agent::ship::{ship_while_running, trace_mode, AreaNote, FrameSink, Shipper};
 use guest_agent::sys::{self, kernel_release, mount_all};
-use guest_agent::{net, vsock};
+use guest_agent::{net, net_errors, net_matrix, vsock};
 use kcov_wire::console::{LineWriter, CMD_FILE, EXIT_MARKER, READY_MARKER};
 use kcov_wire::plan::{Cover, Plan, Transport, Workload};
 use kcov_wire::{
@@ -171,6 +171,10 @@ fn run() -> Result<i32, String> {
         .map_err(|e| format!("flushing the stream: {e}"))?;
     Ok(status)
 }
+
+/// The local area is this many times `testbed.area`: the driver thread's syscalls (tap
+/// creation, AF_PACKET, polls) run far more kernel code than the vhost workers.
+const LOCAL_AREA_FACTOR: usize = 4;
 
 /// Most words per CoverageChunk: small chunks keep each frame a few console lines long.
 const CHUNK_WORDS: usize = 4096;
@@ -416,7 +420,8 @@ fn workload_thread(
             std::thread::Builder::new()
                 .name(format!("drv-{w}"))
                 .spawn_scoped(s, move || {
-                    traced_locally(mode, plan.area_words, tx, || run_agent_workload(w, plan))
+                    let words = plan.area_words.saturating_mul(LOCAL_AREA_FACTOR);
+                    traced_locally(mode, words, tx, || run_agent_workload(w, plan))
                 })
                 .map_err(|e| format!("spawning the driver thread: {e}"))?
                 .join()
@@ -486,6 +491,12 @@ fn run_agent_workload(w: Workload, plan: &Plan) -> Ran {
             .and_then(|size| net::run_rx(&plan.params, size).map_err(|e| e.to_string()))
             .map(|c| (0, c)),
         Workload::VhostVsock => vsock::run(&plan.params)
+            .map(|c| (0, c))
+            .map_err(|e| e.to_string()),
+        Workload::VhostNetMatrix => net_matrix::run(&plan.params)
+            .map(|c| (0, c))
+            .map_err(|e| e.to_string()),
+        Workload::VhostNetErrors => net_errors::run(&plan.params)
             .map(|c| (0, c))
             .map_err(|e| e.to_string()),
         Workload::Cmd => Err("cmd is run by the agent's command runner".into()),

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `testbed.workloads=a,b` | workloads in order ([`Workload`]) | `cmd` if a command was given, else none |
 //! | `testbed.cover=pc\|cmp\|off` | kcov remote trace mode; `off` = no remote enable (negative control) | `pc` |
-//! | `testbed.local=on\|off` | also collect the local coverage of the thread that drives a vhost device (its own ioctls, kicks, reads and writes of the device fd), in the same mode | `on` |
+//! | `testbed.local=on\|off` | also collect the local coverage of the thread that drives a vhost device (its own ioctls, kicks, reads and writes of the device fd), in the same mode, in an area 4 times `testbed.area` | `on` |
 //! | `testbed.area=<words>` | kcov area size in u64 words, whole pages (multiple of 512) | 1048576 |
 //! | `testbed.transport=console\|vsock` | where the kcov-wire stream goes | `console` |
 //! | `testbed.port=<P>` | AF_VSOCK port on CID 2 (vsock transport) | 10000 |
@@ -48,16 +48,22 @@ pub enum Workload {
     VhostNetRx,
     /// The agent as vhost-vsock frontend, a guest AF_VSOCK client talking to it.
     VhostVsock,
+    /// vhost-net refusing malformed ioctls and rings with the exact errno / reaction.
+    VhostNetErrors,
+    /// The vhost-net feature matrix: TX and RX frames through one device per variant.
+    VhostNetMatrix,
     /// The user command (`/etc/testbed/cmd`) under the remote handle.
     Cmd,
 }
 
 impl Workload {
     /// All workloads.
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 6] = [
         Workload::VhostNetTx,
         Workload::VhostNetRx,
         Workload::VhostVsock,
+        Workload::VhostNetMatrix,
+        Workload::VhostNetErrors,
         Workload::Cmd,
     ];
 
@@ -67,6 +73,8 @@ impl Workload {
             Workload::VhostNetTx => "vhost-net-tx",
             Workload::VhostNetRx => "vhost-net-rx",
             Workload::VhostVsock => "vhost-vsock",
+            Workload::VhostNetErrors => "vhost-net-errors",
+            Workload::VhostNetMatrix => "vhost-net-matrix",
             Workload::Cmd => "cmd",
         }
     }
@@ -202,7 +210,7 @@ impl Default for Plan {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     /// `testbed.workloads` names a workload that does not exist.
-    #[error("unknown workload {name:?} (known: vhost-net-tx, vhost-net-rx, vhost-vsock, cmd)")]
+    #[error("unknown workload {name:?} (known: {})", known_workloads())]
     UnknownWorkload {
         /// The name given.
         name: String,
@@ -238,6 +246,11 @@ pub enum PlanError {
     /// `cmd` in the plan but no command in the initramfs.
     #[error("workload cmd needs a command (cargo xtask boot ... -- CMD ARGS)")]
     NoCommand,
+}
+
+fn known_workloads() -> String {
+    let names: Vec<&str> = Workload::ALL.iter().map(|w| w.name()).collect();
+    names.join(", ")
 }
 
 fn bad(key: &str, value: &str, expected: &'static str) -> PlanError {

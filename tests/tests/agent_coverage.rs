@@ -3,7 +3,7 @@
 //! (`<run>/coverage.kcw`). Checks the stream with kcov-wire and the PCs against the guest
 //! kernel's symbols with the `coverage` crate.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -530,4 +530,123 @@ fn a_hung_command_keeps_its_vhost_coverage_up_to_the_last_snapshot() {
     // Without --partial the incomplete store is refused, as before.
     let plain = xtask(&["report", run.to_str().unwrap()]).unwrap();
     assert!(!plain.status.success(), "{}", text(&plain));
+}
+
+/// The drivers/vhost functions `workload` covered in `run` (`source`: all, remote, local),
+/// through the real report pipeline (`cargo xtask report --json`, DWARF names, so inlined
+/// functions count too).
+fn covered_functions(run: &Path, workload: &str, source: &str) -> BTreeSet<String> {
+    let json = run.join(format!("report-{workload}-{source}.json"));
+    let out = xtask(&[
+        "report",
+        run.to_str().unwrap(),
+        "--workload",
+        workload,
+        "--source",
+        source,
+        "--json",
+        json.to_str().unwrap(),
+    ])
+    .expect("xtask report");
+    assert!(out.status.success(), "report: {}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let mut set = BTreeSet::new();
+    for f in v["files"].as_array().unwrap() {
+        for func in f["functions"].as_array().unwrap() {
+            if func["lines_hit"].as_u64().unwrap_or(0) > 0 {
+                set.insert(func["name"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    set
+}
+
+fn assert_covers(have: &BTreeSet<String>, what: &str, needed: &[&str]) {
+    let missing: Vec<&&str> = needed.iter().filter(|f| !have.contains(**f)).collect();
+    assert!(
+        missing.is_empty(),
+        "{what}: {missing:?} not covered; covered: {have:?}"
+    );
+}
+
+/// The breadth workloads in one boot: each checks its own outcome (exact errno, byte-exact
+/// frames, the dirty log, IOTLB messages) and fails otherwise; here their status, what they
+/// counted, and that each reached the functions it is there for.
+#[test]
+fn agent_breadth_workloads_check_their_outcomes() {
+    let Some(out) = boot(&[
+        "--workload",
+        "vhost-net-matrix",
+        "--workload",
+        "vhost-net-errors",
+    ]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stream = stream_path(&out);
+    let s = read_stream(&stream);
+    assert_eq!(s.done, Some(0));
+    let run = stream.parent().unwrap();
+
+    let m = &s.workloads["vhost-net-matrix"];
+    assert_eq!(m.status, Some(0), "{:?}", m.error);
+    assert!(!m.overflow, "vhost-net-matrix overflowed");
+    assert_eq!(m.counters["variants"], 10, "{:?}", m.counters);
+    // 16 frames each way in 8 variants, TX only in sndbuf and big-tx.
+    assert_eq!(m.counters["frames_verified"], 16 * (2 * 8 + 2));
+    let remote = covered_functions(run, "vhost-net-matrix", "remote");
+    assert_covers(
+        &remote,
+        "vhost-net-matrix (workers)",
+        &[
+            "get_indirect",
+            "vhost_net_busy_poll",
+            "tx_can_batch",
+            "vhost_update_avail_event",
+            "vhost_get_used_event",
+            "vhost_attach_cgroups_work",
+        ],
+    );
+    let local = covered_functions(run, "vhost-net-matrix", "local");
+    assert_covers(
+        &local,
+        "vhost-net-matrix (setup)",
+        &["vhost_net_set_features", "vhost_kthread_worker_create"],
+    );
+
+    let e = &s.workloads["vhost-net-errors"];
+    assert_eq!(e.status, Some(0), "{:?}", e.error);
+    assert!(!e.overflow, "vhost-net-errors overflowed");
+    // Every case of net_errors.rs, counted as it passed.
+    assert_eq!(e.counters["ioctl_errors"], 30, "{:?}", e.counters);
+    assert_eq!(e.counters["ring_errors"], 15, "{:?}", e.counters);
+    let local = covered_functions(run, "vhost-net-errors", "local");
+    assert_covers(
+        &local,
+        "vhost-net-errors (ioctls)",
+        &[
+            "vhost_dev_ioctl",
+            "vhost_vring_ioctl",
+            "vhost_vring_set_num",
+            "vhost_vring_set_addr",
+            "vhost_set_memory",
+            "vhost_net_set_backend",
+            "vhost_chr_write_iter",
+            "vhost_process_iotlb_msg",
+        ],
+    );
+    let remote = covered_functions(run, "vhost-net-errors", "remote");
+    assert_covers(
+        &remote,
+        "vhost-net-errors (rings)",
+        &[
+            "vhost_get_vq_desc",
+            "get_indirect",
+            "get_tx_bufs",
+            "get_rx_bufs",
+            "vhost_discard_vq_desc",
+            "vhost_net_build_xdp",
+        ],
+    );
 }
