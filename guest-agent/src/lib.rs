@@ -2,6 +2,7 @@
 
 pub use frontends::kcov;
 pub mod net;
+pub mod net_control;
 pub mod net_errors;
 pub mod net_matrix;
 pub mod rawnet;

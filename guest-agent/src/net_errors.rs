@@ -36,7 +36,7 @@ const QUEUE: u16 = 64;
 /// Frame size of its good frames.
 const SIZE: usize = 128;
 /// How long a ring must stay quiet after a bad buffer.
-const QUIET: Duration = Duration::from_millis(300);
+const QUIET: Duration = Duration::from_millis(100);
 /// `UIO_MAXIOV`: vhost's iovec array per ring.
 const UIO_MAXIOV: u32 = 1024;
 

@@ -52,17 +52,21 @@ pub enum Workload {
     VhostNetErrors,
     /// The vhost-net feature matrix: TX and RX frames through one device per variant.
     VhostNetMatrix,
+    /// vhost-net's control plane under traffic: dirty log, detach/attach, ring bases,
+    /// RESET_OWNER, IOTLB messages.
+    VhostNetControl,
     /// The user command (`/etc/testbed/cmd`) under the remote handle.
     Cmd,
 }
 
 impl Workload {
     /// All workloads.
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 7] = [
         Workload::VhostNetTx,
         Workload::VhostNetRx,
         Workload::VhostVsock,
         Workload::VhostNetMatrix,
+        Workload::VhostNetControl,
         Workload::VhostNetErrors,
         Workload::Cmd,
     ];
@@ -75,6 +79,7 @@ impl Workload {
             Workload::VhostVsock => "vhost-vsock",
             Workload::VhostNetErrors => "vhost-net-errors",
             Workload::VhostNetMatrix => "vhost-net-matrix",
+            Workload::VhostNetControl => "vhost-net-control",
             Workload::Cmd => "cmd",
         }
     }

@@ -579,6 +579,8 @@ fn agent_breadth_workloads_check_their_outcomes() {
         "vhost-net-matrix",
         "--workload",
         "vhost-net-errors",
+        "--workload",
+        "vhost-net-control",
     ]) else {
         return;
     };
@@ -613,6 +615,45 @@ fn agent_breadth_workloads_check_their_outcomes() {
         &local,
         "vhost-net-matrix (setup)",
         &["vhost_net_set_features", "vhost_kthread_worker_create"],
+    );
+
+    let c = &s.workloads["vhost-net-control"];
+    assert_eq!(c.status, Some(0), "{:?}", c.error);
+    assert!(!c.overflow, "vhost-net-control overflowed");
+    // Both used rings and the 8 RX buffers' pages, exactly.
+    assert_eq!(c.counters["log_pages"], 10, "{:?}", c.counters);
+    // The used ring's at the failed attach, one or more while the frames move, one or more
+    // after the invalidation.
+    assert!(c.counters["iotlb_misses"] >= 3, "{:?}", c.counters);
+    // Dirty log 8 + 8, live base 4 + 16 + 4 TX and 4 RX, IOTLB 5.
+    assert_eq!(c.counters["frames_verified"], 49);
+    let local = covered_functions(run, "vhost-net-control", "local");
+    assert_covers(
+        &local,
+        "vhost-net-control (ioctls, device fd)",
+        &[
+            "vhost_net_reset_owner",
+            "vhost_dev_reset_owner",
+            "vhost_chr_read_iter",
+            "vhost_chr_poll",
+            "vhost_process_iotlb_msg",
+            "vhost_iotlb_notify_vq",
+            "vhost_init_device_iotlb",
+            "vhost_log_access_ok",
+        ],
+    );
+    let remote = covered_functions(run, "vhost-net-control", "remote");
+    assert_covers(
+        &remote,
+        "vhost-net-control (workers)",
+        &[
+            "vhost_log_write",
+            "log_write",
+            "log_used",
+            "vhost_iotlb_miss",
+            "iotlb_access_ok",
+            "vhost_vq_meta_update",
+        ],
     );
 
     let e = &s.workloads["vhost-net-errors"];
