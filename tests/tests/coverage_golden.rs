@@ -218,3 +218,18 @@ fn coverage_golden_vhost_net_rx() {
 fn coverage_golden_vhost_vsock() {
     real_golden("vhost-vsock");
 }
+
+#[test]
+fn coverage_golden_vhost_net_matrix() {
+    real_golden("vhost-net-matrix");
+}
+
+#[test]
+fn coverage_golden_vhost_net_errors() {
+    real_golden("vhost-net-errors");
+}
+
+#[test]
+fn coverage_golden_vhost_net_control() {
+    real_golden("vhost-net-control");
+}
