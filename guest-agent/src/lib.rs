@@ -9,6 +9,7 @@ pub mod rawnet;
 pub mod ship;
 pub mod sys;
 pub mod vsock;
+pub mod vsock_control;
 
 /// The rings the agent drives live in `frontends` (shared with the vsock crate's test driver).
 pub use frontends::vring;

@@ -55,19 +55,22 @@ pub enum Workload {
     /// vhost-net's control plane under traffic: dirty log, detach/attach, ring bases,
     /// RESET_OWNER, IOTLB messages.
     VhostNetControl,
+    /// vhost-vsock's ioctls, transport paths (cancel, RST, SEQPACKET) and ring errors.
+    VhostVsockControl,
     /// The user command (`/etc/testbed/cmd`) under the remote handle.
     Cmd,
 }
 
 impl Workload {
     /// All workloads.
-    pub const ALL: [Workload; 7] = [
+    pub const ALL: [Workload; 8] = [
         Workload::VhostNetTx,
         Workload::VhostNetRx,
         Workload::VhostVsock,
         Workload::VhostNetMatrix,
         Workload::VhostNetControl,
         Workload::VhostNetErrors,
+        Workload::VhostVsockControl,
         Workload::Cmd,
     ];
 
@@ -80,6 +83,7 @@ impl Workload {
             Workload::VhostNetErrors => "vhost-net-errors",
             Workload::VhostNetMatrix => "vhost-net-matrix",
             Workload::VhostNetControl => "vhost-net-control",
+            Workload::VhostVsockControl => "vhost-vsock-control",
             Workload::Cmd => "cmd",
         }
     }

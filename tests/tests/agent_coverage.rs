@@ -581,6 +581,8 @@ fn agent_breadth_workloads_check_their_outcomes() {
         "vhost-net-errors",
         "--workload",
         "vhost-net-control",
+        "--workload",
+        "vhost-vsock-control",
     ]) else {
         return;
     };
@@ -653,6 +655,40 @@ fn agent_breadth_workloads_check_their_outcomes() {
             "vhost_iotlb_miss",
             "iotlb_access_ok",
             "vhost_vq_meta_update",
+        ],
+    );
+
+    let v = &s.workloads["vhost-vsock-control"];
+    assert_eq!(v.status, Some(0), "{:?}", v.error);
+    assert!(!v.overflow, "vhost-vsock-control overflowed");
+    assert_eq!(v.counters["ioctl_errors"], 11, "{:?}", v.counters);
+    assert_eq!(v.counters["transport_cases"], 4, "{:?}", v.counters);
+    assert_eq!(v.counters["ring_errors"], 5, "{:?}", v.counters);
+    // 600 bytes socket to device, 300 back, each record checked whole.
+    assert_eq!(v.counters["seqpacket_bytes"], 900);
+    let local = covered_functions(run, "vhost-vsock-control", "local");
+    assert_covers(
+        &local,
+        "vhost-vsock-control (ioctls, sockets, release)",
+        &[
+            "vhost_vsock_set_cid",
+            "vhost_vsock_start",
+            "vhost_vsock_stop",
+            "vhost_transport_send_pkt",
+            "vhost_transport_cancel_pkt",
+            "vhost_transport_seqpacket_allow",
+            "vhost_vsock_reset_orphans",
+            "vhost_vsock_chr_write_iter",
+        ],
+    );
+    let remote = covered_functions(run, "vhost-vsock-control", "remote");
+    assert_covers(
+        &remote,
+        "vhost-vsock-control (workers)",
+        &[
+            "vhost_transport_do_send_pkt",
+            "vhost_vsock_alloc_skb",
+            "vhost_vsock_handle_tx_kick",
         ],
     );
 

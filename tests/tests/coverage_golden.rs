@@ -233,3 +233,8 @@ fn coverage_golden_vhost_net_errors() {
 fn coverage_golden_vhost_net_control() {
     real_golden("vhost-net-control");
 }
+
+#[test]
+fn coverage_golden_vhost_vsock_control() {
+    real_golden("vhost-vsock-control");
+}

@@ -23,6 +23,7 @@ pub const WORKLOADS: &[&str] = &[
     "vhost-net-matrix",
     "vhost-net-errors",
     "vhost-net-control",
+    "vhost-vsock-control",
 ];
 
 /// `goldens/` at the workspace root.
