@@ -502,6 +502,9 @@ fn run_agent_workload(w: Workload, plan: &Plan) -> Ran {
         Workload::VhostVsockControl => vsock_control::run(&plan.params)
             .map(|c| (0, c))
             .map_err(|e| e.to_string()),
+        Workload::VhostNetZcopy => net_matrix::run_zcopy(&plan.params)
+            .map(|c| (0, c))
+            .map_err(|e| e.to_string()),
         Workload::VhostNetErrors => net_errors::run(&plan.params)
             .map(|c| (0, c))
             .map_err(|e| e.to_string()),

@@ -13,7 +13,10 @@
 //!   IOTLB, every ring and buffer access misses; the misses are read from the device fd
 //!   (each inside the frontend's memory) and answered with VHOST_IOTLB_UPDATE until the frames
 //!   come out byte-exact; after VHOST_IOTLB_INVALIDATE of everything the next frame misses
-//!   again; an update pointing into kernel space is refused (EFAULT).
+//!   again; an update pointing into kernel space is refused (EFAULT). The dirty log is on
+//!   meanwhile: logged through the IOTLB (vhost translates the used ring's I/O address and
+//!   finds the guest address by the memory table), it must name the TX used ring's pages
+//!   only.
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -98,6 +101,65 @@ fn rx_one(
     Ok((buf, want))
 }
 
+/// A dirty-log bitmap for the frontend memory `info` describes: one bit per 4 KiB page of
+/// guest address, the byte of address a at `base() + a / 2^15`; only the memory's part of it
+/// is mapped.
+struct Log {
+    mem: Arena,
+    at: u64,
+    first: u64,
+    bytes: u64,
+}
+
+impl Log {
+    fn new(info: &vhost::VhostUserMemoryRegionInfo) -> Result<Log, NetError> {
+        let first = info.guest_phys_addr >> 15;
+        let bytes = (info.memory_size >> 15) + 2;
+        let mut mem = Arena::new(bytes as usize)?;
+        let at = mem.alloc(bytes, 8)?;
+        Ok(Log {
+            mem,
+            at,
+            first,
+            bytes,
+        })
+    }
+
+    /// What VHOST_SET_LOG_BASE gets.
+    fn base(&self) -> u64 {
+        self.at.wrapping_sub(self.first)
+    }
+
+    /// The pages whose bits are set.
+    fn pages(&self) -> Result<std::collections::BTreeSet<u64>, NetError> {
+        let mut b = vec![0u8; self.bytes as usize];
+        self.mem.read(self.at, &mut b)?;
+        let mut logged = std::collections::BTreeSet::new();
+        for (i, b) in b.iter().enumerate() {
+            for bit in 0..8 {
+                if b & (1 << bit) != 0 {
+                    logged.insert((self.first + i as u64) * 8 + bit);
+                }
+            }
+        }
+        Ok(logged)
+    }
+}
+
+/// Sets VHOST_VRING_F_LOG on ring `q`, logging its used ring at its own address.
+fn log_ring(n: &RawNet, case: &str, q: usize) -> Result<(), NetError> {
+    let mut a = n.rings[q].vring_addr(q as u32);
+    a.flags = VRING_F_LOG;
+    a.log_guest_addr = a.used;
+    expect_ok(case, n.dev.set_vring_addr(&a))
+}
+
+/// The pages of ring `q`'s used ring.
+fn used_pages(n: &RawNet, q: usize) -> std::ops::RangeInclusive<u64> {
+    let used = n.rings[q].ring.used;
+    page(used)..=page(used + 6 + 8 * u64::from(QUEUE) - 1)
+}
+
 /// The pages the log names must be exactly the expected ones.
 fn compare(
     case: &str,
@@ -126,24 +188,15 @@ fn dirty_log(timeout: Duration) -> Result<(u64, u64), NetError> {
     let arena = RawNet::arena(QUEUE, 0)?;
     let info = arena.region_info();
     let mut n = RawNet::open(arena, opts(v1() | (1 << F_LOG_ALL)))?;
-    // One bit per 4 KiB page of guest address: the bitmap byte of address a is at
-    // log_base + a / 2^15. Only the frontend memory's part of it is mapped.
-    let first = info.guest_phys_addr >> 15;
-    let bytes = (info.memory_size >> 15) + 2;
-    let mut log = Arena::new(bytes as usize)?;
-    let log_at = log.alloc(bytes, 8)?;
-    let log_base = log_at.wrapping_sub(first);
-    expect_ok(case, n.dev.set_log_base(log_base))?;
+    let log = Log::new(&info)?;
+    expect_ok(case, n.dev.set_log_base(log.base()))?;
     let log_fd = EventFd::new(EFD_NONBLOCK).map_err(|source| NetError::Sys {
         what: "eventfd (log)".into(),
         source,
     })?;
     expect_ok(case, n.dev.set_log_fd(log_fd.as_raw_fd()))?;
     for q in [RXQ, TXQ] {
-        let mut a = n.rings[q].vring_addr(q as u32);
-        a.flags = VRING_F_LOG;
-        a.log_guest_addr = a.used;
-        expect_ok(case, n.dev.set_vring_addr(&a))?;
+        log_ring(&n, case, q)?;
     }
     n.attach(RXQ)?;
     n.attach(TXQ)?;
@@ -153,28 +206,13 @@ fn dirty_log(timeout: Duration) -> Result<(u64, u64), NetError> {
         n.dev.set_log_base(0xffff_8000_0000_0000),
         libc::EFAULT,
     )?;
-    let read_log = |log: &Arena| -> Result<std::collections::BTreeSet<u64>, NetError> {
-        let mut b = vec![0u8; bytes as usize];
-        log.read(log_at, &mut b)?;
-        let mut logged = std::collections::BTreeSet::new();
-        for (i, b) in b.iter().enumerate() {
-            for bit in 0..8 {
-                if b & (1 << bit) != 0 {
-                    logged.insert((first + i as u64) * 8 + bit);
-                }
-            }
-        }
-        Ok(logged)
-    };
     // The attach already wrote each used ring's flags (vhost_update_used_flags): their
     // pages, and nothing else, are dirty before any traffic.
     let mut expected = std::collections::BTreeSet::new();
     for q in [RXQ, TXQ] {
-        let used = n.rings[q].ring.used;
-        let end = used + 6 + 8 * u64::from(QUEUE) - 1;
-        expected.extend(page(used)..=page(end));
+        expected.extend(used_pages(&n, q));
     }
-    compare(case, "after the attach", &read_log(&log)?, &expected)?;
+    compare(case, "after the attach", &log.pages()?, &expected)?;
     let inject = PacketSocket::bind(n.tap.ifindex()?, 0)?;
     let mut frames = 0;
     for seq in 0..8 {
@@ -184,7 +222,7 @@ fn dirty_log(timeout: Duration) -> Result<(u64, u64), NetError> {
         frames += 2;
     }
     n.detach_all();
-    let logged = read_log(&log)?;
+    let logged = log.pages()?;
     compare(case, "after the traffic", &logged, &expected)?;
     let mut fired = false;
     if poll_readable(&[log_fd.as_raw_fd()], Duration::ZERO)
@@ -402,8 +440,15 @@ fn iotlb_frame(
 fn iotlb(timeout: Duration) -> Result<(u64, u64), NetError> {
     let case = "iotlb";
     let arena = RawNet::arena(QUEUE, 0)?;
-    let mut n = RawNet::open(arena, opts(v1() | (1u64 << F_ACCESS_PLATFORM)))?;
+    let info = arena.region_info();
+    let features = v1() | (1u64 << F_ACCESS_PLATFORM) | (1 << F_LOG_ALL);
+    let mut n = RawNet::open(arena, opts(features))?;
     expect_ok(case, n.dev.set_backend_features(BACKEND_F_IOTLB_MSG_V2))?;
+    // The dirty log through the IOTLB: vhost logs what it wrote at I/O addresses by the
+    // memory table's guest address of the frontend address they translate to.
+    let log = Log::new(&info)?;
+    expect_ok(case, n.dev.set_log_base(log.base()))?;
+    log_ring(&n, case, TXQ)?;
     let got = expect_ok(case, n.dev.get_backend_features())?;
     if got & BACKEND_F_IOTLB_MSG_V2 == 0 {
         return Err(fail(
@@ -460,7 +505,6 @@ fn iotlb(timeout: Duration) -> Result<(u64, u64), NetError> {
     if misses == 0 {
         return Err(fail(case, "no IOTLB miss with an empty IOTLB"));
     }
-    let info = n.arena.region_info();
     let inval = MsgV2::iotlb(IotlbMsg {
         iova: info.guest_phys_addr,
         size: info.memory_size,
@@ -474,6 +518,14 @@ fn iotlb(timeout: Duration) -> Result<(u64, u64), NetError> {
         return Err(fail(case, "no IOTLB miss after invalidating everything"));
     }
     n.detach_all();
+    // TX wrote nothing but its used ring.
+    let expected: std::collections::BTreeSet<u64> = used_pages(&n, TXQ).collect();
+    compare(
+        "iotlb dirty log",
+        "after the traffic",
+        &log.pages()?,
+        &expected,
+    )?;
     // The used-ring miss of the failed attach counts too.
     Ok((1 + misses + again, 5))
 }

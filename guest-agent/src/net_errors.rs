@@ -2,7 +2,7 @@
 //! asserted, then the device is shown to still work.
 //!
 //! * ioctl errors: each refused call must fail with the errno `drivers/vhost` returns for it
-//!   (not owner, owner twice, unknown feature bits, a memory table with padding, too many or
+//!   (eventfds that are none, a closed fd, not owner, owner twice, unknown feature bits, a memory table with padding, too many or
 //!   empty regions, a queue index out of range, ring sizes that are no power of two, misaligned
 //!   or flagged ring addresses, a base beyond 16 bits, resizing or moving the base of a ring
 //!   with a backend, a backend that is no socket, ring addresses outside the memory table at
@@ -211,6 +211,49 @@ fn ioctl_errors() -> Result<u64, NetError> {
         d.net_set_backend(1, evfd),
         libc::ENOTSOCK,
     )?;
+    // Ring and log eventfds: anything but an eventfd is refused, -1 unbinds.
+    check(
+        "kick that is no eventfd",
+        d.set_vring_kick(1, tapfd),
+        libc::EINVAL,
+    )?;
+    check(
+        "call that is no eventfd",
+        d.set_vring_call(1, tapfd),
+        libc::EINVAL,
+    )?;
+    check(
+        "error fd that is no eventfd",
+        d.set_vring_err(1, tapfd),
+        libc::EINVAL,
+    )?;
+    check(
+        "log fd that is no eventfd",
+        d.set_log_fd(tapfd),
+        libc::EINVAL,
+    )?;
+    check(
+        "kick of a closed fd",
+        d.set_vring_kick(1, 9999),
+        libc::EBADF,
+    )?;
+    check(
+        "ring endianness query",
+        d.get_vring_endian(1).map(drop),
+        libc::ENOTTY,
+    )?;
+    for (what, r) in [
+        ("VHOST_SET_VRING_KICK", d.set_vring_kick(1, evfd)),
+        ("VHOST_SET_VRING_CALL", d.set_vring_call(1, evfd)),
+        ("VHOST_SET_VRING_ERR", d.set_vring_err(1, evfd)),
+        ("VHOST_SET_LOG_FD", d.set_log_fd(evfd)),
+        ("VHOST_SET_VRING_KICK -1", d.set_vring_kick(1, -1)),
+        ("VHOST_SET_VRING_CALL -1", d.set_vring_call(1, -1)),
+        ("VHOST_SET_VRING_ERR -1", d.set_vring_err(1, -1)),
+        ("VHOST_SET_LOG_FD -1", d.set_log_fd(-1)),
+    ] {
+        expect_ok(what, r)?;
+    }
     check(
         "backend queue 2",
         d.net_set_backend(2, tapfd),

@@ -149,6 +149,55 @@ pub fn run(params: &Params) -> Result<Counters, NetError> {
     ])
 }
 
+/// Where the kernel says whether vhost-net TX may use zero-copy.
+const ZCOPY_PARAM: &str = "/sys/module/vhost_net/parameters/experimental_zcopytx";
+
+/// `vhost-net-zcopy`: TX with `vhost_net.experimental_zcopytx=1` (the plan puts it on the
+/// kernel command line): frames of at least VHOST_GOODCOPY_LEN (256) bytes leave by
+/// zero-copy from the frontend's pages, shorter ones are copied by the same handler, and each
+/// buffer is used only once the tap let go of its pages. Every frame must come out of the
+/// tap byte-exact and be used; the parameter must read 1.
+pub fn run_zcopy(params: &Params) -> Result<Counters, NetError> {
+    let on = std::fs::read_to_string(ZCOPY_PARAM).map_err(|source| NetError::Sys {
+        what: format!("read {ZCOPY_PARAM}"),
+        source,
+    })?;
+    if on.trim() != "1" {
+        return Err(NetError::Mismatch(format!(
+            "{ZCOPY_PARAM} is {:?}: boot with vhost_net.experimental_zcopytx=1",
+            on.trim()
+        )));
+    }
+    let p = Params {
+        queue: 64,
+        frames: params.frames.min(32),
+        ..*params
+    };
+    let mut frames = 0u64;
+    let mut runs = 0u64;
+    for (name, size, v) in [
+        ("zcopy", 1000, Variant::default()),
+        ("copy below 256 bytes", 100, Variant::default()),
+        (
+            "zcopy scattered",
+            1514,
+            Variant {
+                layout: Layout::Scattered,
+                ..Variant::default()
+            },
+        ),
+    ] {
+        let c =
+            run_tx_variant(&p, &v, size).map_err(|e| NetError::Mismatch(format!("{name}: {e}")))?;
+        frames += counter(&c, "frames_verified");
+        runs += 1;
+    }
+    Ok(vec![
+        ("frames_verified".into(), frames),
+        ("iterations".into(), runs),
+    ])
+}
+
 fn counter(c: &Counters, name: &str) -> u64 {
     c.iter().find(|(k, _)| k == name).map_or(0, |(_, v)| *v)
 }

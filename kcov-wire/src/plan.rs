@@ -57,13 +57,15 @@ pub enum Workload {
     VhostNetControl,
     /// vhost-vsock's ioctls, transport paths (cancel, RST, SEQPACKET) and ring errors.
     VhostVsockControl,
+    /// vhost-net TX zero-copy (its boot gets `vhost_net.experimental_zcopytx=1`).
+    VhostNetZcopy,
     /// The user command (`/etc/testbed/cmd`) under the remote handle.
     Cmd,
 }
 
 impl Workload {
     /// All workloads.
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Workload::VhostNetTx,
         Workload::VhostNetRx,
         Workload::VhostVsock,
@@ -71,6 +73,7 @@ impl Workload {
         Workload::VhostNetControl,
         Workload::VhostNetErrors,
         Workload::VhostVsockControl,
+        Workload::VhostNetZcopy,
         Workload::Cmd,
     ];
 
@@ -84,7 +87,17 @@ impl Workload {
             Workload::VhostNetMatrix => "vhost-net-matrix",
             Workload::VhostNetControl => "vhost-net-control",
             Workload::VhostVsockControl => "vhost-vsock-control",
+            Workload::VhostNetZcopy => "vhost-net-zcopy",
             Workload::Cmd => "cmd",
+        }
+    }
+
+    /// Kernel command-line parameters the workload needs (module parameters of built-in
+    /// drivers that are read-only at run time).
+    pub fn kernel_params(self) -> &'static [&'static str] {
+        match self {
+            Workload::VhostNetZcopy => &["vhost_net.experimental_zcopytx=1"],
+            _ => &[],
         }
     }
 
@@ -463,6 +476,21 @@ impl Plan {
         w
     }
 
+    /// The kernel parameters the plan's workloads need ([`Workload::kernel_params`]), each
+    /// once; they go on the command line beside [`words`](Self::words) (they change the
+    /// kernel for every workload of the boot).
+    pub fn kernel_words(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for w in &self.workloads {
+            for p in w.kernel_params() {
+                if !out.iter().any(|o| o == p) {
+                    out.push(p.to_string());
+                }
+            }
+        }
+        out
+    }
+
     /// Frame size for the net workloads, checked against Ethernet limits.
     pub fn net_frame_size(&self) -> Result<usize, PlanError> {
         let s = self.params.size;
@@ -590,6 +618,19 @@ mod tests {
         assert!(e("testbed.workloads=bogus")
             .to_string()
             .contains("unknown workload \"bogus\""));
+    }
+
+    #[test]
+    fn workloads_bring_their_kernel_params() {
+        let mut p = Plan::default();
+        assert!(p.kernel_words().is_empty());
+        p.set("workloads", "vhost-net-tx,vhost-net-zcopy,vhost-net-zcopy")
+            .unwrap();
+        assert_eq!(p.kernel_words(), ["vhost_net.experimental_zcopytx=1"]);
+        // Not a plan word: parsing the line with it gives the same plan.
+        let mut line = p.words();
+        line.extend(p.kernel_words());
+        assert_eq!(Plan::parse(&line.join(" "), false), Ok(p));
     }
 
     #[test]

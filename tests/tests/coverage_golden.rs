@@ -238,3 +238,8 @@ fn coverage_golden_vhost_net_control() {
 fn coverage_golden_vhost_vsock_control() {
     real_golden("vhost-vsock-control");
 }
+
+#[test]
+fn coverage_golden_vhost_net_zcopy() {
+    real_golden("vhost-net-zcopy");
+}

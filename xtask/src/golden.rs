@@ -24,6 +24,7 @@ pub const WORKLOADS: &[&str] = &[
     "vhost-net-errors",
     "vhost-net-control",
     "vhost-vsock-control",
+    "vhost-net-zcopy",
 ];
 
 /// `goldens/` at the workspace root.
