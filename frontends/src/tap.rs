@@ -106,6 +106,13 @@ impl Tap {
     /// Opens (attaching, or creating when absent) the tap `name`; a `%d` in `name` is
     /// replaced by the kernel with the first free number ([`Tap::name`] tells which).
     pub fn open(name: &str) -> Result<Tap, TapError> {
+        Self::open_with(name, Some(VNET_HDR_LEN))
+    }
+
+    /// [`Tap::open`] with a vnet header of `vnet_hdr` bytes (`TUNSETVNETHDRSZ`: 10 for a
+    /// legacy `virtio_net_hdr`, 12 with `num_buffers`), or none at all (no `IFF_VNET_HDR`:
+    /// plain frames both ways, for a reader that handles the header itself).
+    pub fn open_with(name: &str, vnet_hdr: Option<usize>) -> Result<Tap, TapError> {
         check_name(name)?;
         let file = OpenOptions::new()
             .read(true)
@@ -126,7 +133,12 @@ impl Tap {
                 },
             })?;
         let mut ifr = ifreq(name);
-        ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+        let hdr_flag = if vnet_hdr.is_some() {
+            libc::IFF_VNET_HDR
+        } else {
+            0
+        };
+        ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | hdr_flag) as i16;
         // SAFETY: TUNSETIFF reads and writes one ifreq, which lives across the call.
         let r = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
         if r < 0 {
@@ -145,7 +157,10 @@ impl Tap {
             });
         }
         let name = ifreq_name(&ifr);
-        let hdr: libc::c_int = VNET_HDR_LEN as libc::c_int;
+        let Some(hdr) = vnet_hdr else {
+            return Ok(Tap { file, name });
+        };
+        let hdr = hdr as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int, which lives across the call.
         let r = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr) };
         if r < 0 {
@@ -226,6 +241,16 @@ impl Tap {
         } < 0
         {
             return Err(self.io_err("TUNSETOFFLOAD")(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// `TUNSETSNDBUF`: a finite send buffer (the default is unlimited, which lets vhost-net
+    /// batch its TX frames as XDP buffers; a finite one makes it send them one by one).
+    pub fn set_sndbuf(&self, bytes: libc::c_int) -> Result<(), TapError> {
+        // SAFETY: TUNSETSNDBUF reads one int, which lives across the call.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), libc::TUNSETSNDBUF, &bytes) } < 0 {
+            return Err(self.io_err("TUNSETSNDBUF")(io::Error::last_os_error()));
         }
         Ok(())
     }

@@ -95,9 +95,38 @@ impl<AS: vhost::vhost_kern::PhysicalGuestAddressSpace> VhostNet<AS> {
     /// (`VHOST_SET_OWNER`): call it on the thread whose kcov common handle the vhost worker
     /// should carry.
     pub fn open_owned(mem: AS) -> Result<Self, VhostError> {
+        Self::open_owned_with(mem, None)
+    }
+
+    /// [`VhostNet::open_owned`], first asking for a worker of kind `fork_owner`
+    /// (`VHOST_SET_FORK_FROM_OWNER`: [`crate::vhost_raw::FORK_OWNER_KTHREAD`] or 1, a task
+    /// forked from the owner, the default) where the kernel has the ioctl.
+    pub fn open_owned_with(mem: AS, fork_owner: Option<u8>) -> Result<Self, VhostError> {
         let net = Net::new(mem).map_err(vh("open"))?;
+        if let Some(v) = fork_owner {
+            // SAFETY: VHOST_SET_FORK_FROM_OWNER reads one byte, which lives across the call.
+            let r = unsafe {
+                libc::ioctl(
+                    std::os::fd::AsRawFd::as_raw_fd(&net),
+                    crate::vhost_raw::nr::SET_FORK_FROM_OWNER as libc::c_ulong,
+                    &v,
+                )
+            };
+            if r < 0 {
+                return Err(VhostError::Vhost {
+                    dev: DEV,
+                    op: "VHOST_SET_FORK_FROM_OWNER",
+                    source: vhost::Error::IoctlError(io::Error::last_os_error()),
+                });
+            }
+        }
         net.set_owner().map_err(vh("VHOST_SET_OWNER"))?;
         Ok(VhostNet { net, features: 0 })
+    }
+
+    /// The device fd, for ioctls the `vhost` crate does not make ([`crate::vhost_raw`]).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.net)
     }
 
     /// The features vhost-net offers (`VHOST_GET_FEATURES`).

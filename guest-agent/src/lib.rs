@@ -2,9 +2,14 @@
 
 pub use frontends::kcov;
 pub mod net;
+pub mod net_control;
+pub mod net_errors;
+pub mod net_matrix;
+pub mod rawnet;
 pub mod ship;
 pub mod sys;
 pub mod vsock;
+pub mod vsock_control;
 
 /// The rings the agent drives live in `frontends` (shared with the vsock crate's test driver).
 pub use frontends::vring;

@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 use guest_agent::kcov::{self, Kcov};
 use guest_agent::ship::{ship_while_running, trace_mode, AreaNote, FrameSink, Shipper};
 use guest_agent::sys::{self, kernel_release, mount_all};
-use guest_agent::{net, vsock};
+use guest_agent::{net, net_control, net_errors, net_matrix, vsock, vsock_control};
 use kcov_wire::console::{LineWriter, CMD_FILE, EXIT_MARKER, READY_MARKER};
 use kcov_wire::plan::{Cover, Plan, Transport, Workload};
-use kcov_wire::{Done, ErrorReport, Frame, Hello, KcovMode, WorkloadResult, WorkloadStart};
+use kcov_wire::{
+    CoverageSource, Done, ErrorReport, Frame, Hello, KcovMode, WorkloadResult, WorkloadStart,
+};
 const KCOV_PATH: &str = "/sys/kernel/debug/kcov";
 const VHOST_NET_PATH: &str = "/dev/vhost-net";
 const VHOST_VSOCK_PATH: &str = "/dev/vhost-vsock";
@@ -121,18 +123,23 @@ fn run() -> Result<i32, String> {
             argv.clone().unwrap_or_default(),
             &mut sink,
         )?;
-        let pcs = shipped.as_ref().map_or(0, Shipper::entries);
-        let overflow = shipped.as_ref().is_some_and(Shipper::overflow);
+        let of = |source| shipped.iter().filter(move |s| s.source() == source);
+        let pcs: u64 = of(CoverageSource::Remote).map(Shipper::entries).sum();
+        let local_pcs: u64 = of(CoverageSource::Local).map(Shipper::entries).sum();
+        let overflow = shipped.iter().any(Shipper::overflow);
         let mut counters = out.counters;
         counters.push(("remote_pcs".into(), pcs));
+        if local_pcs > 0 {
+            counters.push(("local_pcs".into(), local_pcs));
+        }
         counters.push(("overflow".into(), u64::from(overflow)));
         counters.push((
             "ship_us".into(),
-            shipped.as_ref().map_or(0, |s| s.busy().as_micros() as u64),
+            shipped.iter().map(|s| s.busy().as_micros() as u64).sum(),
         ));
         counters.push((
             "snapshots".into(),
-            shipped.as_ref().map_or(0, Shipper::snapshots),
+            shipped.iter().map(Shipper::snapshots).max().unwrap_or(0),
         ));
         match &out.error {
             Some(e) => println!(
@@ -140,7 +147,7 @@ fn run() -> Result<i32, String> {
                 out.status
             ),
             None => println!(
-                "testbed-agent: workload {w}: ok ({pcs} remote PCs{}, {} ms)",
+                "testbed-agent: workload {w}: ok ({pcs} remote PCs, {local_pcs} local{}, {} ms)",
                 if overflow { ", area overflowed" } else { "" },
                 out.duration.as_millis()
             ),
@@ -164,6 +171,10 @@ fn run() -> Result<i32, String> {
         .map_err(|e| format!("flushing the stream: {e}"))?;
     Ok(status)
 }
+
+/// The local area is this many times `testbed.area`: the driver thread's syscalls (tap
+/// creation, AF_PACKET, polls) run far more kernel code than the vhost workers.
+const LOCAL_AREA_FACTOR: usize = 4;
 
 /// Most words per CoverageChunk: small chunks keep each frame a few console lines long.
 const CHUNK_WORDS: usize = 4096;
@@ -329,18 +340,21 @@ impl FrameSink for StreamSink<'_> {
 }
 
 /// Runs one workload on a fresh thread that owns the kcov fd: KCOV_REMOTE_ENABLE with the
-/// common handle there, then the workload (whose VHOST_SET_OWNER runs on that same thread,
-/// or in a child forked after the enable), a settle pause, disable. Meanwhile this (the
+/// common handle there, then the workload on a driver thread spawned after it (which
+/// inherits the handle, so its VHOST_SET_OWNER gives it to the vhost worker, and traces its
+/// own syscalls with a second, local kcov fd; `testbed.local=off` or `cmd`: on the enabling
+/// thread itself, or a child forked after the enable), a settle pause, disable. Meanwhile this (the
 /// main) thread ships the coverage the area gains every `snapshot_ms`, flushed, so a run
 /// that ends while the workload runs keeps it; once the thread ended it ships the rest
-/// ([`ship_while_running`]). Returns the outcome and, when coverage was on, what was shipped.
+/// ([`ship_while_running`]). Returns the outcome and what was shipped (one [`Shipper`] per
+/// area: none with coverage off, the remote one, the local one of the driver thread).
 fn run_workload(
     w: Workload,
     plan: &Plan,
     handle: u64,
     argv: Vec<String>,
     sink: &mut Sink,
-) -> Result<(Outcome, Option<Shipper>), String> {
+) -> Result<(Outcome, Vec<Shipper>), String> {
     let thread_plan = plan.clone();
     let (area_tx, area_rx) = mpsc::channel::<AreaNote>();
     let t = std::thread::Builder::new()
@@ -350,7 +364,7 @@ fn run_workload(
         Ok(t) => t,
         Err(e) => {
             let out = Outcome::failed(format!("spawning the workload thread: {e}"));
-            return Ok((out, None));
+            return Ok((out, Vec::new()));
         }
     };
     let period = (plan.snapshot_ms > 0).then(|| Duration::from_millis(plan.snapshot_ms.into()));
@@ -384,7 +398,7 @@ fn workload_thread(
             Ok(k) => {
                 if let Some(area) = k.shared_area() {
                     // The main thread is waiting on the receiver; it only goes at our end.
-                    let _ = area_tx.send((area, mode));
+                    let _ = area_tx.send((area, mode, CoverageSource::Remote));
                 }
                 kcov = Some(k);
             }
@@ -393,23 +407,30 @@ fn workload_thread(
     }
     // `area_tx` lives until we return: its drop tells the main thread we ended.
     let start = Instant::now();
-    let result: Result<(i32, Vec<(String, u64)>), String> = match w {
-        Workload::VhostNetTx => plan
-            .net_frame_size()
-            .map_err(|e| e.to_string())
-            .and_then(|size| net::run_tx(&plan.params, size).map_err(|e| e.to_string()))
-            .map(|c| (0, c)),
-        Workload::VhostNetRx => plan
-            .net_frame_size()
-            .map_err(|e| e.to_string())
-            .and_then(|size| net::run_rx(&plan.params, size).map_err(|e| e.to_string()))
-            .map(|c| (0, c)),
-        Workload::VhostVsock => vsock::run(&plan.params)
-            .map(|c| (0, c))
-            .map_err(|e| e.to_string()),
-        Workload::Cmd => {
+    let local = match plan.cover {
+        Cover::On(mode) if plan.local && w != Workload::Cmd => Some(mode),
+        _ => None,
+    };
+    let result = match local {
+        // A thread created after the remote enable inherits the common handle (kcov_task_init
+        // copies it), so its VHOST_SET_OWNER hands the handle to the vhost worker; and with a
+        // kcov fd of its own it traces its own syscalls, which a remote-enabled thread cannot.
+        Some(mode) => std::thread::scope(|s| {
+            let tx = area_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("drv-{w}"))
+                .spawn_scoped(s, move || {
+                    let words = plan.area_words.saturating_mul(LOCAL_AREA_FACTOR);
+                    traced_locally(mode, words, tx, || run_agent_workload(w, plan))
+                })
+                .map_err(|e| format!("spawning the driver thread: {e}"))?
+                .join()
+                .unwrap_or_else(|_| Err("the driver thread panicked".into()))
+        }),
+        None if w == Workload::Cmd => {
             run_command(argv).map(|code| (code, vec![("exit_code".into(), code as u64)]))
         }
+        None => run_agent_workload(w, plan),
     };
     let duration = start.elapsed();
     // Remote sections land at kcov_remote_stop(): let the last work items finish before
@@ -428,6 +449,66 @@ fn workload_thread(
         duration,
         counters,
         error,
+    }
+}
+
+type Ran = Result<(i32, Vec<(String, u64)>), String>;
+
+/// Runs `f` with this thread's own syscalls traced by a fresh kcov fd in `mode` (an area of
+/// `words`, handed to the shipping thread on `area_tx` as local coverage), then disables.
+fn traced_locally(
+    mode: KcovMode,
+    words: usize,
+    area_tx: mpsc::Sender<AreaNote>,
+    f: impl FnOnce() -> Ran,
+) -> Ran {
+    let mut k = Kcov::open_default()
+        .and_then(|mut k| {
+            k.init_trace(words)?;
+            k.enable_local(trace_mode(mode))?;
+            Ok(k)
+        })
+        .map_err(|e| format!("kcov local enable: {e}"))?;
+    if let Some(area) = k.shared_area() {
+        let _ = area_tx.send((area, mode, CoverageSource::Local));
+    }
+    let result = f();
+    let _ = k.disable();
+    result
+}
+
+/// A workload the agent drives itself (every one but `cmd`).
+fn run_agent_workload(w: Workload, plan: &Plan) -> Ran {
+    match w {
+        Workload::VhostNetTx => plan
+            .net_frame_size()
+            .map_err(|e| e.to_string())
+            .and_then(|size| net::run_tx(&plan.params, size).map_err(|e| e.to_string()))
+            .map(|c| (0, c)),
+        Workload::VhostNetRx => plan
+            .net_frame_size()
+            .map_err(|e| e.to_string())
+            .and_then(|size| net::run_rx(&plan.params, size).map_err(|e| e.to_string()))
+            .map(|c| (0, c)),
+        Workload::VhostVsock => vsock::run(&plan.params)
+            .map(|c| (0, c))
+            .map_err(|e| e.to_string()),
+        Workload::VhostNetMatrix => net_matrix::run(&plan.params)
+            .map(|c| (0, c))
+            .map_err(|e| e.to_string()),
+        Workload::VhostNetControl => net_control::run(&plan.params)
+            .map(|c| (0, c))
+            .map_err(|e| e.to_string()),
+        Workload::VhostVsockControl => vsock_control::run(&plan.params)
+            .map(|c| (0, c))
+            .map_err(|e| e.to_string()),
+        Workload::VhostNetZcopy => net_matrix::run_zcopy(&plan.params)
+            .map(|c| (0, c))
+            .map_err(|e| e.to_string()),
+        Workload::VhostNetErrors => net_errors::run(&plan.params)
+            .map(|c| (0, c))
+            .map_err(|e| e.to_string()),
+        Workload::Cmd => Err("cmd is run by the agent's command runner".into()),
     }
 }
 

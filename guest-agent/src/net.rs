@@ -59,9 +59,10 @@ fn sys(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetError {
     move |source| NetError::Sys { what, source }
 }
 
-/// The agent's tap: `kcovtap%d`, up, IPv6 off.
-fn open_tap() -> Result<(Tap, i32), NetError> {
-    let tap = Tap::open("kcovtap%d")?;
+/// The agent's tap: `kcovtap%d` with a vnet header of `vnet_hdr` bytes (or none), up, IPv6
+/// off.
+fn open_tap(vnet_hdr: Option<usize>) -> Result<(Tap, i32), NetError> {
+    let tap = Tap::open_with("kcovtap%d", vnet_hdr)?;
     tap.set_up()?;
     let ifindex = tap.ifindex()?;
     Ok((tap, ifindex))
@@ -220,6 +221,96 @@ pub fn wanted_features(params: &Params, net: bool) -> u64 {
     f
 }
 
+/// How a buffer's header and frame are laid out in descriptors (VIRTIO_F_ANY_LAYOUT, implied
+/// by VERSION_1: vhost must not care).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Header in one descriptor, the frame in the next (what the plain workloads do).
+    Split,
+    /// Header and frame in one descriptor.
+    One,
+    /// The header cut in two, the second piece sharing a descriptor with the frame's first
+    /// half, the frame's second half in a third.
+    Scattered,
+}
+
+/// The vhost-net options beyond [`Params`] that a feature-matrix variant turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    /// Negotiate VIRTIO_F_VERSION_1 (off: a legacy device, whose header is the 10-byte
+    /// `virtio_net_hdr` unless MRG_RXBUF).
+    pub version_1: bool,
+    /// VHOST_NET_F_VIRTIO_NET_HDR: vhost adds and strips the header, the tap sees plain frames.
+    pub vhost_hdr: bool,
+    /// Descriptor layout of each buffer.
+    pub layout: Layout,
+    /// VHOST_SET_VRING_BUSYLOOP_TIMEOUT on both rings, in microseconds (0: none).
+    pub busyloop_us: u32,
+    /// A finite tap send buffer (TUNSETSNDBUF): no XDP batching on TX.
+    pub sndbuf: Option<i32>,
+    /// VHOST_SET_FORK_FROM_OWNER: a kthread worker instead of a task forked from the owner.
+    pub kthread: bool,
+}
+
+impl Default for Variant {
+    /// The plain workloads' device.
+    fn default() -> Self {
+        Variant {
+            version_1: true,
+            vhost_hdr: false,
+            layout: Layout::Split,
+            busyloop_us: 0,
+            sndbuf: None,
+            kthread: false,
+        }
+    }
+}
+
+impl Variant {
+    /// The features to negotiate with `params`.
+    pub fn features(&self, params: &Params) -> u64 {
+        let mut f = wanted_features(params, true);
+        if !self.version_1 {
+            f &= !(1u64 << VIRTIO_F_VERSION_1);
+        }
+        if self.vhost_hdr {
+            f |= 1 << frontends::vhost_raw::NET_F_VIRTIO_NET_HDR;
+        }
+        f
+    }
+
+    /// The virtio-net header's length with these features (vhost_net_set_features).
+    pub fn hdr_len(&self, params: &Params) -> usize {
+        if self.version_1 || params.mrg_rxbuf {
+            NET_HDR_LEN
+        } else {
+            NET_HDR_LEN - 2
+        }
+    }
+
+    /// The segments of a buffer at `addr`: a header of `hdr` bytes and `data` bytes after it.
+    fn segments(&self, addr: u64, hdr: usize, data: usize, write: bool) -> Vec<Segment> {
+        let seg = |addr: u64, len: usize| Segment {
+            addr,
+            len: len as u32,
+            write,
+        };
+        let (h, d) = (hdr as u64, data as u64);
+        match self.layout {
+            Layout::Split => vec![seg(addr, hdr), seg(addr + h, data)],
+            Layout::One => vec![seg(addr, hdr + data)],
+            Layout::Scattered => {
+                let half = d / 2;
+                vec![
+                    seg(addr, 4),
+                    seg(addr + 4, (h - 4 + half) as usize),
+                    seg(addr + h + half, (d - half) as usize),
+                ]
+            }
+        }
+    }
+}
+
 /// A configured vhost-net device with both rings and a tap backend.
 struct Device {
     net: VhostNet<std::sync::Arc<vm_memory::GuestMemoryMmap>>,
@@ -228,18 +319,58 @@ struct Device {
     tap: Tap,
     ifindex: i32,
     features: u64,
+    hdr_len: usize,
 }
 
 impl Device {
     /// VHOST_SET_OWNER first: the calling thread must carry the kcov common handle.
-    fn setup(arena: &mut Arena, params: &Params) -> Result<Device, NetError> {
-        let mut net = VhostNet::open_owned(arena.mem())?;
-        let want = wanted_features(params, true);
+    fn setup(arena: &mut Arena, params: &Params, v: &Variant) -> Result<Device, NetError> {
+        let fork = v
+            .kthread
+            .then_some(frontends::vhost_raw::FORK_OWNER_KTHREAD);
+        let mut net = VhostNet::open_owned_with(arena.mem(), fork)?;
+        let want = v.features(params);
+        let hdr_len = v.hdr_len(params);
         let rx = SplitQueue::new(arena, params.queue, params.indirect, params.event_idx)?;
         let tx = SplitQueue::new(arena, params.queue, params.indirect, params.event_idx)?;
         let rings = [rx.vhost_ring(RX_QUEUE), tx.vhost_ring(TX_QUEUE)];
         net.configure(want, &[arena.region_info()], &rings)?;
-        let (tap, ifindex) = open_tap()?;
+        if v.busyloop_us > 0 || v.kthread {
+            // SAFETY: the fd is the device's, open for as long as `net` lives.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(net.raw_fd()) };
+            let raw = frontends::vhost_raw::RawVhost::dup_of(fd).map_err(sys("dup (vhost-net)"))?;
+            if v.kthread {
+                let kind = raw
+                    .get_fork_from_owner()
+                    .map_err(sys("VHOST_GET_FORK_FROM_OWNER"))?;
+                if kind != frontends::vhost_raw::FORK_OWNER_KTHREAD {
+                    return Err(NetError::Mismatch(format!(
+                        "VHOST_GET_FORK_FROM_OWNER says {kind}, a kthread worker was set"
+                    )));
+                }
+            }
+            for q in [RX_QUEUE, TX_QUEUE] {
+                if v.busyloop_us == 0 {
+                    break;
+                }
+                raw.set_busyloop_timeout(q as u32, v.busyloop_us)
+                    .map_err(sys("VHOST_SET_VRING_BUSYLOOP_TIMEOUT"))?;
+                let got = raw
+                    .get_busyloop_timeout(q as u32)
+                    .map_err(sys("VHOST_GET_VRING_BUSYLOOP_TIMEOUT"))?;
+                if got != v.busyloop_us {
+                    return Err(NetError::Mismatch(format!(
+                        "busyloop timeout of queue {q}: set {}, read back {got}",
+                        v.busyloop_us
+                    )));
+                }
+            }
+        }
+        let vnet_hdr = (!v.vhost_hdr).then_some(hdr_len);
+        let (tap, ifindex) = open_tap(vnet_hdr)?;
+        if let Some(b) = v.sndbuf {
+            tap.set_sndbuf(b)?;
+        }
         Ok(Device {
             net,
             rx,
@@ -247,6 +378,7 @@ impl Device {
             tap,
             ifindex,
             features: want,
+            hdr_len,
         })
     }
 
@@ -363,24 +495,30 @@ impl Tally {
     }
 }
 
-fn arena_for(params: &Params) -> Result<Arena, NetError> {
+fn arena_for(params: &Params, size: usize) -> Result<Arena, NetError> {
     let q = usize::from(params.queue);
     let rings = 2 * (3 * 4096 + 16 * q + 6 + 2 * q + 6 + 8 * q + 16 * 4 * q);
-    let bufs = q * (NET_HDR_LEN + RX_BUF_LEN + 64);
+    let bufs = q * (NET_HDR_LEN + RX_BUF_LEN.max(size) + 64);
     Ok(Arena::new(rings + bufs + (1 << 16))?)
 }
 
 /// TX: `params.frames` frames of `size` bytes through vhost-net TX into the tap.
 pub fn run_tx(params: &Params, size: usize) -> Result<Counters, NetError> {
+    run_tx_variant(params, &Variant::default(), size)
+}
+
+/// [`run_tx`] on a device set up as `v` says.
+pub fn run_tx_variant(params: &Params, v: &Variant, size: usize) -> Result<Counters, NetError> {
     let timeout = Duration::from_millis(u64::from(params.timeout_ms));
-    let mut arena = arena_for(params)?;
-    let mut dev = Device::setup(&mut arena, params)?;
+    let mut arena = arena_for(params, size)?;
+    let mut dev = Device::setup(&mut arena, params, v)?;
     let sock = PacketSocket::bind(dev.ifindex, TEST_ETHERTYPE)?;
     dev.attach()?;
-    let per_buf = dev.tx.descs_needed(2);
+    let hdr = dev.hdr_len;
+    let per_buf = dev.tx.descs_needed(3);
     let batch = (usize::from(params.queue) / per_buf).clamp(1, 64);
     let slots: Vec<u64> = (0..batch)
-        .map(|_| arena.alloc((NET_HDR_LEN + size) as u64, 64))
+        .map(|_| arena.alloc((hdr + size) as u64, 64))
         .collect::<Result<_, _>>()?;
     let total = params.frames;
     let mut sent = 0u32;
@@ -391,24 +529,11 @@ pub fn run_tx(params: &Params, size: usize) -> Result<Counters, NetError> {
         for i in 0..n {
             let seq = sent + i;
             let slot = slots[i as usize];
-            // virtio_net_hdr_mrg_rxbuf: no offloads (flags 0, GSO_NONE), num_buffers 0.
-            arena.write(slot, &[0u8; NET_HDR_LEN])?;
-            arena.write(slot + NET_HDR_LEN as u64, &test_frame(b'T', seq, size))?;
-            dev.tx.add(
-                &[
-                    Segment {
-                        addr: slot,
-                        len: NET_HDR_LEN as u32,
-                        write: false,
-                    },
-                    Segment {
-                        addr: slot + NET_HDR_LEN as u64,
-                        len: size as u32,
-                        write: false,
-                    },
-                ],
-                u64::from(seq),
-            )?;
+            // virtio_net_hdr(_mrg_rxbuf): no offloads (flags 0, GSO_NONE), num_buffers 0.
+            arena.write(slot, &vec![0u8; hdr])?;
+            arena.write(slot + hdr as u64, &test_frame(b'T', seq, size))?;
+            dev.tx
+                .add(&v.segments(slot, hdr, size, false), u64::from(seq))?;
         }
         dev.tx.publish()?;
         for _ in 0..n {
@@ -429,31 +554,24 @@ pub fn run_tx(params: &Params, size: usize) -> Result<Counters, NetError> {
 
 /// RX: `params.frames` frames injected through AF_PACKET, received from the RX ring.
 pub fn run_rx(params: &Params, size: usize) -> Result<Counters, NetError> {
+    run_rx_variant(params, &Variant::default(), size)
+}
+
+/// [`run_rx`] on a device set up as `v` says. Each frame must fill exactly one buffer:
+/// used length = header + frame, and with MRG_RXBUF the header's `num_buffers` is 1.
+pub fn run_rx_variant(params: &Params, v: &Variant, size: usize) -> Result<Counters, NetError> {
     let timeout = Duration::from_millis(u64::from(params.timeout_ms));
-    let mut arena = arena_for(params)?;
-    let mut dev = Device::setup(&mut arena, params)?;
+    let mut arena = arena_for(params, size)?;
+    let mut dev = Device::setup(&mut arena, params, v)?;
+    let hdr = dev.hdr_len;
     let sender = PacketSocket::bind(dev.ifindex, 0)?;
-    let per_buf = dev.rx.descs_needed(2);
+    let per_buf = dev.rx.descs_needed(3);
     let nbufs = (usize::from(params.queue) / per_buf).max(1);
     let slots: Vec<u64> = (0..nbufs)
-        .map(|_| arena.alloc((NET_HDR_LEN + RX_BUF_LEN) as u64, 64))
+        .map(|_| arena.alloc((hdr + RX_BUF_LEN) as u64, 64))
         .collect::<Result<_, _>>()?;
     let post = |q: &mut SplitQueue, i: usize| {
-        q.add(
-            &[
-                Segment {
-                    addr: slots[i],
-                    len: NET_HDR_LEN as u32,
-                    write: true,
-                },
-                Segment {
-                    addr: slots[i] + NET_HDR_LEN as u64,
-                    len: RX_BUF_LEN as u32,
-                    write: true,
-                },
-            ],
-            i as u64,
-        )
+        q.add(&v.segments(slots[i], hdr, RX_BUF_LEN, true), i as u64)
     };
     for i in 0..nbufs {
         post(&mut dev.rx, i)?;
@@ -485,13 +603,23 @@ pub fn run_rx(params: &Params, size: usize) -> Result<Counters, NetError> {
                     NetError::Mismatch(format!("RX used token {token} is no buffer of ours"))
                 })?;
             let len = len as usize;
-            if !(NET_HDR_LEN..=NET_HDR_LEN + RX_BUF_LEN).contains(&len) {
+            if !(hdr..=hdr + RX_BUF_LEN).contains(&len) {
                 return Err(NetError::Mismatch(format!(
                     "RX used length {len} out of range"
                 )));
             }
-            let mut got = vec![0u8; len - NET_HDR_LEN];
-            arena.read(slots[slot] + NET_HDR_LEN as u64, &mut got)?;
+            if dev.features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0 {
+                let mut nb = [0u8; 2];
+                arena.read(slots[slot] + 10, &mut nb)?;
+                if u16::from_le_bytes(nb) != 1 {
+                    return Err(NetError::Mismatch(format!(
+                        "RX frame {want}: num_buffers {} in the header, one buffer was used",
+                        u16::from_le_bytes(nb)
+                    )));
+                }
+            }
+            let mut got = vec![0u8; len - hdr];
+            arena.read(slots[slot] + hdr as u64, &mut got)?;
             post(&mut dev.rx, slot)?;
             dev.rx.publish()?;
             tally.check(&RX, &got, &mut want, size)?;

@@ -26,9 +26,10 @@ pub trait FrameSink {
     fn flush(&mut self) -> Result<(), String>;
 }
 
-/// A workload thread's kcov area, handed to the shipping thread once remote coverage is on:
-/// the shared mapping and the mode it is filled in.
-pub type AreaNote = (Arc<MappedArea>, KcovMode);
+/// A workload's kcov area, handed to the shipping thread once its fd is enabled: the shared
+/// mapping, the mode it is filled in, and whose coverage it holds (the vhost workers under
+/// the common handle, or the workload's own syscalls).
+pub type AreaNote = (Arc<MappedArea>, KcovMode, CoverageSource);
 
 /// The kcov trace mode of a wire (plan, frame) mode: the agent's boundary between
 /// `kcov_wire` and `frontends::kcov`.
@@ -41,12 +42,13 @@ pub fn trace_mode(mode: KcovMode) -> TraceMode {
 
 /// Ships the coverage of the workload running on `thread` while it runs, then the rest.
 ///
-/// The workload thread sends its area on `areas` once its kcov fd is enabled and drops the
-/// sender when it ends (returns or panics). Meanwhile, every `period` (none: no snapshots)
-/// the area's new entries go to `sink` and are flushed, so the host has them even if the
-/// workload never ends. Once the thread ended (its kcov fd disabled) the rest is shipped and
-/// flushed. Returns the thread's result and, when an area came, its [`Shipper`]; errors are
-/// the sink's.
+/// The workload's threads send their areas on `areas` once their kcov fds are enabled (the
+/// remote one, and the local one of the thread that drives the device) and drop the senders
+/// when they end (return or panic). Meanwhile, every `period` (none: no snapshots) the
+/// areas' new entries go to `sink` and are flushed, so the host has them even if the
+/// workload never ends. Once the thread ended (its kcov fds disabled) the rest is shipped
+/// and flushed. Returns the thread's result and a [`Shipper`] per area that came, in the
+/// order they came; errors are the sink's.
 pub fn ship_while_running<T, S: FrameSink + ?Sized>(
     workload: &str,
     period: Option<Duration>,
@@ -54,8 +56,8 @@ pub fn ship_while_running<T, S: FrameSink + ?Sized>(
     thread: JoinHandle<T>,
     areas: &Receiver<AreaNote>,
     sink: &mut S,
-) -> Result<(std::thread::Result<T>, Option<Shipper>), String> {
-    let mut area: Option<(Arc<MappedArea>, Shipper)> = None;
+) -> Result<(std::thread::Result<T>, Vec<Shipper>), String> {
+    let mut shipped: Vec<(Arc<MappedArea>, Shipper)> = Vec::new();
     let mut next = period.map(|p| Instant::now() + p);
     loop {
         let note = match next {
@@ -63,12 +65,17 @@ pub fn ship_while_running<T, S: FrameSink + ?Sized>(
             None => areas.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match note {
-            Ok((a, mode)) => area = Some((a, Shipper::new(workload, mode, max_words))),
+            Ok((a, mode, source)) => {
+                let shipper = Shipper::of_source(workload, source, mode, max_words);
+                shipped.push((a, shipper));
+            }
             Err(RecvTimeoutError::Timeout) => {
-                if let Some((a, shipper)) = &mut area {
-                    if shipper.ship(&**a, Shipment::Snapshot, |f| sink.send(f))? > 0 {
-                        sink.flush()?;
-                    }
+                let mut sent = 0;
+                for (a, shipper) in &mut shipped {
+                    sent += shipper.ship(&**a, Shipment::Snapshot, |f| sink.send(f))?;
+                }
+                if sent > 0 {
+                    sink.flush()?;
                 }
                 next = period.map(|p| Instant::now() + p);
             }
@@ -76,12 +83,12 @@ pub fn ship_while_running<T, S: FrameSink + ?Sized>(
         }
     }
     let result = thread.join();
-    // The workload thread closed its kcov fd; our handle keeps the area mapped.
-    if let Some((a, shipper)) = &mut area {
+    // The workload thread closed its kcov fds; our handles keep the areas mapped.
+    for (a, shipper) in &mut shipped {
         shipper.ship(&**a, Shipment::Final, |f| sink.send(f))?;
     }
     sink.flush()?;
-    Ok((result, area.map(|(_, shipper)| shipper)))
+    Ok((result, shipped.into_iter().map(|(_, s)| s).collect()))
 }
 
 /// Which shipment of a workload's area this is.
@@ -114,9 +121,20 @@ impl Shipper {
     /// A shipper for the remote coverage of `workload`, read in `mode`, at most `max_words`
     /// words per chunk.
     pub fn new(workload: &str, mode: KcovMode, max_words: usize) -> Self {
+        Self::of_source(workload, CoverageSource::Remote, mode, max_words)
+    }
+
+    /// A shipper for the `source` coverage of `workload` (remote, or the local coverage of
+    /// the thread that drives the device).
+    pub fn of_source(
+        workload: &str,
+        source: CoverageSource,
+        mode: KcovMode,
+        max_words: usize,
+    ) -> Self {
         Shipper {
             workload: workload.to_string(),
-            source: CoverageSource::Remote,
+            source,
             mode,
             cursor: AreaCursor::new(trace_mode(mode)),
             max_words,
@@ -174,6 +192,11 @@ impl Shipper {
         }
         self.busy += start.elapsed();
         Ok(sent)
+    }
+
+    /// Whose coverage it ships.
+    pub fn source(&self) -> CoverageSource {
+        self.source
     }
 
     /// Entries (PCs, or CMP records) shipped so far.
@@ -388,7 +411,9 @@ mod tests {
         // hung workload would wait forever), then lands 2 more and ends.
         let t = std::thread::spawn(move || {
             let area = Arc::new(MappedArea::anonymous(512).unwrap());
-            area_tx.send((Arc::clone(&area), KcovMode::Pc)).unwrap();
+            area_tx
+                .send((Arc::clone(&area), KcovMode::Pc, CoverageSource::Remote))
+                .unwrap();
             land(&area, &[0xa1, 0xa2, 0xa3]);
             let deadline = Instant::now() + Duration::from_secs(20);
             let mut seen = 0;
@@ -415,7 +440,9 @@ mod tests {
             3,
             "the running workload's PCs were flushed"
         );
-        let shipper = shipper.unwrap();
+        let [shipper] = &shipper[..] else {
+            panic!("one area")
+        };
         assert!(shipper.snapshots() >= 1);
         assert_eq!(shipper.entries(), 5);
         let all: Vec<u64> = sink.frames.iter().flat_map(|f| f.0.words.clone()).collect();
@@ -431,7 +458,9 @@ mod tests {
         let (area_tx, area_rx) = channel::<AreaNote>();
         let t = std::thread::spawn(move || {
             let area = Arc::new(MappedArea::anonymous(512).unwrap());
-            area_tx.send((Arc::clone(&area), KcovMode::Pc)).unwrap();
+            area_tx
+                .send((Arc::clone(&area), KcovMode::Pc, CoverageSource::Remote))
+                .unwrap();
             for pc in 1..=40u64 {
                 land(&area, &[pc]);
                 std::thread::sleep(Duration::from_millis(1));
@@ -440,10 +469,68 @@ mod tests {
         let mut sink = recorder(None);
         let (result, shipper) = ship_while_running("w", None, 16, t, &area_rx, &mut sink).unwrap();
         result.unwrap();
-        assert_eq!(shipper.unwrap().snapshots(), 0);
+        assert_eq!(shipper[0].snapshots(), 0);
         assert_eq!(sink.flushes, 1);
         let sizes: Vec<usize> = sink.frames.iter().map(|f| f.0.words.len()).collect();
         assert_eq!(sizes, [16, 16, 8]);
+    }
+
+    #[test]
+    fn remote_and_local_areas_ship_side_by_side() {
+        use std::sync::mpsc::channel;
+        let (area_tx, area_rx) = channel::<AreaNote>();
+        let t = std::thread::spawn(move || {
+            let remote = Arc::new(MappedArea::anonymous(512).unwrap());
+            let local = Arc::new(MappedArea::anonymous(512).unwrap());
+            let note = |a: &Arc<MappedArea>, s| (Arc::clone(a), KcovMode::Pc, s);
+            area_tx.send(note(&remote, CoverageSource::Remote)).unwrap();
+            area_tx.send(note(&local, CoverageSource::Local)).unwrap();
+            for i in 0..10u64 {
+                land(&remote, &[0x100 + i]);
+                land(&local, &[0x200 + i, 0x300 + i]);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let mut sink = recorder(None);
+        let (result, shippers) = ship_while_running(
+            "w",
+            Some(Duration::from_millis(3)),
+            4,
+            t,
+            &area_rx,
+            &mut sink,
+        )
+        .unwrap();
+        result.unwrap();
+        let sources: Vec<_> = shippers.iter().map(|s| (s.source(), s.entries())).collect();
+        assert_eq!(
+            sources,
+            [(CoverageSource::Remote, 10), (CoverageSource::Local, 20)]
+        );
+        for (source, want) in [
+            (CoverageSource::Remote, (0..10).map(|i| 0x100 + i).collect()),
+            (
+                CoverageSource::Local,
+                (0..10)
+                    .flat_map(|i| [0x200 + i, 0x300 + i])
+                    .collect::<Vec<u64>>(),
+            ),
+        ] {
+            let mine: Vec<&CoverageChunk> = sink
+                .frames
+                .iter()
+                .map(|f| &f.0)
+                .filter(|c| c.source == source)
+                .collect();
+            let seqs: Vec<u32> = mine.iter().map(|c| c.seq).collect();
+            assert_eq!(
+                seqs,
+                (0..seqs.len() as u32).collect::<Vec<_>>(),
+                "{source:?}"
+            );
+            let words: Vec<u64> = mine.iter().flat_map(|c| c.words.clone()).collect();
+            assert_eq!(words, want, "{source:?}");
+        }
     }
 
     #[test]
@@ -452,7 +539,9 @@ mod tests {
         let (area_tx, area_rx) = channel::<AreaNote>();
         let t = std::thread::spawn(move || {
             let area = Arc::new(MappedArea::anonymous(512).unwrap());
-            area_tx.send((Arc::clone(&area), KcovMode::Pc)).unwrap();
+            area_tx
+                .send((Arc::clone(&area), KcovMode::Pc, CoverageSource::Remote))
+                .unwrap();
             land(&area, &[0xb1, 0xb2]);
             drop(area);
             panic!("workload went wrong");
@@ -468,7 +557,7 @@ mod tests {
         )
         .unwrap();
         assert!(result.is_err());
-        assert_eq!(shipper.unwrap().entries(), 2);
+        assert_eq!(shipper[0].entries(), 2);
         assert_eq!(sink.frames[0].0.words, [0xb1, 0xb2]);
         // A thread that ends before any area (coverage off, enable failed): nothing shipped.
         let (_tx, rx) = channel::<AreaNote>();
@@ -478,7 +567,7 @@ mod tests {
         let (result, shipper) =
             ship_while_running("w", Some(Duration::from_millis(1)), 16, t, &rx, &mut sink).unwrap();
         assert_eq!(result.unwrap(), 7);
-        assert!(shipper.is_none() && sink.frames.is_empty());
+        assert!(shipper.is_empty() && sink.frames.is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `testbed.workloads=a,b` | workloads in order ([`Workload`]) | `cmd` if a command was given, else none |
 //! | `testbed.cover=pc\|cmp\|off` | kcov remote trace mode; `off` = no remote enable (negative control) | `pc` |
+//! | `testbed.local=on\|off` | also collect the local coverage of the thread that drives a vhost device (its own ioctls, kicks, reads and writes of the device fd), in the same mode, in an area 4 times `testbed.area` | `on` |
 //! | `testbed.area=<words>` | kcov area size in u64 words, whole pages (multiple of 512) | 1048576 |
 //! | `testbed.transport=console\|vsock` | where the kcov-wire stream goes | `console` |
 //! | `testbed.port=<P>` | AF_VSOCK port on CID 2 (vsock transport) | 10000 |
@@ -47,16 +48,32 @@ pub enum Workload {
     VhostNetRx,
     /// The agent as vhost-vsock frontend, a guest AF_VSOCK client talking to it.
     VhostVsock,
+    /// vhost-net refusing malformed ioctls and rings with the exact errno / reaction.
+    VhostNetErrors,
+    /// The vhost-net feature matrix: TX and RX frames through one device per variant.
+    VhostNetMatrix,
+    /// vhost-net's control plane under traffic: dirty log, detach/attach, ring bases,
+    /// RESET_OWNER, IOTLB messages.
+    VhostNetControl,
+    /// vhost-vsock's ioctls, transport paths (cancel, RST, SEQPACKET) and ring errors.
+    VhostVsockControl,
+    /// vhost-net TX zero-copy (its boot gets `vhost_net.experimental_zcopytx=1`).
+    VhostNetZcopy,
     /// The user command (`/etc/testbed/cmd`) under the remote handle.
     Cmd,
 }
 
 impl Workload {
     /// All workloads.
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 9] = [
         Workload::VhostNetTx,
         Workload::VhostNetRx,
         Workload::VhostVsock,
+        Workload::VhostNetMatrix,
+        Workload::VhostNetControl,
+        Workload::VhostNetErrors,
+        Workload::VhostVsockControl,
+        Workload::VhostNetZcopy,
         Workload::Cmd,
     ];
 
@@ -66,7 +83,21 @@ impl Workload {
             Workload::VhostNetTx => "vhost-net-tx",
             Workload::VhostNetRx => "vhost-net-rx",
             Workload::VhostVsock => "vhost-vsock",
+            Workload::VhostNetErrors => "vhost-net-errors",
+            Workload::VhostNetMatrix => "vhost-net-matrix",
+            Workload::VhostNetControl => "vhost-net-control",
+            Workload::VhostVsockControl => "vhost-vsock-control",
+            Workload::VhostNetZcopy => "vhost-net-zcopy",
             Workload::Cmd => "cmd",
+        }
+    }
+
+    /// Kernel command-line parameters the workload needs (module parameters of built-in
+    /// drivers that are read-only at run time).
+    pub fn kernel_params(self) -> &'static [&'static str] {
+        match self {
+            Workload::VhostNetZcopy => &["vhost_net.experimental_zcopytx=1"],
+            _ => &[],
         }
     }
 
@@ -164,6 +195,8 @@ pub struct Plan {
     pub workloads: Vec<Workload>,
     /// Coverage setting.
     pub cover: Cover,
+    /// Also collect the local coverage of the thread that drives a vhost device.
+    pub local: bool,
     /// kcov area size in words.
     pub area_words: usize,
     /// Stream transport.
@@ -184,6 +217,7 @@ impl Default for Plan {
         Plan {
             workloads: Vec::new(),
             cover: Cover::On(KcovMode::Pc),
+            local: true,
             area_words: DEFAULT_AREA_WORDS,
             transport: Transport::Console,
             port: DEFAULT_PORT,
@@ -198,7 +232,7 @@ impl Default for Plan {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     /// `testbed.workloads` names a workload that does not exist.
-    #[error("unknown workload {name:?} (known: vhost-net-tx, vhost-net-rx, vhost-vsock, cmd)")]
+    #[error("unknown workload {name:?} (known: {})", known_workloads())]
     UnknownWorkload {
         /// The name given.
         name: String,
@@ -234,6 +268,11 @@ pub enum PlanError {
     /// `cmd` in the plan but no command in the initramfs.
     #[error("workload cmd needs a command (cargo xtask boot ... -- CMD ARGS)")]
     NoCommand,
+}
+
+fn known_workloads() -> String {
+    let names: Vec<&str> = Workload::ALL.iter().map(|w| w.name()).collect();
+    names.join(", ")
 }
 
 fn bad(key: &str, value: &str, expected: &'static str) -> PlanError {
@@ -326,6 +365,7 @@ impl Plan {
                     _ => return Err(bad(key, value, "pc, cmp or off")),
                 }
             }
+            "local" => self.local = on_off(key, value)?,
             "area" => {
                 const AREA: &str = "kcov area words, a multiple of 512 (one page) up to 67108864";
                 let words: usize = num(key, value, 512..=(1 << 26), AREA)?;
@@ -389,6 +429,9 @@ impl Plan {
         if self.cover != d.cover {
             word("cover", self.cover.name().into());
         }
+        if self.local != d.local {
+            word("local", if self.local { "on" } else { "off" }.into());
+        }
         if self.area_words != d.area_words {
             word("area", self.area_words.to_string());
         }
@@ -433,6 +476,21 @@ impl Plan {
         w
     }
 
+    /// The kernel parameters the plan's workloads need ([`Workload::kernel_params`]), each
+    /// once; they go on the command line beside [`words`](Self::words) (they change the
+    /// kernel for every workload of the boot).
+    pub fn kernel_words(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for w in &self.workloads {
+            for p in w.kernel_params() {
+                if !out.iter().any(|o| o == p) {
+                    out.push(p.to_string());
+                }
+            }
+        }
+        out
+    }
+
     /// Frame size for the net workloads, checked against Ethernet limits.
     pub fn net_frame_size(&self) -> Result<usize, PlanError> {
         let s = self.params.size;
@@ -456,6 +514,7 @@ mod tests {
         let p = Plan::parse("console=ttyS0 quiet", false).unwrap();
         assert!(p.workloads.is_empty());
         assert_eq!(p.cover, Cover::On(KcovMode::Pc));
+        assert!(p.local);
         assert_eq!(p.area_words, DEFAULT_AREA_WORDS);
         assert_eq!(p.transport, Transport::Console);
         assert_eq!(p.snapshot_ms, DEFAULT_SNAPSHOT_MS);
@@ -562,6 +621,19 @@ mod tests {
     }
 
     #[test]
+    fn workloads_bring_their_kernel_params() {
+        let mut p = Plan::default();
+        assert!(p.kernel_words().is_empty());
+        p.set("workloads", "vhost-net-tx,vhost-net-zcopy,vhost-net-zcopy")
+            .unwrap();
+        assert_eq!(p.kernel_words(), ["vhost_net.experimental_zcopytx=1"]);
+        // Not a plan word: parsing the line with it gives the same plan.
+        let mut line = p.words();
+        line.extend(p.kernel_words());
+        assert_eq!(Plan::parse(&line.join(" "), false), Ok(p));
+    }
+
+    #[test]
     fn words_round_trip() {
         assert!(Plan::default().words().is_empty());
         assert_eq!(Plan::parse("", false), Ok(Plan::default()));
@@ -569,6 +641,7 @@ mod tests {
         for (k, v) in [
             ("workloads", "vhost-vsock,cmd,vhost-net-tx"),
             ("cover", "cmp"),
+            ("local", "off"),
             ("area", "2048"),
             ("transport", "vsock"),
             ("port", "4321"),
@@ -586,7 +659,7 @@ mod tests {
             p.set(k, v).unwrap();
         }
         let words = p.words();
-        assert_eq!(words.len(), 15, "{words:?}");
+        assert_eq!(words.len(), 16, "{words:?}");
         assert_eq!(Plan::parse(&words.join(" "), true), Ok(p.clone()));
         // Each setting alone, too (only what differs from the default is rendered).
         for w in &words {

@@ -3,7 +3,7 @@
 //! (`<run>/coverage.kcw`). Checks the stream with kcov-wire and the PCs against the guest
 //! kernel's symbols with the `coverage` crate.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -19,8 +19,11 @@ fn boot(args: &[&str]) -> Option<Output> {
 #[derive(Default, Debug)]
 struct Workload {
     remote: Vec<u64>,
+    /// PCs of the driver thread's own syscalls (`testbed.local`).
+    local: Vec<u64>,
     overflow: bool,
     chunks: usize,
+    local_chunks: usize,
     status: Option<i32>,
     error: Option<String>,
     counters: BTreeMap<String, u64>,
@@ -52,12 +55,16 @@ fn read_stream(path: &Path) -> Stream {
             }
             Frame::CoverageChunk(c) => {
                 let w = s.workloads.get_mut(&c.workload).expect("chunk after start");
-                assert_eq!(c.source, CoverageSource::Remote);
-                assert_eq!(c.seq as usize, w.chunks, "chunks in sequence");
-                w.chunks += 1;
+                let (seen, pcs) = match c.source {
+                    CoverageSource::Remote => (&mut w.chunks, &mut w.remote),
+                    CoverageSource::Local => (&mut w.local_chunks, &mut w.local),
+                    CoverageSource::Host => panic!("a guest never sends host coverage"),
+                };
+                assert_eq!(c.seq as usize, *seen, "chunks of one source in sequence");
+                *seen += 1;
                 w.overflow |= c.overflow;
                 let step = c.mode.words_per_entry();
-                w.remote.extend(c.words.iter().skip(step - 1).step_by(step));
+                pcs.extend(c.words.iter().skip(step - 1).step_by(step));
             }
             Frame::WorkloadResult(r) => {
                 let w = s.workloads.get_mut(&r.name).expect("result after start");
@@ -127,6 +134,16 @@ fn agent_vhost_workloads_ship_remote_coverage() {
         assert_eq!(w.counters.get("iterations"), Some(&40), "{name}");
         assert!(!w.overflow, "{name} overflowed");
         assert_eq!(w.counters.get("remote_pcs"), Some(&(w.remote.len() as u64)));
+        assert_eq!(w.counters.get("local_pcs"), Some(&(w.local.len() as u64)));
+        // The driver thread's own syscalls: the vhost ioctls it made, traced locally.
+        let funcs = functions(&vmlinux, &w.local);
+        for f in [
+            "vhost_dev_set_owner",
+            "vhost_vring_ioctl",
+            "vhost_dev_ioctl",
+        ] {
+            assert!(funcs.iter().any(|g| g == f), "{name}: no local PC in {f}");
+        }
     }
     assert_eq!(tx.counters["frames_verified"], 40);
     assert_eq!(rx.counters["frames_verified"], 40);
@@ -229,9 +246,9 @@ fn agent_cover_off_is_a_negative_control() {
         w.error
     );
     assert_eq!(w.counters["frames_verified"], 10);
-    assert_eq!(w.chunks, 0);
+    assert_eq!((w.chunks, w.local_chunks), (0, 0));
     assert!(
-        w.remote.is_empty(),
+        w.remote.is_empty() && w.local.is_empty(),
         "{} PCs without a remote enable",
         w.remote.len()
     );
@@ -513,4 +530,237 @@ fn a_hung_command_keeps_its_vhost_coverage_up_to_the_last_snapshot() {
     // Without --partial the incomplete store is refused, as before.
     let plain = xtask(&["report", run.to_str().unwrap()]).unwrap();
     assert!(!plain.status.success(), "{}", text(&plain));
+}
+
+/// The drivers/vhost functions `workload` covered in `run` (`source`: all, remote, local),
+/// through the real report pipeline (`cargo xtask report --json`, DWARF names, so inlined
+/// functions count too).
+fn covered_functions(run: &Path, workload: &str, source: &str) -> BTreeSet<String> {
+    let json = run.join(format!("report-{workload}-{source}.json"));
+    let out = xtask(&[
+        "report",
+        run.to_str().unwrap(),
+        "--workload",
+        workload,
+        "--source",
+        source,
+        "--json",
+        json.to_str().unwrap(),
+    ])
+    .expect("xtask report");
+    assert!(out.status.success(), "report: {}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let mut set = BTreeSet::new();
+    for f in v["files"].as_array().unwrap() {
+        for func in f["functions"].as_array().unwrap() {
+            if func["lines_hit"].as_u64().unwrap_or(0) > 0 {
+                set.insert(func["name"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    set
+}
+
+fn assert_covers(have: &BTreeSet<String>, what: &str, needed: &[&str]) {
+    let missing: Vec<&&str> = needed.iter().filter(|f| !have.contains(**f)).collect();
+    assert!(
+        missing.is_empty(),
+        "{what}: {missing:?} not covered; covered: {have:?}"
+    );
+}
+
+/// The breadth workloads in one boot: each checks its own outcome (exact errno, byte-exact
+/// frames, the dirty log, IOTLB messages) and fails otherwise; here their status, what they
+/// counted, and that each reached the functions it is there for.
+#[test]
+fn agent_breadth_workloads_check_their_outcomes() {
+    let Some(out) = boot(&[
+        "--workload",
+        "vhost-net-matrix",
+        "--workload",
+        "vhost-net-errors",
+        "--workload",
+        "vhost-net-control",
+        "--workload",
+        "vhost-vsock-control",
+    ]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stream = stream_path(&out);
+    let s = read_stream(&stream);
+    assert_eq!(s.done, Some(0));
+    let run = stream.parent().unwrap();
+
+    let m = &s.workloads["vhost-net-matrix"];
+    assert_eq!(m.status, Some(0), "{:?}", m.error);
+    assert!(!m.overflow, "vhost-net-matrix overflowed");
+    assert_eq!(m.counters["variants"], 10, "{:?}", m.counters);
+    // 16 frames each way in 8 variants, TX only in sndbuf and big-tx.
+    assert_eq!(m.counters["frames_verified"], 16 * (2 * 8 + 2));
+    let remote = covered_functions(run, "vhost-net-matrix", "remote");
+    assert_covers(
+        &remote,
+        "vhost-net-matrix (workers)",
+        &[
+            "get_indirect",
+            "vhost_net_busy_poll",
+            "tx_can_batch",
+            "vhost_update_avail_event",
+            "vhost_attach_cgroups_work",
+        ],
+    );
+    let local = covered_functions(run, "vhost-net-matrix", "local");
+    assert_covers(
+        &local,
+        "vhost-net-matrix (setup)",
+        &["vhost_net_set_features", "vhost_kthread_worker_create"],
+    );
+
+    let c = &s.workloads["vhost-net-control"];
+    assert_eq!(c.status, Some(0), "{:?}", c.error);
+    assert!(!c.overflow, "vhost-net-control overflowed");
+    // Both used rings and the 8 RX buffers' pages, exactly.
+    assert_eq!(c.counters["log_pages"], 10, "{:?}", c.counters);
+    // The used ring's at the failed attach, one or more while the frames move, one or more
+    // after the invalidation.
+    assert!(c.counters["iotlb_misses"] >= 3, "{:?}", c.counters);
+    // Dirty log 8 + 8, live base 4 + 16 + 4 TX and 4 RX, IOTLB 5.
+    assert_eq!(c.counters["frames_verified"], 49);
+    let local = covered_functions(run, "vhost-net-control", "local");
+    assert_covers(
+        &local,
+        "vhost-net-control (ioctls, device fd)",
+        &[
+            "vhost_net_reset_owner",
+            "vhost_dev_reset_owner",
+            "vhost_chr_read_iter",
+            "vhost_chr_poll",
+            "vhost_process_iotlb_msg",
+            "vhost_iotlb_notify_vq",
+            "vhost_init_device_iotlb",
+            "vhost_log_access_ok",
+        ],
+    );
+    let remote = covered_functions(run, "vhost-net-control", "remote");
+    assert_covers(
+        &remote,
+        "vhost-net-control (workers)",
+        &[
+            "vhost_log_write",
+            "log_write",
+            "log_used",
+            "log_write_hva",
+            "vhost_iotlb_miss",
+            "iotlb_access_ok",
+            "vhost_vq_meta_update",
+        ],
+    );
+
+    let v = &s.workloads["vhost-vsock-control"];
+    assert_eq!(v.status, Some(0), "{:?}", v.error);
+    assert!(!v.overflow, "vhost-vsock-control overflowed");
+    assert_eq!(v.counters["ioctl_errors"], 11, "{:?}", v.counters);
+    assert_eq!(v.counters["transport_cases"], 4, "{:?}", v.counters);
+    assert_eq!(v.counters["ring_errors"], 5, "{:?}", v.counters);
+    // 600 bytes socket to device, 300 back, each record checked whole.
+    assert_eq!(v.counters["seqpacket_bytes"], 900);
+    let local = covered_functions(run, "vhost-vsock-control", "local");
+    assert_covers(
+        &local,
+        "vhost-vsock-control (ioctls, sockets, release)",
+        &[
+            "vhost_vsock_set_cid",
+            "vhost_vsock_start",
+            "vhost_vsock_stop",
+            "vhost_transport_send_pkt",
+            "vhost_transport_cancel_pkt",
+            "vhost_transport_seqpacket_allow",
+            "vhost_vsock_reset_orphans",
+            "vhost_vsock_chr_write_iter",
+        ],
+    );
+    let remote = covered_functions(run, "vhost-vsock-control", "remote");
+    assert_covers(
+        &remote,
+        "vhost-vsock-control (workers)",
+        &[
+            "vhost_transport_do_send_pkt",
+            "vhost_vsock_alloc_skb",
+            "vhost_vsock_handle_tx_kick",
+        ],
+    );
+
+    let e = &s.workloads["vhost-net-errors"];
+    assert_eq!(e.status, Some(0), "{:?}", e.error);
+    assert!(!e.overflow, "vhost-net-errors overflowed");
+    // Every case of net_errors.rs, counted as it passed.
+    assert_eq!(e.counters["ioctl_errors"], 36, "{:?}", e.counters);
+    assert_eq!(e.counters["ring_errors"], 15, "{:?}", e.counters);
+    let local = covered_functions(run, "vhost-net-errors", "local");
+    assert_covers(
+        &local,
+        "vhost-net-errors (ioctls)",
+        &[
+            "vhost_dev_ioctl",
+            "vhost_vring_ioctl",
+            "vhost_vring_set_num",
+            "vhost_vring_set_addr",
+            "vhost_set_memory",
+            "vhost_net_set_backend",
+            "vhost_chr_write_iter",
+            "vhost_process_iotlb_msg",
+        ],
+    );
+    let remote = covered_functions(run, "vhost-net-errors", "remote");
+    assert_covers(
+        &remote,
+        "vhost-net-errors (rings)",
+        &[
+            "vhost_get_vq_desc",
+            "get_indirect",
+            "get_tx_bufs",
+            "get_rx_bufs",
+            "vhost_discard_vq_desc",
+            "vhost_net_build_xdp",
+        ],
+    );
+}
+
+/// `vhost-net-zcopy` boots alone: its kernel parameter (vhost_net.experimental_zcopytx=1)
+/// would turn every TX workload of the boot to the zero-copy handler.
+#[test]
+fn agent_zcopy_workload_sends_by_zero_copy() {
+    let Some(out) = boot(&["--workload", "vhost-net-zcopy"]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stream = stream_path(&out);
+    let run = stream.parent().unwrap();
+    let record = std::fs::read_to_string(run.join("run.json")).unwrap();
+    assert!(
+        record.contains("vhost_net.experimental_zcopytx=1"),
+        "the plan put the parameter on the command line: {record}"
+    );
+    let s = read_stream(&stream);
+    let z = &s.workloads["vhost-net-zcopy"];
+    assert_eq!(z.status, Some(0), "{:?}", z.error);
+    assert!(!z.overflow);
+    // 32 frames in each of the three runs, every one out of the tap byte-exact.
+    assert_eq!(z.counters["frames_verified"], 96, "{:?}", z.counters);
+    let remote = covered_functions(run, "vhost-net-zcopy", "remote");
+    assert_covers(
+        &remote,
+        "vhost-net-zcopy (worker)",
+        &[
+            "handle_tx_zerocopy",
+            "vhost_zerocopy_signal_used",
+            "vhost_zerocopy_complete",
+            "vhost_net_ubuf_put",
+        ],
+    );
+    let local = covered_functions(run, "vhost-net-zcopy", "local");
+    assert_covers(&local, "vhost-net-zcopy (setup)", &["vhost_net_ubuf_alloc"]);
 }

@@ -218,3 +218,28 @@ fn coverage_golden_vhost_net_rx() {
 fn coverage_golden_vhost_vsock() {
     real_golden("vhost-vsock");
 }
+
+#[test]
+fn coverage_golden_vhost_net_matrix() {
+    real_golden("vhost-net-matrix");
+}
+
+#[test]
+fn coverage_golden_vhost_net_errors() {
+    real_golden("vhost-net-errors");
+}
+
+#[test]
+fn coverage_golden_vhost_net_control() {
+    real_golden("vhost-net-control");
+}
+
+#[test]
+fn coverage_golden_vhost_vsock_control() {
+    real_golden("vhost-vsock-control");
+}
+
+#[test]
+fn coverage_golden_vhost_net_zcopy() {
+    real_golden("vhost-net-zcopy");
+}

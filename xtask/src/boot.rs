@@ -210,6 +210,7 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, RunDir)> {
     let words: Vec<String> = plan
         .words()
         .into_iter()
+        .chain(plan.kernel_words())
         .chain(opts.append.clone())
         .collect();
     // `--append` may carry plan words too: the whole line is parsed as the agent will.

@@ -16,7 +16,16 @@ use crate::report::title;
 use crate::run_kernel::{load, open_or_collect};
 
 /// The workloads the guest agent is getting; each has a golden under `goldens/`.
-pub const WORKLOADS: &[&str] = &["vhost-net-tx", "vhost-net-rx", "vhost-vsock"];
+pub const WORKLOADS: &[&str] = &[
+    "vhost-net-tx",
+    "vhost-net-rx",
+    "vhost-vsock",
+    "vhost-net-matrix",
+    "vhost-net-errors",
+    "vhost-net-control",
+    "vhost-vsock-control",
+    "vhost-net-zcopy",
+];
 
 /// `goldens/` at the workspace root.
 pub fn goldens_dir() -> PathBuf {
@@ -255,7 +264,7 @@ pub fn boot_workload(workload: &str) -> Result<crate::runs::RunDir> {
 /// `cargo xtask golden` arguments.
 #[derive(clap::Args, Clone, Debug)]
 pub struct GoldenArgs {
-    /// Workloads (default: all of vhost-net-tx, vhost-net-rx, vhost-vsock).
+    /// Workloads (default: all of [`WORKLOADS`]).
     pub workloads: Vec<String>,
     /// Runs per workload; lines covered in every run are stable, the others flaky.
     #[arg(long, default_value_t = 3)]

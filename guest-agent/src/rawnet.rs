@@ -1,0 +1,479 @@
+//! A vhost-net device driven ioctl by ioctl ([`frontends::vhost_raw`]) over raw split rings
+//! ([`DriverRing`]): what the breadth workloads (`vhost-net-errors`, `vhost-net-control`)
+//! need to write any descriptor, move ring bases, detach and re-attach backends, and read the
+//! kernel's exact errno.
+//!
+//! Each ring has its own kick, call and error eventfd (`VHOST_SET_VRING_ERR`: vhost signals
+//! it on every `vq_err`). TX frames use two descriptors, `2k` and `2k + 1` modulo the ring
+//! size for avail index `k`, so a frame's descriptors are only reused after the ring went
+//! round once; RX buffers the same.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use frontends::tap::Tap;
+use frontends::vhost_raw::{MemRegion, RawVhost, VringAddr};
+use frontends::vring::{poll_readable, Arena, Desc, DriverRing, DESC_SIZE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::net::{frame_id, test_frame, NetError, PacketSocket, TEST_ETHERTYPE};
+
+/// vhost-net queue index of the RX ring.
+pub const RXQ: usize = 0;
+/// vhost-net queue index of the TX ring.
+pub const TXQ: usize = 1;
+/// Bytes reserved per descriptor slot (header + a full frame + slack).
+pub const SLOT: u64 = 4096;
+
+/// A failed check of a breadth workload, named by its case.
+pub fn fail(case: &str, what: impl std::fmt::Display) -> NetError {
+    NetError::Mismatch(format!("{case}: {what}"))
+}
+
+/// `r` must fail with exactly `errno`.
+pub fn expect_errno<T: std::fmt::Debug>(
+    case: &str,
+    r: io::Result<T>,
+    errno: i32,
+) -> Result<(), NetError> {
+    match r {
+        Err(e) if e.raw_os_error() == Some(errno) => Ok(()),
+        Err(e) => Err(fail(
+            case,
+            format!(
+                "expected errno {errno} ({}), got {e}",
+                io::Error::from_raw_os_error(errno)
+            ),
+        )),
+        Ok(v) => Err(fail(
+            case,
+            format!(
+                "expected errno {errno} ({}), the call succeeded ({v:?})",
+                io::Error::from_raw_os_error(errno)
+            ),
+        )),
+    }
+}
+
+/// `r` must succeed.
+pub fn expect_ok<T>(case: &str, r: io::Result<T>) -> Result<T, NetError> {
+    r.map_err(|e| fail(case, e))
+}
+
+/// One ring: its driver view, its eventfds.
+pub struct RawRing {
+    /// The driver's view.
+    pub ring: DriverRing,
+    /// Kick eventfd.
+    pub kick: EventFd,
+    /// Call eventfd.
+    pub call: EventFd,
+    /// Error eventfd (`VHOST_SET_VRING_ERR`).
+    pub err: EventFd,
+    /// Buffer slots, one per descriptor pair.
+    pub bufs: u64,
+}
+
+/// How to set a device up.
+#[derive(Debug, Clone, Copy)]
+pub struct RawOpts {
+    /// Features to negotiate.
+    pub features: u64,
+    /// Ring size.
+    pub queue: u16,
+    /// `VHOST_SET_FORK_FROM_OWNER` before `VHOST_SET_OWNER` (None: leave the default).
+    pub fork_owner: Option<u8>,
+    /// Attach the tap to both rings at the end of setup.
+    pub attach: bool,
+}
+
+/// The device, its memory, rings, tap and AF_PACKET socket.
+pub struct RawNet {
+    /// The vhost-net fd.
+    pub dev: RawVhost,
+    /// Its memory (identity memory table).
+    pub arena: Arena,
+    /// RX and TX rings ([`RXQ`], [`TXQ`]).
+    pub rings: [RawRing; 2],
+    /// The tap backend.
+    pub tap: Tap,
+    /// AF_PACKET on the tap: test frames out of TX, frames injected for RX.
+    pub sock: PacketSocket,
+    /// Negotiated features.
+    pub features: u64,
+}
+
+fn efd(what: &'static str) -> Result<EventFd, NetError> {
+    EventFd::new(EFD_NONBLOCK).map_err(|source| NetError::Sys {
+        what: format!("eventfd ({what})"),
+        source,
+    })
+}
+
+impl RawNet {
+    /// Memory for two rings of `queue` entries and their buffer slots, plus `extra` bytes.
+    pub fn arena(queue: u16, extra: usize) -> Result<Arena, NetError> {
+        let q = usize::from(queue);
+        Ok(Arena::new(
+            2 * (3 * 4096 + 32 * q + q * SLOT as usize) + extra + (1 << 16),
+        )?)
+    }
+
+    /// Opens /dev/vhost-net, becomes its owner (the calling thread's kcov handle goes to the
+    /// worker) and sets features, memory and both rings up; attaches the tap if asked.
+    pub fn open(mut arena: Arena, o: RawOpts) -> Result<RawNet, NetError> {
+        let dev = RawVhost::open(frontends::vhost_net::VHOST_NET_PATH).map_err(|source| {
+            NetError::Sys {
+                what: "open /dev/vhost-net".into(),
+                source,
+            }
+        })?;
+        if let Some(v) = o.fork_owner {
+            expect_ok("VHOST_SET_FORK_FROM_OWNER", dev.set_fork_from_owner(v))?;
+        }
+        expect_ok("VHOST_SET_OWNER", dev.set_owner())?;
+        let offered = expect_ok("VHOST_GET_FEATURES", dev.get_features())?;
+        if offered & o.features != o.features {
+            return Err(fail(
+                "VHOST_GET_FEATURES",
+                format!(
+                    "{:#x} not offered (offers {offered:#x})",
+                    o.features & !offered
+                ),
+            ));
+        }
+        expect_ok("VHOST_SET_FEATURES", dev.set_features(o.features))?;
+        let info = arena.region_info();
+        expect_ok(
+            "VHOST_SET_MEM_TABLE",
+            dev.set_mem_table(&[MemRegion {
+                guest_phys_addr: info.guest_phys_addr,
+                memory_size: info.memory_size,
+                userspace_addr: info.userspace_addr,
+                flags_padding: 0,
+            }]),
+        )?;
+        let ring = |arena: &mut Arena| -> Result<RawRing, NetError> {
+            let n = u64::from(o.queue);
+            let desc = arena.alloc(DESC_SIZE * n, 4096)?;
+            let avail = arena.alloc(6 + 2 * n, 4096)?;
+            let used = arena.alloc(6 + 8 * n, 4096)?;
+            let bufs = arena.alloc(SLOT * n / 2, 4096)?;
+            Ok(RawRing {
+                ring: DriverRing::new(o.queue, desc, avail, used),
+                kick: efd("kick")?,
+                call: efd("call")?,
+                err: efd("err")?,
+                bufs,
+            })
+        };
+        let rings = [ring(&mut arena)?, ring(&mut arena)?];
+        for (i, r) in rings.iter().enumerate() {
+            r.configure(&dev, i as u32)?;
+        }
+        let tap = Tap::open("kcovtap%d")?;
+        tap.set_up()?;
+        let sock = PacketSocket::bind(tap.ifindex()?, TEST_ETHERTYPE)?;
+        let net = RawNet {
+            dev,
+            arena,
+            rings,
+            tap,
+            sock,
+            features: o.features,
+        };
+        if o.attach {
+            net.attach(RXQ)?;
+            net.attach(TXQ)?;
+        }
+        Ok(net)
+    }
+
+    /// `VHOST_NET_SET_BACKEND` of the tap on queue `q`.
+    pub fn attach(&self, q: usize) -> Result<(), NetError> {
+        expect_ok(
+            "VHOST_NET_SET_BACKEND",
+            self.dev
+                .net_set_backend(q as u32, self.tap.file().as_raw_fd()),
+        )
+    }
+
+    /// Detaches queue `q`'s backend (flushes its worker).
+    pub fn detach(&self, q: usize) -> Result<(), NetError> {
+        expect_ok(
+            "VHOST_NET_SET_BACKEND -1",
+            self.dev.net_set_backend(q as u32, -1),
+        )
+    }
+
+    /// Detaches both queues, ignoring errors (teardown).
+    pub fn detach_all(&self) {
+        for q in [RXQ, TXQ] {
+            let _ = self.dev.net_set_backend(q as u32, -1);
+        }
+    }
+
+    /// The slot of avail index `k` on ring `q`: (first descriptor, buffer address).
+    pub fn slot(&self, q: usize, k: u16) -> (u16, u64) {
+        let r = &self.rings[q];
+        let pairs = r.ring.size / 2;
+        let p = k % pairs;
+        (2 * p, r.bufs + SLOT * u64::from(p))
+    }
+
+    /// Writes descriptor `idx` of ring `q`.
+    pub fn desc(&self, q: usize, idx: u16, d: Desc) -> Result<(), NetError> {
+        Ok(self.rings[q]
+            .ring
+            .write_desc(&self.arena.mem(), None, idx, d)?)
+    }
+
+    /// Makes `head` available on ring `q` and kicks.
+    pub fn push(&mut self, q: usize, head: u16) -> Result<(), NetError> {
+        let mem = self.arena.mem();
+        self.rings[q].ring.push_avail(&mem, head)?;
+        self.kick(q)
+    }
+
+    /// Kicks ring `q`.
+    pub fn kick(&self, q: usize) -> Result<(), NetError> {
+        self.rings[q].kick.write(1).map_err(|source| NetError::Sys {
+            what: "kick eventfd".into(),
+            source,
+        })
+    }
+
+    /// Puts TX test frame `seq` of `size` bytes (a zero virtio-net header of `hdr` bytes,
+    /// then the frame, in two descriptors) on the next avail slot and kicks. Returns its head.
+    pub fn tx_frame(&mut self, seq: u32, size: usize, hdr: usize) -> Result<u16, NetError> {
+        let d = self.put_tx_frame(seq, size, hdr)?;
+        self.kick(TXQ)?;
+        Ok(d)
+    }
+
+    /// [`tx_frame`](Self::tx_frame) without the kick (published, not announced).
+    pub fn put_tx_frame(&mut self, seq: u32, size: usize, hdr: usize) -> Result<u16, NetError> {
+        let k = self.rings[TXQ].ring.avail_idx();
+        let (d, buf) = self.slot(TXQ, k);
+        self.arena.write(buf, &vec![0u8; hdr])?;
+        self.arena
+            .write(buf + hdr as u64, &test_frame(b'T', seq, size))?;
+        let next = VRING_DESC_F_NEXT as u16;
+        self.desc(
+            TXQ,
+            d,
+            Desc {
+                addr: buf,
+                len: hdr as u32,
+                flags: next,
+                next: d + 1,
+            },
+        )?;
+        self.desc(
+            TXQ,
+            d + 1,
+            Desc {
+                addr: buf + hdr as u64,
+                len: size as u32,
+                flags: 0,
+                next: 0,
+            },
+        )?;
+        self.push(TXQ, d)?;
+        Ok(d)
+    }
+
+    /// Posts an RX buffer of `len` bytes (one writable descriptor) on the next avail slot.
+    /// Returns (head, buffer address).
+    pub fn rx_buffer(&mut self, len: u32) -> Result<(u16, u64), NetError> {
+        let k = self.rings[RXQ].ring.avail_idx();
+        let (d, buf) = self.slot(RXQ, k);
+        self.desc(
+            RXQ,
+            d,
+            Desc {
+                addr: buf,
+                len,
+                flags: VRING_DESC_F_WRITE as u16,
+                next: 0,
+            },
+        )?;
+        self.push(RXQ, d)?;
+        Ok((d, buf))
+    }
+
+    /// The next used element of ring `q` within `timeout` (None: none came).
+    pub fn wait_used(
+        &mut self,
+        q: usize,
+        timeout: Duration,
+    ) -> Result<Option<(u32, u32)>, NetError> {
+        let deadline = Instant::now() + timeout;
+        let mem = self.arena.mem();
+        loop {
+            if let Some(u) = self.rings[q].ring.next_used(&mem)? {
+                return Ok(Some(u));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let fd = self.rings[q].call.as_raw_fd();
+            if poll_readable(&[fd], left.min(Duration::from_millis(20))).map_err(|source| {
+                NetError::Sys {
+                    what: "poll (call)".into(),
+                    source,
+                }
+            })?[0]
+            {
+                let _ = self.rings[q].call.read();
+            }
+        }
+    }
+
+    /// Whether ring `q`'s error eventfd fired within `timeout` (cleared when it did).
+    pub fn wait_err(&self, q: usize, timeout: Duration) -> Result<bool, NetError> {
+        let fd = self.rings[q].err.as_raw_fd();
+        let fired = poll_readable(&[fd], timeout).map_err(|source| NetError::Sys {
+            what: "poll (err)".into(),
+            source,
+        })?[0];
+        if fired {
+            let _ = self.rings[q].err.read();
+        }
+        Ok(fired)
+    }
+
+    /// Waits for TX test frame `seq` (`size` bytes) to come out of the tap byte-exact.
+    pub fn expect_tx_out(
+        &self,
+        case: &str,
+        seq: u32,
+        size: usize,
+        timeout: Duration,
+    ) -> Result<(), NetError> {
+        let deadline = Instant::now() + timeout;
+        let want = test_frame(b'T', seq, size);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(f) = self.sock.recv(left)? else {
+                return Err(fail(
+                    case,
+                    format!("TX frame {seq} never came out of the tap"),
+                ));
+            };
+            match frame_id(&f) {
+                Some((b'T', s)) if s == seq => {
+                    if f != want {
+                        return Err(fail(case, format!("TX frame {seq} differs")));
+                    }
+                    return Ok(());
+                }
+                Some((b'T', s)) => {
+                    return Err(fail(
+                        case,
+                        format!("TX frame {s} came out where {seq} was expected"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// No TX test frame comes out of the tap within `quiet`.
+    pub fn expect_no_tx_out(&self, case: &str, quiet: Duration) -> Result<(), NetError> {
+        let deadline = Instant::now() + quiet;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            match self.sock.recv(left)? {
+                None => return Ok(()),
+                Some(f) => {
+                    if let Some((b'T', s)) = frame_id(&f) {
+                        return Err(fail(case, format!("TX frame {s} came out of the tap")));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ring `q` stopped at the bad buffer at avail index `at`: detaches it, checks
+    /// `VHOST_GET_VRING_BASE` says `at` (vhost left it there) or `at + 1` (`consumed`: vhost
+    /// took it off the ring and never used it), moves the base past it with
+    /// `VHOST_SET_VRING_BASE`, re-attaches, and checks that moving the base of an attached
+    /// ring is refused (EBUSY).
+    pub fn skip_bad(
+        &mut self,
+        case: &str,
+        q: usize,
+        at: u16,
+        consumed: bool,
+    ) -> Result<(), NetError> {
+        self.detach(q)?;
+        let base = expect_ok(case, self.dev.get_vring_base(q as u32))?;
+        let want = u32::from(at.wrapping_add(u16::from(consumed)));
+        if base != want {
+            return Err(fail(
+                case,
+                format!(
+                    "VHOST_GET_VRING_BASE {base}, expected {want} (bad buffer at avail index {at}, {})",
+                    if consumed { "taken off the ring" } else { "left on the ring" }
+                ),
+            ));
+        }
+        expect_ok(
+            case,
+            self.dev
+                .set_vring_base(q as u32, u32::from(at.wrapping_add(1))),
+        )?;
+        self.attach(q)?;
+        expect_errno(case, self.dev.set_vring_base(q as u32, 0), libc::EBUSY)
+    }
+}
+
+impl RawRing {
+    fn addr(&self, index: u32) -> VringAddr {
+        VringAddr {
+            index,
+            flags: 0,
+            desc: self.ring.desc,
+            used: self.ring.used,
+            avail: self.ring.avail,
+            log_guest_addr: 0,
+        }
+    }
+
+    /// Hands this ring to `dev` as queue `index`: size, addresses, base 0, kick, call, err.
+    pub fn configure(&self, dev: &RawVhost, index: u32) -> Result<(), NetError> {
+        expect_ok(
+            "VHOST_SET_VRING_NUM",
+            dev.set_vring_num(index, u32::from(self.ring.size)),
+        )?;
+        expect_ok(
+            "VHOST_SET_VRING_ADDR",
+            dev.set_vring_addr(&self.addr(index)),
+        )?;
+        expect_ok("VHOST_SET_VRING_BASE", dev.set_vring_base(index, 0))?;
+        expect_ok(
+            "VHOST_SET_VRING_KICK",
+            dev.set_vring_kick(index, self.kick.as_raw_fd()),
+        )?;
+        expect_ok(
+            "VHOST_SET_VRING_CALL",
+            dev.set_vring_call(index, self.call.as_raw_fd()),
+        )?;
+        expect_ok(
+            "VHOST_SET_VRING_ERR",
+            dev.set_vring_err(index, self.err.as_raw_fd()),
+        )
+    }
+
+    /// `VHOST_SET_VRING_ADDR` data for queue `index` (to change, e.g. for the dirty log).
+    pub fn vring_addr(&self, index: u32) -> VringAddr {
+        self.addr(index)
+    }
+}
