@@ -49,6 +49,17 @@ pub const MAX_RING_NUM: u16 = 256;
 pub const BUF_BASE: u64 = 64 << 10;
 /// Longest wait an [`Op::Wait`] may ask for, in milliseconds.
 pub const MAX_WAIT_MS: u8 = 20;
+/// Where the host puts a campaign's corpus in the initramfs: the agent runs every file there
+/// (a program each) before it mutates, and then only those when `testbed.fuzz_time=0`.
+pub const CORPUS_DIR: &str = "/etc/testbed/corpus";
+/// The agent's status when a program did not finish within [`EXEC_TIMEOUT_MS`] (a hang).
+pub const HANG_STATUS: i32 = 75;
+/// How long one program may run before the agent calls it a hang, in milliseconds.
+pub const EXEC_TIMEOUT_MS: u64 = 10_000;
+/// The workload name a campaign's coverage is streamed under.
+pub fn workload_name(target: Target) -> String {
+    format!("fuzz-{}", target.name())
+}
 
 /// The device a campaign fuzzes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -222,8 +233,8 @@ pub enum Op {
     SetFeaturesRaw { slot: u8, features: u64 },
     /// VHOST_SET_BACKEND_FEATURES.
     SetBackendFeatures { slot: u8, features: u64 },
-    /// VHOST_SET_MEM_TABLE with these regions and `nregions = regions.len() + claimed_extra`
-    /// (extra claimed regions read past the array: the kernel must refuse them).
+    /// VHOST_SET_MEM_TABLE with these regions followed by `claimed_extra` zeroed ones
+    /// (`nregions = regions.len() + claimed_extra`: beyond the kernel's limit it must refuse).
     SetMemTable {
         slot: u8,
         claimed_extra: u8,
