@@ -1,0 +1,126 @@
+//! The campaign's plot: distinct PCs over time (top) and executions per second (bottom), as
+//! a hand-written SVG (no plotting library: two polylines, axes and labels).
+
+use std::fmt::Write;
+
+use super::stream::Point;
+
+const W: f64 = 720.0;
+const H: f64 = 200.0;
+const LEFT: f64 = 70.0;
+const GAP: f64 = 50.0;
+
+/// Executions per second between consecutive points (at the later point's time).
+pub fn rates(points: &[Point]) -> Vec<(f64, f64)> {
+    points
+        .windows(2)
+        .filter_map(|w| {
+            let dt = w[1].t - w[0].t;
+            (dt > 0.0).then(|| (w[1].t, w[1].execs.saturating_sub(w[0].execs) as f64 / dt))
+        })
+        .collect()
+}
+
+fn chart(out: &mut String, top: f64, title: &str, series: &[(f64, f64)], t_max: f64) {
+    let y_max = series.iter().map(|p| p.1).fold(1.0f64, f64::max);
+    let x = |t: f64| LEFT + (t / t_max.max(1e-9)) * (W - LEFT - 20.0);
+    let y = |v: f64| top + H - v / y_max * H;
+    let _ = writeln!(
+        out,
+        r##"<text x="{LEFT}" y="{}" font-size="14">{title}</text>"##,
+        top - 8.0
+    );
+    let _ = writeln!(
+        out,
+        r##"<rect x="{LEFT}" y="{top}" width="{}" height="{H}" fill="none" stroke="#999"/>"##,
+        W - LEFT - 20.0
+    );
+    for frac in [0.0, 0.5, 1.0] {
+        let v = y_max * frac;
+        let _ = writeln!(
+            out,
+            r##"<text x="{}" y="{}" font-size="11" text-anchor="end">{v:.0}</text>"##,
+            LEFT - 4.0,
+            y(v) + 4.0
+        );
+    }
+    let pts: Vec<String> = series
+        .iter()
+        .map(|&(t, v)| format!("{:.1},{:.1}", x(t), y(v)))
+        .collect();
+    let _ = writeln!(
+        out,
+        r##"<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{}"/>"##,
+        pts.join(" ")
+    );
+    let _ = writeln!(
+        out,
+        r##"<text x="{}" y="{}" font-size="11" text-anchor="end">{t_max:.0} s</text>"##,
+        W - 20.0,
+        top + H + 14.0
+    );
+}
+
+/// The SVG document for `points` of a campaign on `target`.
+pub fn svg(target: &str, points: &[Point]) -> String {
+    let t_max = points.last().map_or(1.0, |p| p.t).max(1.0);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{}" font-family="sans-serif">"##,
+        2.0 * H + 2.0 * GAP + 30.0
+    );
+    let cov: Vec<(f64, f64)> = points.iter().map(|p| (p.t, p.pcs as f64)).collect();
+    chart(
+        &mut out,
+        GAP,
+        &format!("{target}: distinct PCs (remote + local) over time"),
+        &cov,
+        t_max,
+    );
+    chart(
+        &mut out,
+        2.0 * GAP + H,
+        "executions per second",
+        &rates(points),
+        t_max,
+    );
+    out.push_str("</svg>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plot_has_both_series_and_survives_no_points() {
+        let pts = [
+            Point {
+                t: 0.0,
+                execs: 0,
+                pcs: 0,
+                corpus: 0,
+            },
+            Point {
+                t: 2.0,
+                execs: 30,
+                pcs: 500,
+                corpus: 4,
+            },
+            Point {
+                t: 4.0,
+                execs: 70,
+                pcs: 650,
+                corpus: 6,
+            },
+        ];
+        assert_eq!(rates(&pts), vec![(2.0, 15.0), (4.0, 20.0)]);
+        let s = svg("vhost-net", &pts);
+        assert!(s.starts_with("<svg") && s.ends_with("</svg>\n"));
+        assert_eq!(s.matches("<polyline").count(), 2);
+        assert!(s.contains("650"));
+        let empty = svg("vhost-net", &[]);
+        assert_eq!(empty.matches("<polyline").count(), 2);
+    }
+}
