@@ -81,6 +81,7 @@ pub fn campaign(
     let mut c = Campaign {
         name: name.clone(),
         sink,
+        stream: Duration::ZERO,
         seen: HashSet::new(),
         remote_seen: 0,
         seqs: [0, 0],
@@ -114,6 +115,7 @@ pub fn campaign(
             ("pcs".into(), u64::from(s.pcs)),
             ("remote_pcs".into(), u64::from(s.remote_pcs)),
             ("execs_per_s_x1000".into(), (per_s * 1000.0) as u64),
+            ("stream_us".into(), c.stream.as_micros() as u64),
         ],
         error,
     }))?;
@@ -124,6 +126,8 @@ pub fn campaign(
 struct Campaign<'a> {
     name: String,
     sink: &'a mut dyn FrameSink,
+    /// Time spent sending and flushing the stream (the cost of the feedback).
+    stream: Duration,
     seen: HashSet<u64>,
     remote_seen: u32,
     /// Next chunk seq of (remote, local).
@@ -138,6 +142,20 @@ struct Done {
 }
 
 impl Campaign<'_> {
+    fn send(&mut self, frame: Frame) -> Result<(), String> {
+        let t = Instant::now();
+        let r = self.sink.send(frame);
+        self.stream += t.elapsed();
+        r
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        let t = Instant::now();
+        let r = self.sink.flush();
+        self.stream += t.elapsed();
+        r
+    }
+
     fn run(&mut self, fuzz: FuzzPlan, handle: u64, area_words: usize) -> Result<(), String> {
         let mut remote = Kcov::open_default().map_err(|e| e.to_string())?;
         remote
@@ -187,11 +205,11 @@ impl Campaign<'_> {
             };
             let seq = self.summary.execs;
             // On the host before it runs.
-            self.sink.send(Frame::FuzzInput(FuzzInput {
+            self.send(Frame::FuzzInput(FuzzInput {
                 seq,
                 data: program.encode(),
             }))?;
-            self.sink.flush()?;
+            self.flush()?;
             remote.reset().map_err(|e| e.to_string())?;
             req_tx
                 .send(program.clone())
@@ -203,7 +221,7 @@ impl Campaign<'_> {
                         "fuzz: input {seq} did not finish within {EXEC_TIMEOUT_MS} ms (hang)"
                     );
                     println!("testbed-agent: {msg}");
-                    self.sink.send(Frame::Error(ErrorReport { message: msg }))?;
+                    self.send(Frame::Error(ErrorReport { message: msg }))?;
                     self.summary.status = HANG_STATUS;
                     return Ok(());
                 }
@@ -245,7 +263,7 @@ impl Campaign<'_> {
     fn ship(&mut self, source: CoverageSource, pcs: &[u64]) -> Result<(), String> {
         let slot = usize::from(source == CoverageSource::Local);
         for words in pcs.chunks(CHUNK_PCS) {
-            self.sink.send(Frame::CoverageChunk(CoverageChunk {
+            self.send(Frame::CoverageChunk(CoverageChunk {
                 workload: self.name.clone(),
                 source,
                 mode: KcovMode::Pc,
@@ -261,7 +279,7 @@ impl Campaign<'_> {
     fn status(&mut self, seq: u64, new_pcs: u32) -> Result<(), String> {
         self.summary.pcs = self.seen.len() as u32;
         self.summary.remote_pcs = self.remote_seen;
-        self.sink.send(Frame::FuzzStatus(FuzzStatus {
+        self.send(Frame::FuzzStatus(FuzzStatus {
             seq,
             new_pcs,
             execs: self.summary.execs,
@@ -270,7 +288,7 @@ impl Campaign<'_> {
             corpus: self.summary.corpus,
             elapsed_ms: self.start.elapsed().as_millis() as u64,
         }))?;
-        self.sink.flush()
+        self.flush()
     }
 }
 

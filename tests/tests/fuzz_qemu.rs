@@ -67,13 +67,18 @@ fn a_short_vhost_net_campaign_adds_coverage_beyond_its_seed() {
     let (execs, pcs, corpus) = totals(&all);
     assert!(execs > 10, "{all}");
     assert!(corpus >= 2, "the seed and at least one mutant: {all}");
-    let files = std::fs::read_dir(dir.path().join("corpus")).unwrap().count() as u64;
+    let files = std::fs::read_dir(dir.path().join("corpus"))
+        .unwrap()
+        .count() as u64;
     assert_eq!(files, corpus, "{all}");
     // The second progress point is the seed's coverage (its chunks come before its status).
     let rows = progress(dir.path());
     let seed_pcs = rows[1].2;
     assert!(seed_pcs > 100, "{rows:?}");
-    assert!(pcs > seed_pcs, "campaign {pcs} PCs, seed alone {seed_pcs}: {all}");
+    assert!(
+        pcs > seed_pcs,
+        "campaign {pcs} PCs, seed alone {seed_pcs}: {all}"
+    );
     let svg = std::fs::read_to_string(dir.path().join("coverage.svg")).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 2);
     assert!(all.contains("0 crashes"), "{all}");
@@ -124,7 +129,10 @@ fn a_replay_runs_the_reproducer_alone() {
             "fuzz: replay: no kernel report",
         ],
     );
-    assert!(all.contains("VHOST_NET_SET_BACKEND slot=0 q=1 fd=good"), "{all}");
+    assert!(
+        all.contains("VHOST_NET_SET_BACKEND slot=0 q=1 fd=good"),
+        "{all}"
+    );
 }
 
 /// The crash path with a real kernel panic: no init, so every VM's kernel panics at boot.

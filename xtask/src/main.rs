@@ -197,6 +197,19 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Fuzzing: executions/s, remote PCs after 1/5/30 min vs the shipped workloads' on the
+    /// same kernel, the coverage stream's cost (fuzz kernel unless --plain-kernel).
+    Fuzz {
+        /// vhost-net or vhost-vsock.
+        #[arg(default_value = "vhost-net")]
+        target: String,
+        /// Seconds of fuzzing (300 for the 5-minute figure, 1800 for the 30-minute one).
+        #[arg(long, default_value_t = 300)]
+        time: u64,
+        /// The default kernel instead of the KASAN + lockdep one.
+        #[arg(long)]
+        plain_kernel: bool,
+    },
     /// vhost workloads with coverage on vs off, and PCs/s shipped over vsock vs console.
     Workload {
         /// Frames/messages per workload.
@@ -327,6 +340,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             BenchCmd::Symbolize { vmlinux } => xtask::report::bench(vmlinux.as_deref())?,
             BenchCmd::Workload { frames } => xtask::bench::workload(frames)?,
             BenchCmd::Nested { runs } => xtask::bench::nested(runs)?,
+            BenchCmd::Fuzz {
+                target,
+                time,
+                plain_kernel,
+            } => xtask::fuzz::bench::fuzz(
+                kcov_wire::program::Target::from_name(&target)
+                    .ok_or_else(|| anyhow::anyhow!("unknown fuzz target {target:?}"))?,
+                Duration::from_secs(time),
+                plain_kernel,
+            )?,
         },
         Cmd::Test { no_lint, args } => test::run(&test::TestOpts {
             lint: !no_lint,

@@ -15,6 +15,7 @@
 //! panic on oops; its own cache key), booted with `panic_on_warn=1`; `--plain-kernel` uses the
 //! default kernel (what `cargo xtask test` can afford to build).
 
+pub mod bench;
 pub mod plot;
 pub mod stream;
 
@@ -136,8 +137,14 @@ pub struct Outcome {
     pub vms: u32,
     pub execs: u64,
     pub pcs: usize,
+    /// The remote (vhost worker) PCs among `pcs`.
+    pub remote: std::collections::HashSet<u64>,
     pub corpus: usize,
     pub crashes: Vec<Crash>,
+    /// Microseconds the agents fuzzed, of them sending the stream, and their executions.
+    pub agent_us: u64,
+    pub stream_us: u64,
+    pub agent_execs: u64,
     pub elapsed: Duration,
     pub points: Vec<Point>,
     /// The runs (one per VM).
@@ -286,6 +293,7 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
         t: 0.0,
         execs: 0,
         pcs: 0,
+        remote: 0,
         corpus: camp.corpus.len(),
     });
     let mut crashes = Vec::new();
@@ -375,6 +383,7 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
         t: elapsed.as_secs_f64(),
         execs: camp.execs(),
         pcs: camp.pcs.len(),
+        remote: camp.remote.len(),
         corpus: camp.corpus.len(),
     });
     let mut tsv = String::from("seconds\texecs\tpcs\tcorpus\n");
@@ -395,8 +404,12 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
         vms,
         execs: camp.execs(),
         pcs: camp.pcs.len(),
+        remote: std::mem::take(&mut camp.remote),
         corpus: camp.corpus.len(),
         crashes,
+        agent_us: camp.agent_us,
+        stream_us: camp.stream_us,
+        agent_execs: camp.agent_execs,
         elapsed,
         points: camp.points.clone(),
         runs,

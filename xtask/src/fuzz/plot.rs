@@ -100,18 +100,21 @@ mod tests {
                 t: 0.0,
                 execs: 0,
                 pcs: 0,
+                remote: 0,
                 corpus: 0,
             },
             Point {
                 t: 2.0,
                 execs: 30,
                 pcs: 500,
+                remote: 100,
                 corpus: 4,
             },
             Point {
                 t: 4.0,
                 execs: 70,
                 pcs: 650,
+                remote: 120,
                 corpus: 6,
             },
         ];

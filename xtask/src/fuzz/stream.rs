@@ -26,6 +26,8 @@ pub struct Point {
     pub execs: u64,
     /// Distinct PCs so far, all VMs (remote and local).
     pub pcs: usize,
+    /// Distinct remote (vhost worker) PCs so far.
+    pub remote: usize,
     /// Corpus files.
     pub corpus: usize,
 }
@@ -39,6 +41,14 @@ pub struct Campaign {
     pub corpus: HashSet<String>,
     /// Distinct PCs of all VMs.
     pub pcs: HashSet<u64>,
+    /// The remote ones among them.
+    pub remote: HashSet<u64>,
+    /// Of the VMs' `WorkloadResult`s: microseconds the agents fuzzed, of which they spent
+    /// `stream_us` sending the stream.
+    pub agent_us: u64,
+    pub stream_us: u64,
+    /// Executions the agents reported in their results.
+    pub agent_execs: u64,
     /// Executions of the VMs that ended.
     pub execs_done: u64,
     /// Progress points.
@@ -99,6 +109,10 @@ impl Campaign {
             corpus_dir: corpus_dir.to_path_buf(),
             corpus,
             pcs: HashSet::new(),
+            remote: HashSet::new(),
+            agent_us: 0,
+            stream_us: 0,
+            agent_execs: 0,
             execs_done: 0,
             points: Vec::new(),
             vm: Vm::default(),
@@ -160,6 +174,7 @@ impl Campaign {
                         t,
                         execs: self.execs(),
                         pcs: self.pcs.len(),
+                        remote: self.remote.len(),
                         corpus: self.corpus.len(),
                     });
                 }
@@ -170,7 +185,21 @@ impl Campaign {
                             break;
                         }
                         self.pcs.insert(*pc);
+                        if c.source == kcov_wire::CoverageSource::Remote {
+                            self.remote.insert(*pc);
+                        }
                     }
+                }
+                Frame::WorkloadResult(r) => {
+                    let counter = |n: &str| {
+                        r.counters
+                            .iter()
+                            .find(|(k, _)| k == n)
+                            .map_or(0, |(_, v)| *v)
+                    };
+                    self.agent_us = self.agent_us.saturating_add(r.duration_us);
+                    self.stream_us = self.stream_us.saturating_add(counter("stream_us"));
+                    self.agent_execs = self.agent_execs.saturating_add(counter("execs"));
                 }
                 _ => {}
             }
@@ -278,6 +307,7 @@ mod tests {
             .join(corpus_name(&seed.encode()))
             .is_file());
         assert_eq!(c.pcs.len(), 3);
+        assert_eq!(c.remote.len(), 3);
         assert_eq!(c.execs(), 2);
         assert!(c.broken().is_none(), "a cut frame is not corruption");
         let inflight = c.end_vm().unwrap();
