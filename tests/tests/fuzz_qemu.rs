@@ -174,6 +174,40 @@ fn kernel_panics_are_recorded_and_the_campaign_goes_on() {
     assert!(all.contains("fuzz: CRASH panic"), "{all}");
 }
 
+/// A VM that does not come up in time (here: a 1 s boot timeout, which no boot meets) is
+/// killed, recorded as `boot-timeout` and followed by a new VM: the runner's timeout is the
+/// campaign's watchdog for a kernel that stops making progress.
+#[test]
+fn vms_that_hang_are_killed_recorded_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(out) = tests::xtask(&[
+        "fuzz",
+        "vhost-net",
+        "--time",
+        "300",
+        "--plain-kernel",
+        "--runner",
+        "qemu",
+        "--boot-timeout",
+        "1",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("5 VMs in a row ran no program"), "{all}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("crashes"))
+            .unwrap()
+            .count(),
+        5,
+        "{all}"
+    );
+    assert!(all.contains("fuzz: CRASH boot-timeout"), "{all}");
+}
+
 /// The fuzz kernel (KASAN, lockdep, panic_on_warn) boots and runs the seed without a report.
 /// Opt-in: its cold build takes about 12 minutes on 2 cores.
 #[test]
