@@ -216,7 +216,10 @@ impl Campaign<'_> {
                 .map_err(|_| "the fuzz executor ended".to_string())?;
             let done = match done_rx.recv_timeout(Duration::from_millis(EXEC_TIMEOUT_MS)) {
                 Ok(r) => r?,
-                Err(_) => {
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(format!("the fuzz executor died running input {seq}"))
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
                     let msg = format!(
                         "fuzz: input {seq} did not finish within {EXEC_TIMEOUT_MS} ms (hang)"
                     );
@@ -287,6 +290,7 @@ impl Campaign<'_> {
             remote_pcs: self.remote_seen,
             corpus: self.summary.corpus,
             elapsed_ms: self.start.elapsed().as_millis() as u64,
+            stream_us: self.stream.as_micros() as u64,
         }))?;
         self.flush()
     }

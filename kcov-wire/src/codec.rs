@@ -212,6 +212,7 @@ fn encode_payload(frame: &Frame, out: &mut Vec<u8>) -> Result<(), WireError> {
             e.u32(s.remote_pcs);
             e.u32(s.corpus);
             e.u64(s.elapsed_ms);
+            e.u64(s.stream_us);
         }
     }
     Ok(())
@@ -470,6 +471,7 @@ pub fn decode_payload(frame_type: FrameType, payload: &[u8]) -> Result<Frame, Wi
             remote_pcs: d.u32("remote_pcs")?,
             corpus: d.u32("corpus")?,
             elapsed_ms: d.u64("elapsed_ms")?,
+            stream_us: d.u64("stream_us")?,
         }),
     };
     d.finish()?;

@@ -237,8 +237,10 @@ pub struct FuzzStatus {
     pub remote_pcs: u32,
     /// Corpus entries so far.
     pub corpus: u32,
-    /// Milliseconds since the agent's campaign started.
+    /// Milliseconds since the agent's campaign started (the guest's clock).
     pub elapsed_ms: u64,
+    /// Microseconds of that the agent spent sending and flushing the stream.
+    pub stream_us: u64,
 }
 
 /// One protocol frame.

@@ -95,6 +95,7 @@ pub fn samples() -> Vec<Frame> {
             remote_pcs: 300,
             corpus: 2,
             elapsed_ms: 1500,
+            stream_us: 12_000,
         }),
     ]
 }

@@ -44,6 +44,12 @@ pub const FUZZ_CMDLINE: &[&str] = &["panic_on_warn=1", "kasan.fault=panic", "log
 const BOOT_ALLOWANCE: Duration = Duration::from_secs(10);
 /// A campaign stops after this many VMs in a row that ran no program.
 const MAX_IDLE_VMS: u32 = 5;
+/// A VM whose stream has been silent this long is hung (the agent sends a frame per program,
+/// and its own watchdog ends a program after 10 s): the campaign kills it.
+const STALL: Duration = Duration::from_secs(30);
+/// How long past the campaign's end a VM may run before it is stopped (a guest clock that
+/// runs slow under a loaded TCG host makes the agent's own budget late).
+const DEADLINE_GRACE: Duration = Duration::from_secs(20);
 /// Console lines that start a kernel report.
 const REPORT_MARKERS: &[&str] = &[
     "BUG: KASAN",
@@ -331,15 +337,31 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
             ..BootOpts::default()
         };
         let before = camp.execs();
-        let (outcome, run_dir, first_bytes) = run_vm(&bopts, &mut camp, start, opts)?;
-        if let Some(d) = first_bytes {
+        let deadline = start + opts.time + DEADLINE_GRACE;
+        let end = run_vm(&bopts, &mut camp, start, deadline, opts)?;
+        let (outcome, run_dir) = (&end.status, end.run_dir.clone());
+        if let Some(d) = end.first_bytes {
             boot_allowance = d;
         }
         vms += 1;
         let inflight = camp.end_vm();
         runs.push(run_dir.clone());
         let console = std::fs::read_to_string(run_dir.join("serial.log")).unwrap_or_default();
-        if let Some((kind, title)) = classify(&outcome, &console) {
+        let verdict = if end.stalled {
+            Some((
+                "hang".to_string(),
+                format!(
+                    "no stream frames for {} s: the guest stopped making progress",
+                    STALL.as_secs()
+                ),
+            ))
+        } else if end.deadline {
+            eprintln!("fuzz: stopped the VM at the campaign's end (its stream was live)");
+            None
+        } else {
+            classify(outcome, &console)
+        };
+        if let Some((kind, title)) = verdict {
             let c = record_crash(
                 &dir,
                 crashes.len(),
@@ -359,7 +381,11 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
             eprintln!(
                 "fuzz: CRASH {} ({}): {}{} -> {}",
                 c.kind,
-                outcome.describe(),
+                if end.stalled {
+                    "killed by the campaign".to_string()
+                } else {
+                    outcome.describe()
+                },
                 c.title,
                 if c.has_repro {
                     ""
@@ -428,17 +454,64 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
     Ok(out)
 }
 
-/// Boots one VM, following its stream into `camp` (and printing progress) while it runs.
-/// Returns how it ended, its run directory and how long it took to its first stream bytes.
+/// How a VM ended.
+struct VmEnd {
+    status: GuestStatus,
+    run_dir: PathBuf,
+    /// From its start to its first stream bytes.
+    first_bytes: Option<Duration>,
+    /// Killed by the campaign: its stream was silent for [`STALL`].
+    stalled: bool,
+    /// Killed by the campaign: past its end (plus [`DEADLINE_GRACE`]).
+    deadline: bool,
+}
+
+/// Kills the QEMU this process started for the run in `run_dir` (its command line names the
+/// run's vsock socket there). False when there is none (the kvm runner's VM is in process:
+/// its run timeout stays the watchdog).
+fn kill_vm(run_dir: &Path) -> bool {
+    let me = std::process::id().to_string();
+    let needle = run_dir.to_string_lossy().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let mut killed = false;
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: the comm may hold spaces, the fields after ')' do not.
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1));
+        if ppid != Some(me.as_str()) {
+            continue;
+        }
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            // SAFETY: kill(2) of our own child, identified by pid just read.
+            killed |= unsafe { libc::kill(pid, libc::SIGKILL) } == 0;
+        }
+    }
+    killed
+}
+
+/// Boots one VM, following its stream into `camp` (and printing progress) while it runs;
+/// kills it when its stream stalls or the campaign's `deadline` passes.
 fn run_vm(
     bopts: &BootOpts,
     camp: &mut Campaign,
     start: Instant,
+    deadline: Instant,
     opts: &FuzzOpts,
-) -> Result<(GuestStatus, PathBuf, Option<Duration>)> {
+) -> Result<VmEnd> {
     camp.start_vm();
     let vm_start = Instant::now();
     let mut first_bytes = None;
+    let mut last_bytes = Instant::now();
+    let (mut stalled, mut past_deadline) = (false, false);
     let (dir_tx, dir_rx) = mpsc::channel::<PathBuf>();
     let bopts = bopts.clone();
     let vm = std::thread::Builder::new()
@@ -468,6 +541,7 @@ fn run_vm(
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         first_bytes.get_or_insert_with(|| vm_start.elapsed());
+                        last_bytes = Instant::now();
                         let t = start.elapsed().as_secs_f64();
                         for name in camp.feed(&buf[..n], t) {
                             if opts.echo {
@@ -495,13 +569,27 @@ fn run_vm(
         if finished {
             break;
         }
+        if let Some(d) = &run_dir {
+            if !stalled && first_bytes.is_some() && last_bytes.elapsed() >= STALL {
+                stalled = kill_vm(d);
+            }
+            if !past_deadline && !stalled && Instant::now() >= deadline {
+                past_deadline = kill_vm(d);
+            }
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     if let Some(why) = camp.broken() {
         eprintln!("fuzz: warning: stopped reading the VM's stream: {why}");
     }
-    let (status, dir) = vm.join().map_err(|_| anyhow!("the VM thread panicked"))??;
-    Ok((status, dir, first_bytes))
+    let (status, run_dir) = vm.join().map_err(|_| anyhow!("the VM thread panicked"))??;
+    Ok(VmEnd {
+        status,
+        run_dir,
+        first_bytes,
+        stalled,
+        deadline: past_deadline,
+    })
 }
 
 fn record_crash(

@@ -10,15 +10,36 @@ const H: f64 = 200.0;
 const LEFT: f64 = 70.0;
 const GAP: f64 = 50.0;
 
-/// Executions per second between consecutive points (at the later point's time).
+/// Executions per second over windows of at least [`RATE_WINDOW_S`] seconds (the points come
+/// at every new corpus entry and once a second, timed by the host's 200 ms polling).
 pub fn rates(points: &[Point]) -> Vec<(f64, f64)> {
-    points
-        .windows(2)
-        .filter_map(|w| {
-            let dt = w[1].t - w[0].t;
-            (dt > 0.0).then(|| (w[1].t, w[1].execs.saturating_sub(w[0].execs) as f64 / dt))
-        })
-        .collect()
+    let mut out = Vec::new();
+    let Some(mut anchor) = points.first() else {
+        return out;
+    };
+    for p in points {
+        let dt = p.t - anchor.t;
+        if dt >= RATE_WINDOW_S {
+            out.push((p.t, p.execs.saturating_sub(anchor.execs) as f64 / dt));
+            anchor = p;
+        }
+    }
+    out
+}
+
+/// Shortest window of an executions-per-second value.
+pub const RATE_WINDOW_S: f64 = 2.0;
+
+/// A step line through `series`: each value holds until the next point.
+fn steps(series: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut out = Vec::with_capacity(series.len() * 2);
+    for (i, &(t, v)) in series.iter().enumerate() {
+        if i > 0 {
+            out.push((t, series[i - 1].1));
+        }
+        out.push((t, v));
+    }
+    out
 }
 
 fn chart(out: &mut String, top: f64, title: &str, series: &[(f64, f64)], t_max: f64) {
@@ -70,7 +91,12 @@ pub fn svg(target: &str, points: &[Point]) -> String {
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{}" font-family="sans-serif">"##,
         2.0 * H + 2.0 * GAP + 30.0
     );
-    let cov: Vec<(f64, f64)> = points.iter().map(|p| (p.t, p.pcs as f64)).collect();
+    let cov: Vec<(f64, f64)> = steps(
+        &points
+            .iter()
+            .map(|p| (p.t, p.pcs as f64))
+            .collect::<Vec<_>>(),
+    );
     chart(
         &mut out,
         GAP,
@@ -119,6 +145,10 @@ mod tests {
             },
         ];
         assert_eq!(rates(&pts), vec![(2.0, 15.0), (4.0, 20.0)]);
+        assert_eq!(
+            steps(&[(0.0, 1.0), (2.0, 5.0)]),
+            vec![(0.0, 1.0), (2.0, 1.0), (2.0, 5.0)]
+        );
         let s = svg("vhost-net", &pts);
         assert!(s.starts_with("<svg") && s.ends_with("</svg>\n"));
         assert_eq!(s.matches("<polyline").count(), 2);

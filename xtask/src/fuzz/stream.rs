@@ -43,11 +43,10 @@ pub struct Campaign {
     pub pcs: HashSet<u64>,
     /// The remote ones among them.
     pub remote: HashSet<u64>,
-    /// Of the VMs' `WorkloadResult`s: microseconds the agents fuzzed, of which they spent
-    /// `stream_us` sending the stream.
+    /// Of the VMs that ended, from their last `FuzzStatus`: microseconds the agents fuzzed
+    /// (guest clock), of which they spent `stream_us` sending the stream, and their executions.
     pub agent_us: u64,
     pub stream_us: u64,
-    /// Executions the agents reported in their results.
     pub agent_execs: u64,
     /// Executions of the VMs that ended.
     pub execs_done: u64,
@@ -64,6 +63,8 @@ struct Vm {
     /// The last program sent (it was running, or the last one run).
     inflight: Option<(u64, Vec<u8>)>,
     execs: u64,
+    /// The last `FuzzStatus`'s (elapsed_ms, stream_us).
+    agent: (u64, u64),
     /// Why this stream is no longer read.
     broken: Option<String>,
 }
@@ -155,6 +156,7 @@ impl Campaign {
                 Frame::FuzzInput(i) => self.vm.inflight = Some((i.seq, i.data)),
                 Frame::FuzzStatus(s) => {
                     self.vm.execs = self.vm.execs.max(s.execs);
+                    self.vm.agent = (s.elapsed_ms, s.stream_us);
                     if s.new_pcs > 0 {
                         if let Some((seq, data)) = &self.vm.inflight {
                             if *seq == s.seq {
@@ -190,17 +192,6 @@ impl Campaign {
                         }
                     }
                 }
-                Frame::WorkloadResult(r) => {
-                    let counter = |n: &str| {
-                        r.counters
-                            .iter()
-                            .find(|(k, _)| k == n)
-                            .map_or(0, |(_, v)| *v)
-                    };
-                    self.agent_us = self.agent_us.saturating_add(r.duration_us);
-                    self.stream_us = self.stream_us.saturating_add(counter("stream_us"));
-                    self.agent_execs = self.agent_execs.saturating_add(counter("execs"));
-                }
                 _ => {}
             }
         }
@@ -211,6 +202,11 @@ impl Campaign {
     /// (the last one sent) is returned.
     pub fn end_vm(&mut self) -> Option<InFlight> {
         self.execs_done += self.vm.execs;
+        self.agent_execs = self.agent_execs.saturating_add(self.vm.execs);
+        self.agent_us = self
+            .agent_us
+            .saturating_add(self.vm.agent.0.saturating_mul(1000));
+        self.stream_us = self.stream_us.saturating_add(self.vm.agent.1);
         self.vm.execs = 0;
         self.vm
             .inflight
@@ -247,6 +243,7 @@ mod tests {
             remote_pcs: 0,
             corpus: 0,
             elapsed_ms: 0,
+            stream_us: 0,
         })
     }
 
