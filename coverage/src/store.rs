@@ -959,6 +959,9 @@ impl Collector {
                 });
             }
             Frame::Error(e) => self.meta.errors.push(e.message),
+            // A fuzz campaign's inputs and progress are `cargo xtask fuzz`'s to keep (its
+            // corpus and reproducers); its coverage comes as CoverageChunks like any workload's.
+            Frame::FuzzInput(_) | Frame::FuzzStatus(_) => {}
             Frame::Done(d) => {
                 if let Some((i, _)) = &self.current {
                     if self.meta.workloads[*i].result.is_none() {

@@ -1,6 +1,7 @@
 //! Library part of the guest agent (shared with its tests and tools).
 
 pub use frontends::kcov;
+pub mod fuzz;
 pub mod net;
 pub mod net_control;
 pub mod net_errors;

@@ -92,7 +92,7 @@ fn run() -> Result<i32, String> {
         area_words: u32::try_from(plan.area_words).unwrap_or(u32::MAX),
         common_handle: if plan.cover == Cover::Off { 0 } else { handle },
     };
-    if plan.workloads.is_empty() {
+    if plan.workloads.is_empty() && plan.fuzz.is_none() {
         // Nothing to measure: no stream, the report above is all.
         return Ok(0);
     }
@@ -105,6 +105,15 @@ fn run() -> Result<i32, String> {
         sink.flush()
             .map_err(|e| format!("flushing the stream: {e}"))?;
         return Ok(3);
+    }
+    if let Some(fuzz) = plan.fuzz {
+        // A fuzz campaign instead of the workloads (guest-agent/src/fuzz.rs).
+        let s =
+            guest_agent::fuzz::campaign(fuzz, handle, plan.area_words, &mut StreamSink(&mut sink))?;
+        send(&mut sink, Frame::Done(Done { status: s.status }))?;
+        sink.flush()
+            .map_err(|e| format!("flushing the stream: {e}"))?;
+        return Ok(s.status);
     }
     let mut status = 0;
     for &w in &plan.workloads {

@@ -199,6 +199,21 @@ fn encode_payload(frame: &Frame, out: &mut Vec<u8>) -> Result<(), WireError> {
         }
         Frame::Error(m) => e.str("message", &m.message)?,
         Frame::Done(d) => e.i32(d.status),
+        Frame::FuzzInput(f) => {
+            e.u64(f.seq);
+            e.len("data", f.data.len(), crate::program::MAX_PROGRAM_BYTES)?;
+            e.out.extend_from_slice(&f.data);
+        }
+        Frame::FuzzStatus(s) => {
+            e.u64(s.seq);
+            e.u32(s.new_pcs);
+            e.u64(s.execs);
+            e.u32(s.pcs);
+            e.u32(s.remote_pcs);
+            e.u32(s.corpus);
+            e.u64(s.elapsed_ms);
+            e.u64(s.stream_us);
+        }
     }
     Ok(())
 }
@@ -439,6 +454,24 @@ pub fn decode_payload(frame_type: FrameType, payload: &[u8]) -> Result<Frame, Wi
         }),
         FrameType::Done => Frame::Done(Done {
             status: d.i32("status")?,
+        }),
+        FrameType::FuzzInput => {
+            let seq = d.u64("seq")?;
+            let n = d.count("data", crate::program::MAX_PROGRAM_BYTES, 1)?;
+            Frame::FuzzInput(FuzzInput {
+                seq,
+                data: d.take(n, "data")?.to_vec(),
+            })
+        }
+        FrameType::FuzzStatus => Frame::FuzzStatus(FuzzStatus {
+            seq: d.u64("seq")?,
+            new_pcs: d.u32("new_pcs")?,
+            execs: d.u64("execs")?,
+            pcs: d.u32("pcs")?,
+            remote_pcs: d.u32("remote_pcs")?,
+            corpus: d.u32("corpus")?,
+            elapsed_ms: d.u64("elapsed_ms")?,
+            stream_us: d.u64("stream_us")?,
         }),
     };
     d.finish()?;

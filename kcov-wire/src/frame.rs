@@ -33,6 +33,10 @@ pub enum FrameType {
     Error = 5,
     /// [`Done`]: last frame of a stream.
     Done = 6,
+    /// [`FuzzInput`]: a fuzz program about to run.
+    FuzzInput = 7,
+    /// [`FuzzStatus`]: fuzzing progress, and which input added coverage.
+    FuzzStatus = 8,
 }
 
 impl FrameType {
@@ -45,6 +49,8 @@ impl FrameType {
             4 => FrameType::CoverageChunk,
             5 => FrameType::Error,
             6 => FrameType::Done,
+            7 => FrameType::FuzzInput,
+            8 => FrameType::FuzzStatus,
             _ => return None,
         })
     }
@@ -58,6 +64,8 @@ impl FrameType {
             FrameType::CoverageChunk => "CoverageChunk",
             FrameType::Error => "Error",
             FrameType::Done => "Done",
+            FrameType::FuzzInput => "FuzzInput",
+            FrameType::FuzzStatus => "FuzzStatus",
         }
     }
 }
@@ -203,6 +211,38 @@ pub struct Done {
     pub status: i32,
 }
 
+/// A fuzz program (`crate::program`, binary form) the agent is about to run, sent and
+/// flushed before it runs: when the kernel dies running it, the host has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FuzzInput {
+    /// Execution number within the stream (0, 1, ...).
+    pub seq: u64,
+    /// The encoded program, at most [`crate::program::MAX_PROGRAM_BYTES`] bytes.
+    pub data: Vec<u8>,
+}
+
+/// Fuzzing progress. With `new_pcs > 0` it says that input `seq` added coverage and is a
+/// corpus entry; with `new_pcs == 0` it is a periodic progress report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FuzzStatus {
+    /// The input this status is about (the last one run, for a progress report).
+    pub seq: u64,
+    /// Distinct PCs (remote and local) the input added to the campaign's set.
+    pub new_pcs: u32,
+    /// Executions so far.
+    pub execs: u64,
+    /// Distinct PCs so far (remote and local together).
+    pub pcs: u32,
+    /// Distinct remote (vhost worker) PCs so far.
+    pub remote_pcs: u32,
+    /// Corpus entries so far.
+    pub corpus: u32,
+    /// Milliseconds since the agent's campaign started (the guest's clock).
+    pub elapsed_ms: u64,
+    /// Microseconds of that the agent spent sending and flushing the stream.
+    pub stream_us: u64,
+}
+
 /// One protocol frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -218,6 +258,10 @@ pub enum Frame {
     Error(ErrorReport),
     /// See [`Done`].
     Done(Done),
+    /// See [`FuzzInput`].
+    FuzzInput(FuzzInput),
+    /// See [`FuzzStatus`].
+    FuzzStatus(FuzzStatus),
 }
 
 impl Frame {
@@ -230,6 +274,8 @@ impl Frame {
             Frame::CoverageChunk(_) => FrameType::CoverageChunk,
             Frame::Error(_) => FrameType::Error,
             Frame::Done(_) => FrameType::Done,
+            Frame::FuzzInput(_) => FrameType::FuzzInput,
+            Frame::FuzzStatus(_) => FrameType::FuzzStatus,
         }
     }
 }
@@ -249,5 +295,7 @@ impl_from!(
     WorkloadResult(WorkloadResult),
     CoverageChunk(CoverageChunk),
     Error(ErrorReport),
-    Done(Done)
+    Done(Done),
+    FuzzInput(FuzzInput),
+    FuzzStatus(FuzzStatus)
 );

@@ -27,6 +27,7 @@ mod error;
 mod frame;
 pub mod nested;
 pub mod plan;
+pub mod program;
 
 pub use chunk::{chunk_coverage, CoverageChunks};
 pub use codec::{
@@ -35,7 +36,7 @@ pub use codec::{
 pub use decoder::Decoder;
 pub use error::{StreamError, WireError};
 pub use frame::{
-    CoverageChunk, CoverageSource, Done, ErrorReport, Frame, FrameType, Hello, KcovMode,
-    WorkloadResult, WorkloadStart, HEADER_LEN, MAGIC, MAX_CHUNK_WORDS, MAX_COUNTERS,
-    MAX_PAYLOAD_LEN, MAX_STRING_LEN, VERSION,
+    CoverageChunk, CoverageSource, Done, ErrorReport, Frame, FrameType, FuzzInput, FuzzStatus,
+    Hello, KcovMode, WorkloadResult, WorkloadStart, HEADER_LEN, MAGIC, MAX_CHUNK_WORDS,
+    MAX_COUNTERS, MAX_PAYLOAD_LEN, MAX_STRING_LEN, VERSION,
 };

@@ -20,12 +20,16 @@
 //! | `testbed.settle_ms=<ms>` | wait before draining the kcov area | 50 |
 //! | `testbed.snapshot_ms=<ms>` | while a workload runs, ship the coverage its area gained every this many ms, so a hang or a panic keeps the coverage up to it; `0` = only after the workload | 1000 |
 //! | `testbed.timeout_ms=<ms>` | per-step timeout inside a workload | 30000 (generous: TCG guests on a loaded host are slow) |
+//! | `testbed.fuzz=vhost-net\|vhost-vsock` | run a coverage-guided fuzz campaign on this device instead of workloads (`guest-agent/src/fuzz.rs`) | none |
+//! | `testbed.fuzz_time=<s>` | seconds the campaign mutates; `0` = only run the corpus the host included (a reproducer) | 60 |
+//! | `testbed.fuzz_seed=<n>` | seed of the campaign's mutations | 1 |
 //!
 //! Anything else under `testbed.` is an error, as is a bad value: the agent reports it in an
 //! Error frame and exits non-zero.
 
 use std::fmt;
 
+use crate::program::Target;
 use crate::KcovMode;
 
 /// Default kcov area size in words (8 MiB).
@@ -209,7 +213,23 @@ pub struct Plan {
     pub snapshot_ms: u32,
     /// Workload parameters.
     pub params: Params,
+    /// A fuzz campaign instead of workloads (`testbed.fuzz*`).
+    pub fuzz: Option<FuzzPlan>,
 }
+
+/// A fuzz campaign: the device, how long, the seed of its mutations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FuzzPlan {
+    /// The device fuzzed.
+    pub target: Target,
+    /// Seconds the campaign mutates (0: only the included corpus runs).
+    pub time_s: u32,
+    /// Mutation seed.
+    pub seed: u64,
+}
+
+/// Default length of a fuzz campaign in the guest, in seconds.
+pub const DEFAULT_FUZZ_TIME_S: u32 = 60;
 
 impl Default for Plan {
     /// No workloads, PC coverage, the default area, console transport, default parameters.
@@ -224,6 +244,7 @@ impl Default for Plan {
             settle_ms: 50,
             snapshot_ms: DEFAULT_SNAPSHOT_MS,
             params: Params::default(),
+            fuzz: None,
         }
     }
 }
@@ -407,6 +428,7 @@ impl Plan {
                 p.vsock_cid = num(key, value, 3..=u32::MAX - 1, "a guest CID, 3..=2^32-2")?
             }
             "timeout_ms" => p.timeout_ms = num(key, value, 10..=600_000, "10..=600000")?,
+            "fuzz" | "fuzz_time" | "fuzz_seed" => self.set_fuzz(key, value)?,
             _ => {
                 return Err(PlanError::UnknownKey {
                     key: key.to_string(),
@@ -473,6 +495,15 @@ impl Plan {
         if p.timeout_ms != dp.timeout_ms {
             word("timeout_ms", p.timeout_ms.to_string());
         }
+        if let Some(f) = &self.fuzz {
+            word("fuzz", f.target.name().into());
+            if f.time_s != DEFAULT_FUZZ_TIME_S {
+                word("fuzz_time", f.time_s.to_string());
+            }
+            if f.seed != 1 {
+                word("fuzz_seed", f.seed.to_string());
+            }
+        }
         w
     }
 
@@ -489,6 +520,24 @@ impl Plan {
             }
         }
         out
+    }
+
+    /// `testbed.fuzz`, `fuzz_time`, `fuzz_seed` (the latter two in any order with the first).
+    fn set_fuzz(&mut self, key: &str, value: &str) -> Result<(), PlanError> {
+        let f = self.fuzz.get_or_insert(FuzzPlan {
+            target: Target::VhostNet,
+            time_s: DEFAULT_FUZZ_TIME_S,
+            seed: 1,
+        });
+        match key {
+            "fuzz" => {
+                f.target = Target::from_name(value)
+                    .ok_or_else(|| bad(key, value, "vhost-net or vhost-vsock"))?
+            }
+            "fuzz_time" => f.time_s = num(key, value, 0..=86_400, "seconds, 0..=86400")?,
+            _ => f.seed = num(key, value, 0..=u64::MAX, "a number")?,
+        }
+        Ok(())
     }
 
     /// Frame size for the net workloads, checked against Ethernet limits.
@@ -631,6 +680,20 @@ mod tests {
         let mut line = p.words();
         line.extend(p.kernel_words());
         assert_eq!(Plan::parse(&line.join(" "), false), Ok(p));
+    }
+
+    #[test]
+    fn fuzz_words() {
+        let p = Plan::parse(
+            "testbed.fuzz_time=5 testbed.fuzz=vhost-vsock testbed.fuzz_seed=9",
+            false,
+        )
+        .unwrap();
+        let f = p.fuzz.unwrap();
+        assert_eq!((f.target, f.time_s, f.seed), (Target::VhostVsock, 5, 9));
+        assert_eq!(Plan::parse(&p.words().join(" "), false).unwrap(), p);
+        assert!(Plan::parse("testbed.fuzz=vhost-scsi", false).is_err());
+        assert!(Plan::parse("testbed.fuzz=vhost-net testbed.fuzz_time=-1", false).is_err());
     }
 
     #[test]

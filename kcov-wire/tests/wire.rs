@@ -227,7 +227,7 @@ fn bad_magic_version_type_flags() {
         Err(WireError::UnsupportedVersion { found: 0x0101 })
     );
 
-    for t in [0u8, 7, 0x42, 255] {
+    for t in [0u8, 9, 0x42, 255] {
         let mut b = good.clone();
         b[6] = t;
         fix_checksum(&mut b);

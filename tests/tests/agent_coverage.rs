@@ -74,6 +74,7 @@ fn read_stream(path: &Path) -> Stream {
             }
             Frame::Error(e) => s.errors.push(e.message),
             Frame::Done(d) => s.done = Some(d.status),
+            Frame::FuzzInput(_) | Frame::FuzzStatus(_) => panic!("fuzz frames outside a campaign"),
         }
     }
     dec.finish().expect("stream ends at a frame boundary");

@@ -179,6 +179,12 @@ fn write_record(run_dir: &Path, record: &RunRecord) -> Result<()> {
 /// marked in use (`cargo xtask runs prune` leaves it alone) until the returned [`RunDir`] is
 /// dropped.
 pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, RunDir)> {
+    boot_with(opts, |_| {})
+}
+
+/// [`boot`], telling `on_run_dir` the run directory once it exists, before the VM starts
+/// (`cargo xtask fuzz` follows the stream while the VM runs).
+pub fn boot_with(opts: &BootOpts, on_run_dir: impl FnOnce(&Path)) -> Result<(BootOutcome, RunDir)> {
     // Check user input before any long step.
     let includes: Vec<Include> = opts
         .includes
@@ -203,7 +209,7 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, RunDir)> {
     // The agent's plan, parsed here exactly as the agent will parse it: a typo fails now,
     // not after a kernel build and a boot.
     let mut plan = opts.plan.clone();
-    if plan.workloads.is_empty() && opts.cmd.is_empty() {
+    if plan.workloads.is_empty() && opts.cmd.is_empty() && plan.fuzz.is_none() {
         // Nothing to stream: no transport word on the command line.
         plan.transport = Plan::default().transport;
     }
@@ -233,6 +239,7 @@ pub fn boot(opts: &BootOpts) -> Result<(BootOutcome, RunDir)> {
     let agent = agent::build()?;
     let image_bytes = image::build_bytes(&agent, &includes, &opts.cmd)?;
     let run_dir = runs::create()?;
+    on_run_dir(&run_dir);
 
     let mut cmdline = BASE_CMDLINE.to_string();
     if !opts.kernel_log {

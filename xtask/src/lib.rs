@@ -9,6 +9,7 @@ pub mod boot;
 pub mod ci;
 pub mod deps;
 pub mod diff;
+pub mod fuzz;
 pub mod golden;
 pub mod image;
 pub mod kernel;

@@ -55,6 +55,9 @@ enum Cmd {
     },
     /// Build the static guest agent.
     Agent,
+    /// Coverage-guided fuzzing of the guest's vhost-net or vhost-vsock (the agent executes),
+    /// or --repro FILE: replay one reproducer and show the kernel's report.
+    Fuzz(xtask::fuzz::FuzzArgs),
     /// Write an initramfs with the agent as /init.
     Image {
         /// Output file.
@@ -200,6 +203,19 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Fuzzing: executions/s, remote PCs after 1/5/30 min vs the shipped workloads' on the
+    /// same kernel, the coverage stream's cost (fuzz kernel unless --plain-kernel).
+    Fuzz {
+        /// vhost-net or vhost-vsock.
+        #[arg(default_value = "vhost-net")]
+        target: String,
+        /// Seconds of fuzzing (300 for the 5-minute figure, 1800 for the 30-minute one).
+        #[arg(long, default_value_t = 300)]
+        time: u64,
+        /// The default kernel instead of the KASAN + lockdep one.
+        #[arg(long)]
+        plain_kernel: bool,
+    },
     /// vhost workloads with coverage on vs off, and PCs/s shipped over vsock vs console.
     Workload {
         /// Frames/messages per workload.
@@ -311,6 +327,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Ci(args) => return xtask::ci::ci_cmd(&args),
         Cmd::Merge(args) => return xtask::merge::merge_cmd(&args),
         Cmd::Runs { cmd } => return xtask::runs::runs_cmd(&cmd),
+        Cmd::Fuzz(args) => return xtask::fuzz::fuzz_cmd(&args),
         Cmd::Bench { .. } if cfg!(debug_assertions) => {
             // Benchmarks measure optimized code: re-run this command from a release build.
             eprintln!("bench: rebuilding xtask in release mode");
@@ -330,6 +347,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             BenchCmd::Workload { frames } => xtask::bench::workload(frames)?,
             BenchCmd::Nested { runs } => xtask::bench::nested(runs)?,
             BenchCmd::Loop { runs } => xtask::bench_loop::run(runs)?,
+            BenchCmd::Fuzz {
+                target,
+                time,
+                plain_kernel,
+            } => xtask::fuzz::bench::fuzz(
+                kcov_wire::program::Target::from_name(&target)
+                    .ok_or_else(|| anyhow::anyhow!("unknown fuzz target {target:?}"))?,
+                Duration::from_secs(time),
+                plain_kernel,
+            )?,
         },
         Cmd::Test { no_lint, args } => test::run(&test::TestOpts {
             lint: !no_lint,

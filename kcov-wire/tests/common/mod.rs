@@ -79,6 +79,24 @@ pub fn samples() -> Vec<Frame> {
         }),
         Frame::Done(Done { status: 0 }),
         Frame::Done(Done { status: -1 }),
+        Frame::FuzzInput(FuzzInput {
+            seq: 3,
+            data: kcov_wire::program::Program::seed(kcov_wire::program::Target::VhostNet).encode(),
+        }),
+        Frame::FuzzInput(FuzzInput {
+            seq: u64::MAX,
+            data: vec![],
+        }),
+        Frame::FuzzStatus(FuzzStatus {
+            seq: 7,
+            new_pcs: 12,
+            execs: 8,
+            pcs: 900,
+            remote_pcs: 300,
+            corpus: 2,
+            elapsed_ms: 1500,
+            stream_us: 12_000,
+        }),
     ]
 }
 

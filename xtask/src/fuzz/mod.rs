@@ -1,0 +1,861 @@
+//! `cargo xtask fuzz vhost-net|vhost-vsock [--time S] [--corpus DIR]`: a coverage-guided
+//! campaign whose executor is the guest agent (`guest-agent/src/fuzz.rs`), and
+//! `cargo xtask fuzz --repro FILE`, which replays one reproducer and shows the kernel's report.
+//!
+//! The campaign boots VM after VM until `--time` is spent: each VM gets the corpus so far in
+//! its initramfs (`kcov_wire::program::CORPUS_DIR`) and the plan `testbed.fuzz=TARGET` with
+//! the time left; this file follows the VM's stream while it runs ([`stream`]: corpus files,
+//! progress) and, when the VM ends in anything but a clean exit (panic, KASAN or lockdep
+//! report, the agent's hang watchdog, a run timeout, a VM without status), saves the program
+//! that was in flight as a reproducer with the console's report beside it, then boots the next
+//! VM. The campaign directory holds `crashes/`, `progress.tsv`, `coverage.svg` and, unless
+//! `--corpus` says otherwise, `corpus/`.
+//!
+//! The guest kernel is the default one plus `kernel-config/fuzz.config` (KASAN, lockdep,
+//! panic on oops; its own cache key), booted with `panic_on_warn=1`; `--plain-kernel` uses the
+//! default kernel (what `cargo xtask test` can afford to build).
+
+pub mod bench;
+pub mod plot;
+pub mod stream;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use kcov_wire::plan::FuzzPlan;
+use kcov_wire::program::{Program, Target, CORPUS_DIR, HANG_STATUS};
+
+use crate::boot::{self, BootOpts};
+use crate::kernel::KernelOpts;
+use crate::paths;
+use crate::runner::{GuestStatus, RunnerKind, Timeouts};
+use stream::{write_atomic, Campaign, InFlight, Point};
+
+/// The fuzz kernel's extra fragment (in `kernel-config/`).
+pub const FUZZ_FRAGMENT: &str = "fuzz.config";
+/// Command-line words for the fuzz kernel: a WARN (and so a KASAN report) panics; warnings
+/// (lockdep) reach the console despite `quiet`.
+pub const FUZZ_CMDLINE: &[&str] = &["panic_on_warn=1", "kasan.fault=panic", "loglevel=5"];
+/// What a VM spends booting before the agent fuzzes, until one was measured (taken off the
+/// agent's time; the KASAN kernel under TCG on a busy host boots in 7 to 25 s).
+const BOOT_ALLOWANCE: Duration = Duration::from_secs(10);
+/// A campaign stops after this many VMs in a row that ran no program.
+const MAX_IDLE_VMS: u32 = 5;
+/// A VM whose stream has been silent this long is hung (the agent sends a frame per program,
+/// and its own watchdog ends a program after 10 s): the campaign kills it.
+const STALL: Duration = Duration::from_secs(30);
+/// How long past the campaign's end a VM may run before it is stopped (a guest clock that
+/// runs slow under a loaded TCG host makes the agent's own budget late).
+const DEADLINE_GRACE: Duration = Duration::from_secs(20);
+/// Console lines that start a kernel report.
+const REPORT_MARKERS: &[&str] = &[
+    "BUG: KASAN",
+    "possible circular locking",
+    "WARNING: ",
+    "BUG: ",
+    "Oops",
+    "Kernel panic",
+    "general protection fault",
+    "INFO: task",
+    "watchdog: ",
+];
+
+/// What `cargo xtask fuzz` was asked.
+#[derive(Clone, Debug)]
+pub struct FuzzOpts {
+    pub target: Target,
+    pub time: Duration,
+    /// Corpus directory (default: `<campaign dir>/corpus`).
+    pub corpus: Option<PathBuf>,
+    /// Campaign directory (default: `target/testbed/fuzz/<target>-<start ms>`).
+    pub out: Option<PathBuf>,
+    pub runner: RunnerKind,
+    /// The kernel (the fuzz fragment is added unless `plain_kernel`).
+    pub kernel: KernelOpts,
+    pub plain_kernel: bool,
+    /// Extra kernel command-line words.
+    pub append: Vec<String>,
+    /// Mutation seed of the first VM (the n-th VM uses seed + n).
+    pub seed: u64,
+    pub boot_timeout: Duration,
+    /// Echo the guests' consoles.
+    pub echo: bool,
+}
+
+impl FuzzOpts {
+    /// Defaults for `target`: 60 s, auto runner, the fuzz kernel.
+    pub fn new(target: Target) -> FuzzOpts {
+        FuzzOpts {
+            target,
+            time: Duration::from_secs(60),
+            corpus: None,
+            out: None,
+            runner: RunnerKind::Auto,
+            kernel: KernelOpts::default(),
+            plain_kernel: false,
+            append: Vec::new(),
+            seed: 1,
+            boot_timeout: Duration::from_secs(120),
+            echo: false,
+        }
+    }
+
+    fn kernel(&self) -> KernelOpts {
+        let mut k = self.kernel.clone();
+        if !self.plain_kernel {
+            k.extra_fragments
+                .push(paths::fragment_dir().join(FUZZ_FRAGMENT));
+        }
+        k
+    }
+
+    fn cmdline(&self) -> Vec<String> {
+        let mut words: Vec<String> = Vec::new();
+        if !self.plain_kernel {
+            words.extend(FUZZ_CMDLINE.iter().map(|w| w.to_string()));
+        }
+        words.extend(self.append.iter().cloned());
+        words
+    }
+}
+
+/// A recorded crash.
+#[derive(Clone, Debug)]
+pub struct Crash {
+    /// `panic`, `kasan`, `lockdep`, `warn`, `hang`, `boot-timeout`, `vm-ended`, ...
+    pub kind: String,
+    /// The report's first line (or the status in words).
+    pub title: String,
+    /// Its directory (reproducer, console excerpt).
+    pub dir: PathBuf,
+    /// Whether a program was in flight (a reproducer was written).
+    pub has_repro: bool,
+}
+
+/// What a campaign did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub dir: PathBuf,
+    pub corpus_dir: PathBuf,
+    pub vms: u32,
+    pub execs: u64,
+    pub pcs: usize,
+    /// The remote (vhost worker) PCs among `pcs`.
+    pub remote: std::collections::HashSet<u64>,
+    pub corpus: usize,
+    pub crashes: Vec<Crash>,
+    /// Microseconds the agents fuzzed, of them sending the stream, and their executions.
+    pub agent_us: u64,
+    pub stream_us: u64,
+    pub agent_execs: u64,
+    pub elapsed: Duration,
+    pub points: Vec<Point>,
+    /// The runs (one per VM).
+    pub runs: Vec<PathBuf>,
+}
+
+/// The kind of a VM's end and its title, or `None` for a clean end without a report.
+pub fn classify(status: &GuestStatus, console: &str) -> Option<(String, String)> {
+    let first = |marker: &str| {
+        console
+            .lines()
+            .find(|l| l.contains(marker))
+            .map(|l| l.trim().to_string())
+    };
+    let report = || -> Option<(String, String)> {
+        for (marker, kind) in [
+            ("BUG: KASAN", "kasan"),
+            ("possible circular locking", "lockdep"),
+            ("possible recursive locking", "lockdep"),
+            ("inconsistent lock state", "lockdep"),
+            ("WARNING: ", "warn"),
+            ("BUG: ", "bug"),
+            ("general protection fault", "gpf"),
+            ("INFO: task", "hung-task"),
+        ] {
+            if let Some(line) = first(marker) {
+                return Some((kind.to_string(), line));
+            }
+        }
+        None
+    };
+    match status {
+        GuestStatus::Exited(0) => report(),
+        GuestStatus::Exited(s) if *s == HANG_STATUS => Some((
+            "hang".into(),
+            first("did not finish within").unwrap_or_else(|| "the agent's watchdog".into()),
+        )),
+        GuestStatus::Exited(s) => {
+            Some(("agent-exit".into(), format!("agent exited with status {s}")))
+        }
+        GuestStatus::Panicked(line) => {
+            Some(report().unwrap_or_else(|| ("panic".into(), line.clone())))
+        }
+        GuestStatus::RunTimeout(_) => Some(("hang".into(), status.describe())),
+        GuestStatus::BootTimeout(_) => Some(("boot-timeout".into(), status.describe())),
+        GuestStatus::NoStatus(_) | GuestStatus::HostFailed(_) => {
+            Some(report().unwrap_or_else(|| ("vm-ended".into(), status.describe())))
+        }
+    }
+}
+
+/// The console from a little before the first report line to the end (at most 300 lines),
+/// or its last 80 lines when there is no report.
+pub fn report_excerpt(console: &str) -> String {
+    let lines: Vec<&str> = console.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| REPORT_MARKERS.iter().any(|m| l.contains(m)))
+        .map(|i| i.saturating_sub(3))
+        .unwrap_or(lines.len().saturating_sub(80));
+    let end = lines.len().min(start + 300);
+    let mut s = lines[start..end].join("\n");
+    s.push('\n');
+    s
+}
+
+/// The reproducer file's first line.
+const REPRO_HEADER: &str = "# kcov-testbed fuzz reproducer";
+
+/// A reproducer file: header, target, kind, title, the program in hex, the ops as comments.
+pub fn repro_text(target: Target, kind: &str, title: &str, data: &[u8]) -> String {
+    let program = Program::decode(data);
+    let mut s = format!(
+        "{REPRO_HEADER}: replay with `cargo xtask fuzz --repro THIS_FILE`\ntarget: {target}\nkind: {kind}\ntitle: {}\nprogram: {}\n# the program (the last one the agent sent before the VM ended), one op per line:\n",
+        title.replace('\n', " "),
+        hex::encode(program.encode())
+    );
+    for line in program.to_string().lines() {
+        s.push_str("#   ");
+        s.push_str(line);
+        s.push('\n');
+    }
+    s
+}
+
+/// Reads a reproducer: the text form [`repro_text`] writes, or a raw program (a corpus file)
+/// for `default_target`.
+pub fn parse_repro(bytes: &[u8], default_target: Option<Target>) -> Result<(Target, Vec<u8>)> {
+    let Some(text) = std::str::from_utf8(bytes)
+        .ok()
+        .filter(|t| t.starts_with(REPRO_HEADER))
+    else {
+        let t = default_target.ok_or_else(|| {
+            anyhow!("a raw program (corpus file) needs its target: cargo xtask fuzz vhost-net|vhost-vsock --repro FILE")
+        })?;
+        return Ok((t, Program::decode(bytes).encode()));
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let target = field("target:")
+        .and_then(Target::from_name)
+        .or(default_target)
+        .ok_or_else(|| anyhow!("reproducer without a valid `target:` line"))?;
+    let hex = field("program:").ok_or_else(|| anyhow!("reproducer without a `program:` line"))?;
+    let data = hex::decode(hex).map_err(|e| anyhow!("reproducer `program:` is not hex: {e}"))?;
+    Ok((target, Program::decode(&data).encode()))
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// Runs a campaign.
+pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
+    let dir = match &opts.out {
+        Some(d) => d.clone(),
+        None => paths::workspace_root()
+            .join("target/testbed/fuzz")
+            .join(format!("{}-{}", opts.target, now_ms())),
+    };
+    std::fs::create_dir_all(dir.join("crashes"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let corpus_dir = opts.corpus.clone().unwrap_or_else(|| dir.join("corpus"));
+    let mut camp = Campaign::new(&corpus_dir)
+        .with_context(|| format!("corpus directory {}", corpus_dir.display()))?;
+    eprintln!(
+        "fuzz: {} for {} s, campaign directory {}, corpus {} ({} entries){}",
+        opts.target,
+        opts.time.as_secs(),
+        dir.display(),
+        corpus_dir.display(),
+        camp.corpus.len(),
+        if opts.plain_kernel {
+            ", default kernel"
+        } else {
+            ", KASAN + lockdep kernel"
+        }
+    );
+    let start = Instant::now();
+    camp.points.push(Point {
+        t: 0.0,
+        execs: 0,
+        pcs: 0,
+        remote: 0,
+        corpus: camp.corpus.len(),
+    });
+    let mut crashes = Vec::new();
+    let mut runs = Vec::new();
+    let mut vms = 0u32;
+    let mut idle = 0u32;
+    let mut boot_allowance = BOOT_ALLOWANCE;
+    while start.elapsed() < opts.time {
+        let left = opts.time.saturating_sub(start.elapsed());
+        let fuzz_s = left.saturating_sub(boot_allowance).as_secs().max(1) as u32;
+        let mut plan = boot::default_plan();
+        plan.fuzz = Some(FuzzPlan {
+            target: opts.target,
+            time_s: fuzz_s,
+            seed: opts.seed.wrapping_add(u64::from(vms)),
+        });
+        let includes = if camp.corpus.is_empty() {
+            Vec::new()
+        } else {
+            vec![format!("{}:{CORPUS_DIR}", corpus_dir.display())]
+        };
+        // The corpus replays first (tens of ms a program under TCG), then fuzz_s of mutation.
+        let replay = Duration::from_millis(500) * camp.corpus.len() as u32;
+        let bopts = BootOpts {
+            runner: opts.runner,
+            kernel: opts.kernel(),
+            includes,
+            append: opts.cmdline(),
+            timeouts: Timeouts {
+                boot: opts.boot_timeout,
+                run: Duration::from_secs(u64::from(fuzz_s) + 60) + replay,
+            },
+            echo: opts.echo,
+            plan,
+            ..BootOpts::default()
+        };
+        let before = camp.execs();
+        let deadline = start + opts.time + DEADLINE_GRACE;
+        let end = run_vm(&bopts, &mut camp, start, deadline, opts)?;
+        let (outcome, run_dir) = (&end.status, end.run_dir.clone());
+        if let Some(d) = end.first_bytes {
+            boot_allowance = d;
+        }
+        vms += 1;
+        let inflight = camp.end_vm();
+        runs.push(run_dir.clone());
+        let console = std::fs::read_to_string(run_dir.join("serial.log")).unwrap_or_default();
+        let verdict = if end.stalled {
+            Some((
+                "hang".to_string(),
+                format!(
+                    "no stream frames for {} s: the guest stopped making progress",
+                    STALL.as_secs()
+                ),
+            ))
+        } else if end.deadline {
+            eprintln!("fuzz: stopped the VM at the campaign's end (its stream was live)");
+            None
+        } else {
+            classify(outcome, &console)
+        };
+        if let Some((kind, title)) = verdict {
+            let c = record_crash(
+                &dir,
+                crashes.len(),
+                opts.target,
+                &kind,
+                &title,
+                inflight.as_ref(),
+                &console,
+            )?;
+            if let Some(i) = &inflight {
+                if camp.drop_from_corpus(&i.data) {
+                    eprintln!(
+                        "fuzz: the crashing program was a corpus entry: removed from the corpus"
+                    );
+                }
+            }
+            eprintln!(
+                "fuzz: CRASH {} ({}): {}{} -> {}",
+                c.kind,
+                if end.stalled {
+                    "killed by the campaign".to_string()
+                } else {
+                    outcome.describe()
+                },
+                c.title,
+                if c.has_repro {
+                    ""
+                } else {
+                    " (no program in flight)"
+                },
+                c.dir.display()
+            );
+            crashes.push(c);
+        }
+        idle = if camp.execs() > before { 0 } else { idle + 1 };
+        if idle >= MAX_IDLE_VMS && start.elapsed() < opts.time {
+            eprintln!(
+                "fuzz: {idle} VMs in a row ran no program: stopping the campaign (see the crashes)"
+            );
+            break;
+        }
+    }
+    let elapsed = start.elapsed();
+    camp.points.push(Point {
+        t: elapsed.as_secs_f64(),
+        execs: camp.execs(),
+        pcs: camp.pcs.len(),
+        remote: camp.remote.len(),
+        corpus: camp.corpus.len(),
+    });
+    let mut tsv = String::from("seconds\texecs\tpcs\tcorpus\n");
+    for p in &camp.points {
+        tsv.push_str(&format!(
+            "{:.2}\t{}\t{}\t{}\n",
+            p.t, p.execs, p.pcs, p.corpus
+        ));
+    }
+    write_atomic(&dir.join("progress.tsv"), tsv.as_bytes())?;
+    write_atomic(
+        &dir.join("coverage.svg"),
+        plot::svg(opts.target.name(), &camp.points).as_bytes(),
+    )?;
+    let out = Outcome {
+        dir,
+        corpus_dir,
+        vms,
+        execs: camp.execs(),
+        pcs: camp.pcs.len(),
+        remote: std::mem::take(&mut camp.remote),
+        corpus: camp.corpus.len(),
+        crashes,
+        agent_us: camp.agent_us,
+        stream_us: camp.stream_us,
+        agent_execs: camp.agent_execs,
+        elapsed,
+        points: camp.points.clone(),
+        runs,
+    };
+    eprintln!(
+        "fuzz: done: {} execs in {:.0} s ({:.1}/s), {} distinct PCs, {} corpus entries, {} VMs, {} crashes; plot {}",
+        out.execs,
+        elapsed.as_secs_f64(),
+        out.execs as f64 / elapsed.as_secs_f64().max(1e-3),
+        out.pcs,
+        out.corpus,
+        out.vms,
+        out.crashes.len(),
+        out.dir.join("coverage.svg").display()
+    );
+    Ok(out)
+}
+
+/// How a VM ended.
+struct VmEnd {
+    status: GuestStatus,
+    run_dir: PathBuf,
+    /// From its start to its first stream bytes.
+    first_bytes: Option<Duration>,
+    /// Killed by the campaign: its stream was silent for [`STALL`].
+    stalled: bool,
+    /// Killed by the campaign: past its end (plus [`DEADLINE_GRACE`]).
+    deadline: bool,
+}
+
+/// Kills the QEMU this process started for the run in `run_dir` (its command line names the
+/// run's vsock socket there). False when there is none (the kvm runner's VM is in process:
+/// its run timeout stays the watchdog).
+fn kill_vm(run_dir: &Path) -> bool {
+    let me = std::process::id().to_string();
+    let needle = run_dir.to_string_lossy().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let mut killed = false;
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: the comm may hold spaces, the fields after ')' do not.
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1));
+        if ppid != Some(me.as_str()) {
+            continue;
+        }
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            // SAFETY: kill(2) of our own child, identified by pid just read.
+            killed |= unsafe { libc::kill(pid, libc::SIGKILL) } == 0;
+        }
+    }
+    killed
+}
+
+/// Boots one VM, following its stream into `camp` (and printing progress) while it runs;
+/// kills it when its stream stalls or the campaign's `deadline` passes.
+fn run_vm(
+    bopts: &BootOpts,
+    camp: &mut Campaign,
+    start: Instant,
+    deadline: Instant,
+    opts: &FuzzOpts,
+) -> Result<VmEnd> {
+    camp.start_vm();
+    let vm_start = Instant::now();
+    let mut first_bytes = None;
+    let mut last_bytes = Instant::now();
+    let (mut stalled, mut past_deadline) = (false, false);
+    let (dir_tx, dir_rx) = mpsc::channel::<PathBuf>();
+    let bopts = bopts.clone();
+    let vm = std::thread::Builder::new()
+        .name("fuzz-vm".into())
+        .spawn(move || {
+            boot::boot_with(&bopts, |p| {
+                let _ = dir_tx.send(p.to_path_buf());
+            })
+            .map(|(o, rd)| (o.status, rd.path().to_path_buf()))
+        })
+        .context("spawning the VM thread")?;
+    let mut run_dir: Option<PathBuf> = None;
+    let mut file: Option<std::fs::File> = None;
+    let mut last_print = Instant::now();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let finished = vm.is_finished();
+        if run_dir.is_none() {
+            run_dir = dir_rx.try_recv().ok();
+        }
+        if let (Some(d), None) = (&run_dir, &file) {
+            file = std::fs::File::open(d.join(coverage::run::STREAM_FILE)).ok();
+        }
+        if let Some(f) = &mut file {
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        first_bytes.get_or_insert_with(|| vm_start.elapsed());
+                        last_bytes = Instant::now();
+                        let t = start.elapsed().as_secs_f64();
+                        for name in camp.feed(&buf[..n], t) {
+                            if opts.echo {
+                                eprintln!("fuzz: new corpus entry {name}");
+                            }
+                        }
+                    }
+                }
+            }
+            // At EOF for now: the file grows while the VM runs, and a later read goes on
+            // from here.
+        }
+        if last_print.elapsed() >= Duration::from_secs(5) || finished {
+            let t = start.elapsed().as_secs_f64();
+            eprintln!(
+                "fuzz: {:>5.0} s  execs {:>7} ({:.1}/s)  PCs {:>6}  corpus {:>4}",
+                t,
+                camp.execs(),
+                camp.execs() as f64 / t.max(1e-3),
+                camp.pcs.len(),
+                camp.corpus.len()
+            );
+            last_print = Instant::now();
+        }
+        if finished {
+            break;
+        }
+        if let Some(d) = &run_dir {
+            if !stalled && first_bytes.is_some() && last_bytes.elapsed() >= STALL {
+                stalled = kill_vm(d);
+            }
+            if !past_deadline && !stalled && Instant::now() >= deadline {
+                past_deadline = kill_vm(d);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Some(why) = camp.broken() {
+        eprintln!("fuzz: warning: stopped reading the VM's stream: {why}");
+    }
+    let (status, run_dir) = vm.join().map_err(|_| anyhow!("the VM thread panicked"))??;
+    Ok(VmEnd {
+        status,
+        run_dir,
+        first_bytes,
+        stalled,
+        deadline: past_deadline,
+    })
+}
+
+fn record_crash(
+    dir: &Path,
+    n: usize,
+    target: Target,
+    kind: &str,
+    title: &str,
+    inflight: Option<&InFlight>,
+    console: &str,
+) -> Result<Crash> {
+    let cdir = dir.join("crashes").join(format!("{n:03}-{kind}"));
+    std::fs::create_dir_all(&cdir)?;
+    write_atomic(
+        &cdir.join("console.txt"),
+        report_excerpt(console).as_bytes(),
+    )?;
+    if let Some(i) = inflight {
+        write_atomic(
+            &cdir.join("repro.txt"),
+            repro_text(target, kind, title, &i.data).as_bytes(),
+        )?;
+    }
+    Ok(Crash {
+        kind: kind.to_string(),
+        title: title.to_string(),
+        dir: cdir,
+        has_repro: inflight.is_some(),
+    })
+}
+
+/// What a replay showed.
+#[derive(Debug)]
+pub struct Replay {
+    pub status: GuestStatus,
+    /// `classify` of the run: the report's kind and title, if any.
+    pub report: Option<(String, String)>,
+    /// The report excerpt of the console.
+    pub excerpt: String,
+    pub run_dir: PathBuf,
+}
+
+/// Boots once with the reproducer `file` (its program alone, no mutation) and reads the
+/// kernel's report off the console.
+pub fn repro(file: &Path, opts: &FuzzOpts, default_target: Option<Target>) -> Result<Replay> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    if bytes.len() > 1 << 20 {
+        bail!("{}: {} bytes is no reproducer", file.display(), bytes.len());
+    }
+    let (target, data) = parse_repro(&bytes, default_target)?;
+    eprintln!(
+        "fuzz: replaying {} on {target} ({} ops):\n{}",
+        file.display(),
+        Program::decode(&data).ops.len(),
+        Program::decode(&data)
+    );
+    let tmp = tempfile::tempdir()?;
+    let corpus = tmp.path().join("corpus");
+    std::fs::create_dir_all(&corpus)?;
+    std::fs::write(corpus.join("repro.bin"), &data)?;
+    let mut plan = boot::default_plan();
+    plan.fuzz = Some(FuzzPlan {
+        target,
+        time_s: 0,
+        seed: opts.seed,
+    });
+    let bopts = BootOpts {
+        runner: opts.runner,
+        kernel: opts.kernel(),
+        includes: vec![format!("{}:{CORPUS_DIR}", corpus.display())],
+        append: opts.cmdline(),
+        timeouts: Timeouts {
+            boot: opts.boot_timeout,
+            run: Duration::from_secs(120),
+        },
+        echo: opts.echo,
+        plan,
+        ..BootOpts::default()
+    };
+    let (outcome, run_dir) = boot::boot(&bopts)?;
+    let console = std::fs::read_to_string(run_dir.join("serial.log")).unwrap_or_default();
+    let report = classify(&outcome.status, &console);
+    Ok(Replay {
+        excerpt: if report.is_some() {
+            report_excerpt(&console)
+        } else {
+            String::new()
+        },
+        status: outcome.status,
+        report,
+        run_dir: run_dir.path().to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_of_vm_ends() {
+        assert_eq!(classify(&GuestStatus::Exited(0), "all fine\n"), None);
+        let kasan = "x\n==================\nBUG: KASAN: slab-use-after-free in vhost_worker+0x1/0x2\nRead of size 8\nKernel panic - not syncing: KASAN: panic_on_warn set ...\n";
+        let (kind, title) = classify(
+            &GuestStatus::Panicked("Kernel panic - not syncing".into()),
+            kasan,
+        )
+        .unwrap();
+        assert_eq!(kind, "kasan");
+        assert!(title.starts_with("BUG: KASAN: slab-use-after-free"));
+        assert!(report_excerpt(kasan).contains("Read of size 8"));
+        assert_eq!(
+            classify(
+                &GuestStatus::Exited(HANG_STATUS),
+                "fuzz: input 7 did not finish within 10000 ms (hang)\n"
+            )
+            .unwrap()
+            .0,
+            "hang"
+        );
+        assert_eq!(
+            classify(&GuestStatus::RunTimeout(Duration::from_secs(9)), "")
+                .unwrap()
+                .0,
+            "hang"
+        );
+        assert_eq!(
+            classify(
+                &GuestStatus::Panicked("Kernel panic - not syncing: No working init found.".into()),
+                "Kernel panic - not syncing: No working init found.\n"
+            )
+            .unwrap()
+            .0,
+            "panic"
+        );
+        let lockdep = "WARNING: possible circular locking dependency detected\n";
+        assert_eq!(
+            classify(&GuestStatus::Exited(0), lockdep).unwrap().0,
+            "lockdep"
+        );
+    }
+
+    #[test]
+    fn reproducers_round_trip_in_both_forms() {
+        let p = Program::seed(Target::VhostVsock);
+        let text = repro_text(Target::VhostVsock, "kasan", "BUG: KASAN: x", &p.encode());
+        assert!(text.contains("VHOST_VSOCK_SET_GUEST_CID"));
+        let (t, data) = parse_repro(text.as_bytes(), None).unwrap();
+        assert_eq!(t, Target::VhostVsock);
+        assert_eq!(Program::decode(&data), p);
+        let (t, data) = parse_repro(&p.encode(), Some(Target::VhostNet)).unwrap();
+        assert_eq!((t, Program::decode(&data)), (Target::VhostNet, p));
+        assert!(parse_repro(b"\x01\x02", None).is_err());
+        assert!(parse_repro(
+            format!("{REPRO_HEADER}\ntarget: vhost-net\nprogram: zz\n").as_bytes(),
+            None
+        )
+        .is_err());
+    }
+}
+
+/// `cargo xtask fuzz`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct FuzzArgs {
+    /// vhost-net or vhost-vsock (with --repro: the target of a raw corpus file; a reproducer
+    /// file names its own).
+    pub target: Option<String>,
+    /// Seconds the campaign runs, boots included.
+    #[arg(long, default_value_t = 300)]
+    pub time: u64,
+    /// Corpus directory: read at the start (its programs seed the campaign), new entries
+    /// written into it (named by content hash). Default: the campaign directory's corpus/.
+    #[arg(long, value_name = "DIR")]
+    pub corpus: Option<PathBuf>,
+    /// Replay this reproducer (or corpus file) once and show the kernel's report.
+    #[arg(long, value_name = "FILE")]
+    pub repro: Option<PathBuf>,
+    /// Campaign directory (default target/testbed/fuzz/TARGET-MS).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// The default kernel instead of the fuzz kernel (KASAN + lockdep, kernel-config/fuzz.config).
+    #[arg(long)]
+    pub plain_kernel: bool,
+    /// Where to boot (see `cargo xtask boot --help`).
+    #[arg(long, value_enum, default_value_t = RunnerKind::Auto)]
+    pub runner: RunnerKind,
+    /// Build from this kernel tree instead of Debian's linux-source-6.12.
+    #[arg(long, value_name = "DIR")]
+    pub kernel_src: Option<PathBuf>,
+    /// Extra config fragment (repeatable), after the fuzz fragment.
+    #[arg(long, value_name = "FILE")]
+    pub fragment: Vec<PathBuf>,
+    /// Extra kernel command-line word (repeatable).
+    #[arg(long, value_name = "WORD")]
+    pub append: Vec<String>,
+    /// Mutation seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Seconds from a VM's start until its agent must run.
+    #[arg(long, default_value_t = 120)]
+    pub boot_timeout: u64,
+    /// Echo the guests' consoles (a replay always does).
+    #[arg(long)]
+    pub echo: bool,
+}
+
+/// `cargo xtask fuzz`: exit 0 after a campaign (crashes are findings, listed), and for a
+/// replay the guest's status (70 when the kernel panicked).
+pub fn fuzz_cmd(args: &FuzzArgs) -> Result<std::process::ExitCode> {
+    let target = match &args.target {
+        Some(t) => Some(
+            Target::from_name(t)
+                .ok_or_else(|| anyhow!("unknown fuzz target {t:?}: vhost-net or vhost-vsock"))?,
+        ),
+        None => None,
+    };
+    if args.time == 0 {
+        bail!("--time 0: expected a positive number of seconds");
+    }
+    if args.boot_timeout == 0 {
+        bail!("--boot-timeout 0: expected a positive number of seconds");
+    }
+    let mut opts = FuzzOpts::new(target.unwrap_or(Target::VhostNet));
+    opts.time = Duration::from_secs(args.time);
+    opts.corpus = args.corpus.clone();
+    opts.out = args.out.clone();
+    opts.plain_kernel = args.plain_kernel;
+    opts.runner = args.runner;
+    opts.kernel.src = args.kernel_src.clone();
+    opts.kernel.extra_fragments = args.fragment.clone();
+    opts.append = args.append.clone();
+    opts.seed = args.seed;
+    opts.boot_timeout = Duration::from_secs(args.boot_timeout);
+    opts.echo = args.echo;
+    if let Some(file) = &args.repro {
+        opts.echo = true;
+        let r = repro(file, &opts, target)?;
+        match &r.report {
+            Some((kind, title)) => {
+                println!(
+                    "fuzz: replay: {kind}: {title}\n--- the kernel's report ---\n{}",
+                    r.excerpt
+                );
+            }
+            None => println!("fuzz: replay: no kernel report ({})", r.status.describe()),
+        }
+        println!("fuzz: replay run directory {}", r.run_dir.display());
+        let code = r.status.exit_code();
+        return Ok(std::process::ExitCode::from(
+            u8::try_from(code).unwrap_or(1),
+        ));
+    }
+    if target.is_none() {
+        bail!("which device? cargo xtask fuzz vhost-net|vhost-vsock [--time S] [--corpus DIR]");
+    }
+    let out = campaign(&opts)?;
+    for c in &out.crashes {
+        println!("crash {}: {} ({})", c.kind, c.title, c.dir.display());
+    }
+    println!(
+        "fuzz: {} execs, {} PCs, {} corpus entries in {}, {} crashes; {}",
+        out.execs,
+        out.pcs,
+        out.corpus,
+        out.corpus_dir.display(),
+        out.crashes.len(),
+        out.dir.display()
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
