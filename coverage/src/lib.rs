@@ -6,7 +6,7 @@
 //! [`symbolizer::SymbolCache`]) → lines and functions ([`map::CoverageMap`]), which reports
 //! are made from. Around it: the collector and run store ([`store`]: kcov-wire stream → PC files),
 //! reports ([`report`]: terminal, lcov, JSON; [`html`]), run and patch diffs ([`diff`]) and
-//! golden coverage checks ([`golden`]). [`run`] owns the run directory (layout, `run.json`,
+//! golden coverage checks ([`golden`]), the function-by-case table ([`matrix`]). [`run`] owns the run directory (layout, `run.json`,
 //! collect-on-open, the loaded run with its build-id check); the CLI only finds kernels.
 
 pub mod diff;
@@ -14,6 +14,7 @@ pub mod glob;
 pub mod golden;
 pub mod html;
 pub mod map;
+pub mod matrix;
 pub mod merge;
 pub mod report;
 pub mod run;

@@ -207,6 +207,27 @@ functions = ["drivers/vhost/vsock.c:vhost_vsock_handle_tx_kick"]
     // Every case's store came along, and the merged lcov covers both cases' files.
     let lcov = std::fs::read_to_string(out.join("coverage.lcov")).unwrap();
     assert!(lcov.contains("drivers/vhost/net.c") && lcov.contains("drivers/vhost/vsock.c"));
+    // Which case reached which function: the TX case alone reaches handle_tx_copy, the vsock
+    // case alone the vsock TX kick; functions both reach (vhost.c) count for both.
+    let tsv = std::fs::read_to_string(out.join("functions.tsv")).unwrap();
+    assert_eq!(
+        tsv.lines().next(),
+        Some("file\tfunction\tfirst_line\tlines_total\ttx\tvsock")
+    );
+    let row = |f: &str| -> Vec<u64> {
+        let l = tsv
+            .lines()
+            .find(|l| l.split('\t').nth(1) == Some(f))
+            .unwrap_or_else(|| panic!("no {f} in {tsv}"));
+        l.split('\t').skip(4).map(|n| n.parse().unwrap()).collect()
+    };
+    let tx = row("handle_tx_copy");
+    assert!(tx[0] > 0 && tx[1] == 0, "{tx:?}");
+    let vs = row("vhost_vsock_handle_tx_kick");
+    assert!(vs[0] == 0 && vs[1] > 0, "{vs:?}");
+    let both = row("vhost_dev_set_owner");
+    assert!(both[0] > 0 && both[1] > 0, "{both:?}");
+    assert!(md.contains("Functions reached per case: tx "), "{md}");
 
     // Bad input: one line, non-zero, nothing written.
     let bad = dir("bad");

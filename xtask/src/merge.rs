@@ -339,9 +339,6 @@ pub fn merge_cmd(a: &MergeArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    if let Some(c) = &cfg {
-        c.check_patch_base()?;
-    }
     let out = a.out.clone().unwrap_or_else(|| {
         crate::paths::workspace_root()
             .join("target/testbed/ci")

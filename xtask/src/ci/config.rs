@@ -452,16 +452,6 @@ impl Config {
             cases,
         })
     }
-
-    /// Checks what needs git: the patch base must be a commit of its tree. Done before any
-    /// case runs, so a typo in the ref fails at once.
-    pub fn check_patch_base(&self) -> Result<()> {
-        if let Some(p) = &self.patch {
-            crate::report::git_diff_since(&p.tree, &p.base)
-                .with_context(|| format!("{}: patch.base", self.path.display()))?;
-        }
-        Ok(())
-    }
 }
 
 fn expect(cx: &Ctx<'_>, e: &Spanned<RawExpect>, has_patch: bool, what: &str) -> Result<Expect> {

@@ -8,6 +8,7 @@
 //! DIR/coverage.json     all cases together, JSON (with patch coverage and build-id)
 //! DIR/junit.xml         one testcase per case and per gate
 //! DIR/summary.md        for a pull-request comment
+//! DIR/functions.md      which case reached which function (coverage::matrix), and functions.tsv
 //! ```
 //!
 //! The directory is written aside and renamed into place, so it is whole or absent.
@@ -31,6 +32,10 @@ pub const COVERAGE_JSON: &str = "coverage.json";
 pub const JUNIT_XML: &str = "junit.xml";
 /// Markdown summary.
 pub const SUMMARY_MD: &str = "summary.md";
+/// Which case reached which function, Markdown.
+pub const FUNCTIONS_MD: &str = "functions.md";
+/// The same, tab-separated.
+pub const FUNCTIONS_TSV: &str = "functions.tsv";
 /// Format version of `ci.json`.
 pub const MANIFEST_VERSION: u32 = 1;
 

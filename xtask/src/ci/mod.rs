@@ -303,6 +303,8 @@ pub struct CiOpts {
     pub partition: Option<Partition>,
     /// The output directory.
     pub out: PathBuf,
+    /// The config's patch ([`config_patch`]), taken once before the kernel is built.
+    pub patch: Option<PatchLines>,
 }
 
 /// Runs the cases of `cfg` in `opts.partition` through `boot`/`load`, evaluates the gates and
@@ -315,7 +317,7 @@ pub fn run_ci(
 ) -> Result<Manifest> {
     // Everything that can be wrong before a boot is checked first.
     outputs::check_out_dir(&opts.out)?;
-    let patch = config_patch(cfg)?;
+    let patch = opts.patch.as_ref();
     let selected: Vec<&Case> = cfg
         .cases
         .iter()
@@ -342,7 +344,7 @@ pub fn run_ci(
             selected.len(),
             case.name
         );
-        let o = run_case(cfg, case, patch.as_ref(), opts.partition, boot, load);
+        let o = run_case(cfg, case, patch, opts.partition, boot, load);
         let failed_gates: Vec<String> = o
             .result
             .gates
@@ -378,7 +380,7 @@ pub fn run_ci(
                 table: &first.table,
                 vmlinux: &first.vmlinux,
             },
-            patch.as_ref(),
+            patch,
         )?),
         None => None,
     };
@@ -532,7 +534,7 @@ pub fn ci_cmd(a: &CiArgs) -> Result<ExitCode> {
     });
     // Cheap checks, then one kernel build for every case: a build that fails, fails once.
     outputs::check_out_dir(&out)?;
-    cfg.check_patch_base()?;
+    let patch = config_patch(&cfg)?;
     crate::kernel::build(&cfg.kernel)?;
     let load = |dir: &Path| crate::run_kernel::load(dir, &LoadOpts::default());
     let m = run_ci(
@@ -540,6 +542,7 @@ pub fn ci_cmd(a: &CiArgs) -> Result<ExitCode> {
         &CiOpts {
             partition,
             out: out.clone(),
+            patch,
         },
         &mut boot_case,
         &load,

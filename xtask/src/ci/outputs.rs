@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use coverage::diff::PatchCoverage;
+use coverage::matrix::FunctionMatrix;
 use coverage::report::Report;
 use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
 
 use super::manifest::{
-    GateResult, Manifest, CASES_DIR, COVERAGE_JSON, COVERAGE_LCOV, JUNIT_XML, MANIFEST, STORES_DIR,
-    SUMMARY_MD,
+    GateResult, Manifest, CASES_DIR, COVERAGE_JSON, COVERAGE_LCOV, FUNCTIONS_MD, FUNCTIONS_TSV,
+    JUNIT_XML, MANIFEST, STORES_DIR, SUMMARY_MD,
 };
 
 /// Everything an output directory holds.
@@ -96,7 +97,12 @@ fn pct(hit: usize, total: usize) -> String {
 
 /// Markdown for a pull-request comment: the verdict, the cases, the gates, a per-file table of
 /// all cases' coverage, and the changed lines no case covered.
-pub fn markdown(m: &Manifest, report: Option<&Report>, patch: Option<&PatchCoverage>) -> String {
+pub fn markdown(
+    m: &Manifest,
+    report: Option<&Report>,
+    patch: Option<&PatchCoverage>,
+    functions: Option<&FunctionMatrix>,
+) -> String {
     let mut s = String::new();
     let scope = match (&m.partition, m.merged_from.len()) {
         (Some(p), _) => format!(" (shard {p})"),
@@ -187,6 +193,21 @@ pub fn markdown(m: &Manifest, report: Option<&Report>, patch: Option<&PatchCover
             t.functions_total
         );
     }
+    if let Some(fm) = functions {
+        let per_case: Vec<String> = fm
+            .cases
+            .iter()
+            .map(|c| format!("{} {} ({} only it)", c.name, c.reached, c.only))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\nFunctions reached per case: {}; {} of {} functions reached by no case. Which \
+             case reached which function: `{FUNCTIONS_MD}`.",
+            md_cell(&per_case.join(", ")),
+            fm.unreached(),
+            fm.rows.len()
+        );
+    }
     if let Some(pc) = patch {
         let _ = writeln!(
             s,
@@ -236,6 +257,26 @@ pub fn markdown(m: &Manifest, report: Option<&Report>, patch: Option<&PatchCover
         );
     }
     s
+}
+
+/// Which case reached which function, from the per-case reports (the same input for `ci` and
+/// `merge`, so a merge of shards gives the table of one machine); None without any.
+pub fn function_matrix(
+    case_json: &[(String, serde_json::Value)],
+) -> Result<Option<FunctionMatrix>> {
+    if case_json.is_empty() {
+        return Ok(None);
+    }
+    let reports: Vec<(&str, Report)> = case_json
+        .iter()
+        .map(|(name, v)| {
+            let r: Report = serde_json::from_value(v.clone())
+                .with_context(|| format!("case {name}: its report is no coverage report"))?;
+            Ok((name.as_str(), r))
+        })
+        .collect::<Result<_>>()?;
+    let refs: Vec<(&str, &Report)> = reports.iter().map(|(n, r)| (*n, r)).collect();
+    Ok(Some(FunctionMatrix::new(&refs)))
 }
 
 /// A table cell: one line, no `|`.
@@ -321,10 +362,30 @@ pub fn write_dir(out: &Path, o: &Outputs) -> Result<()> {
     if let Some(j) = &o.json {
         write(&t.join(COVERAGE_JSON), &serde_json::to_vec_pretty(j)?)?;
     }
+    let functions = function_matrix(&o.case_json)?;
+    if let Some(fm) = &functions {
+        let k = &o.manifest.kernel;
+        let kernel = format!(
+            "{}, build-id `{}`",
+            k.release.as_deref().unwrap_or("?"),
+            k.build_id.as_deref().unwrap_or("?")
+        );
+        write(
+            &t.join(FUNCTIONS_MD),
+            fm.markdown(&o.manifest.name, &kernel).as_bytes(),
+        )?;
+        write(&t.join(FUNCTIONS_TSV), fm.tsv().as_bytes())?;
+    }
     write(&t.join(JUNIT_XML), junit(&o.manifest)?.as_bytes())?;
     write(
         &t.join(SUMMARY_MD),
-        markdown(&o.manifest, o.report.as_ref(), o.patch.as_ref()).as_bytes(),
+        markdown(
+            &o.manifest,
+            o.report.as_ref(),
+            o.patch.as_ref(),
+            functions.as_ref(),
+        )
+        .as_bytes(),
     )?;
     write(&t.join(MANIFEST), &serde_json::to_vec_pretty(&o.manifest)?)?;
     let tmp = tmp.keep();

@@ -9,7 +9,9 @@ use coverage::store::{collect, KernelIdentity};
 use coverage::SiteTable;
 
 use super::config::{Config, Partition};
-use super::manifest::{Manifest, COVERAGE_LCOV, JUNIT_XML, SUMMARY_MD};
+use super::manifest::{
+    Manifest, COVERAGE_LCOV, FUNCTIONS_MD, FUNCTIONS_TSV, JUNIT_XML, SUMMARY_MD,
+};
 use super::*;
 use crate::merge::merge_dirs;
 use crate::test_support::{table, workload_stream};
@@ -101,6 +103,7 @@ fn ci(cfg: &Config, root: &Path, partition: Option<&str>, out: &Path) -> (Manife
         &CiOpts {
             partition: partition.map(|p| p.parse::<Partition>().unwrap()),
             out: out.to_path_buf(),
+            patch: None,
         },
         &mut |c, _| fake.boot(c),
         &load,
@@ -158,6 +161,25 @@ fn shards_merged_equal_one_run() {
     let md = std::fs::read_to_string(t.path().join("merged").join(SUMMARY_MD)).unwrap();
     assert!(md.contains("merged from 2 shards"), "{md}");
     assert!(md.contains("**passed**: 3 of 3 cases passed"), "{md}");
+    // Which case reached which function: the same table from the shards as from one run.
+    let file = |d: &str, f: &str| std::fs::read_to_string(t.path().join(d).join(f)).unwrap();
+    assert_eq!(file("all", FUNCTIONS_TSV), file("merged", FUNCTIONS_TSV));
+    assert_eq!(file("all", FUNCTIONS_MD), file("merged", FUNCTIONS_MD));
+    assert_eq!(
+        file("merged", FUNCTIONS_TSV),
+        "file\tfunction\tfirst_line\tlines_total\tone\ttwo\tthree\n\
+         drivers/vhost/net.c\thandle_tx\t10\t3\t2\t2\t0\n\
+         drivers/vhost/vhost.c\tvhost_poll\t50\t1\t0\t0\t1\n"
+    );
+    let fmd = file("merged", FUNCTIONS_MD);
+    assert!(fmd.contains("| three | 1 | 1 |"), "{fmd}");
+    assert!(fmd.contains("| one | 1 | 0 |"), "{fmd}");
+    assert!(
+        md.contains(
+            "Functions reached per case: one 1 (0 only it), two 1 (0 only it), three 1 (1 only it)"
+        ),
+        "{md}"
+    );
 }
 
 /// A failing case and a failing gate show in the manifest, JUnit and Markdown, and fail the
@@ -206,6 +228,7 @@ functions = ["vhost_poll"]
         &CiOpts {
             partition: None,
             out: t.path().join("foreign"),
+            patch: None,
         },
         &mut |c, _| fake.boot(c),
         &load,
@@ -218,7 +241,8 @@ functions = ["vhost_poll"]
 }
 
 /// Bad merges fail in one line and write nothing: a missing or repeated shard, no config for
-/// the gates left to the merge, another config, stores of another kernel build.
+/// the gates left to the merge, another config, stores of another kernel build, a per-case
+/// report that is no report.
 #[test]
 fn bad_merges_are_refused() {
     let t = tempfile::tempdir().unwrap();
@@ -257,6 +281,7 @@ fn bad_merges_are_refused() {
         &CiOpts {
             partition: Some("2/2".parse().unwrap()),
             out: t.path().join("s2k"),
+            patch: None,
         },
         &mut |c, _| fake.boot(c),
         &load,
@@ -269,6 +294,13 @@ fn bad_merges_are_refused() {
     );
     let e = merge(&["nope"], Some(&cfg));
     assert!(e.contains("no such directory"), "{e}");
+    // A shard's per-case report that is JSON but no report (edited, truncated by a tool).
+    std::fs::write(t.path().join("s2/cases/two.json"), b"{\"files\": 3}").unwrap();
+    let e = merge(&["s1", "s2"], Some(&cfg));
+    assert!(
+        e.contains("case two: its report is no coverage report"),
+        "{e}"
+    );
     assert!(!out.exists(), "a refused merge wrote {}", out.display());
 }
 
@@ -322,6 +354,7 @@ baseline = "{base}"
         &CiOpts {
             partition: None,
             out: d.join("out"),
+            patch: None,
         },
         &mut |c, _| {
             // "one" streams what "three" streamed.
