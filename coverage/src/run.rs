@@ -333,6 +333,28 @@ impl LoadedRun {
         .with_host(self.host.clone())
     }
 
+    /// One report per workload of the run (in run order), each of that workload's PCs from
+    /// `sources` alone: the columns of a [`crate::matrix::FunctionMatrix`].
+    pub fn workload_reports(
+        &self,
+        filter: &[PathGlob],
+        sources: SourceFilter,
+    ) -> Result<Vec<(String, Report)>, RunError> {
+        let mut out = Vec::new();
+        for w in &self.store.meta.workloads {
+            let pcs: Vec<PcCounts> = self
+                .store
+                .all_pcs(Some(&w.name))?
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect();
+            let cov = RunCoverage::build(&self.table, &pcs, sources, Attribution::AllFrames);
+            let report = Report::new(&self.table, &cov, filter, &w.name, &self.kernel_desc());
+            out.push((w.name.clone(), report));
+        }
+        Ok(out)
+    }
+
     /// What failed in the run (see [`store::run_failures`]).
     pub fn failures(&self, cut_short: bool) -> Vec<String> {
         store::run_failures(&self.store.meta, cut_short)

@@ -218,6 +218,79 @@ fn coverage_report_formats_on_real_vmlinux() {
     }
 }
 
+/// `report --functions`: one column per workload of the run, each its own PCs only.
+#[test]
+fn coverage_functions_table_per_workload() {
+    let (Some(t), Some(vm)) = (table(), vmlinux()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let init = sites_of(t, "vhost_dev_init");
+    let tx = sites_of(t, "handle_tx_copy");
+    let mut a = init.clone();
+    a.extend(&tx[..tx.len() / 2]);
+    write_run(
+        &run,
+        &stream(
+            &[
+                Workload {
+                    name: "a",
+                    pcs: pcs_of(t, &a),
+                    status: 0,
+                },
+                Workload {
+                    name: "b",
+                    pcs: pcs_of(t, &tx),
+                    status: 0,
+                },
+            ],
+            &[],
+            true,
+        ),
+    );
+    let (tsv, md) = (tmp.path().join("f.tsv"), tmp.path().join("f.md"));
+    for f in [&tsv, &md] {
+        let Some((ok, stdout, stderr, _)) =
+            xtask_run(&["report", s(&run), "--vmlinux", s(&vm), "--functions", s(f)])
+        else {
+            return;
+        };
+        assert!(ok, "{stdout}{stderr}");
+        assert!(
+            stdout.contains("functions: ") && stdout.contains("(2 workloads, "),
+            "{stdout}"
+        );
+    }
+    let tsv = std::fs::read_to_string(&tsv).unwrap();
+    assert_eq!(
+        tsv.lines().next(),
+        Some("file\tfunction\tfirst_line\tlines_total\ta\tb")
+    );
+    let row = |f: &str| -> Vec<usize> {
+        let l = tsv
+            .lines()
+            .find(|l| l.split('\t').nth(1) == Some(f))
+            .unwrap_or_else(|| panic!("no {f} in {tsv}"));
+        l.split('\t').skip(3).map(|n| n.parse().unwrap()).collect()
+    };
+    // [lines_total, a, b]
+    let i = row("vhost_dev_init");
+    assert_eq!((i[1], i[2]), (i[0], 0), "{i:?}");
+    let x = row("handle_tx_copy");
+    assert_eq!(x[2], x[0], "b ran every site: {x:?}");
+    assert!(x[1] > 0 && x[1] < x[2], "a ran half the sites: {x:?}");
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        md.contains("| case | functions reached | reached by no other case |"),
+        "{md}"
+    );
+    assert!(
+        md.contains(&format!("`vhost_dev_init` | {} | {} | · | 1 |", i[0], i[0])),
+        "{md}"
+    );
+}
+
 #[test]
 fn coverage_diff_exact() {
     let (Some(t), Some(vm)) = (table(), vmlinux()) else {

@@ -160,6 +160,8 @@ pub struct ReportOpts {
     pub source_root: Option<PathBuf>,
     /// The host kernel's vmlinux for host coverage (default: the one run.json names).
     pub host_vmlinux: Option<PathBuf>,
+    /// Which workload of the run reached which function: Markdown, or TSV for a `.tsv` name.
+    pub functions: Option<PathBuf>,
 }
 
 /// `cargo xtask report`: returns the terminal text; writes the requested files.
@@ -335,6 +337,25 @@ pub fn report_run(opts: &ReportOpts, run: &LoadedRun, patch: Option<PatchLines>)
         write_file(path, &serde_json::to_vec_pretty(&v)?)?;
         text.push_str(&format!("json: {}\n", path.display()));
     }
+    if let Some(path) = &opts.functions {
+        let reports = run.workload_reports(&filter, opts.load.sources)?;
+        let cols: Vec<(&str, &coverage::report::Report)> =
+            reports.iter().map(|(n, r)| (n.as_str(), r)).collect();
+        let m = coverage::matrix::FunctionMatrix::new(&cols);
+        let body = if path.extension().is_some_and(|e| e == "tsv") {
+            m.tsv()
+        } else {
+            m.markdown(&t, &report.kernel)
+        };
+        write_file(path, body.as_bytes())?;
+        text.push_str(&format!(
+            "functions: {} ({} workloads, {} functions, {} reached by none)\n",
+            path.display(),
+            m.cases.len(),
+            m.rows.len(),
+            m.unreached()
+        ));
+    }
     Ok(text)
 }
 
@@ -436,6 +457,10 @@ pub struct ReportArgs {
     /// Write JSON for scripts.
     #[arg(long, value_name = "F")]
     pub json: Option<PathBuf>,
+    /// Write which workload of the run reached which function (lines hit per function and
+    /// workload): Markdown, or tab-separated when F ends in .tsv.
+    #[arg(long, value_name = "F")]
+    pub functions: Option<PathBuf>,
     /// Only files matching this glob (repeatable; default drivers/vhost/*).
     #[arg(long, value_name = "GLOB")]
     pub filter: Vec<String>,
@@ -488,6 +513,7 @@ pub fn report_cmd(a: &ReportArgs) -> Result<std::process::ExitCode> {
         tree: a.tree.clone(),
         source_root: a.source_root.clone(),
         host_vmlinux: a.host_vmlinux.clone(),
+        functions: a.functions.clone(),
     })?;
     print!("{text}");
     Ok(failed_run_exit(&[&a.run_dir], a.allow_failed, a.partial))
