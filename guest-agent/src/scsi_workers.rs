@@ -28,7 +28,8 @@
 //!
 //! No target is configured (no `VHOST_SCSI_SET_ENDPOINT` succeeds), so the kick handlers
 //! return at their backend check; vhost-scsi's own ioctls are checked as far as that allows
-//! (features, ABI version, events-missed flag, endpoint errors).
+//! (features, ABI version, events-missed flag, endpoint errors: EFAULT without a memory
+//! table, ENODEV for a target nobody configured, EOPNOTSUPP with `reserved` set).
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -37,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use frontends::kcov::{self, Kcov, MappedArea, TraceMode};
-use frontends::vhost_raw::{errno_of, nr, RawVhost, ScsiTarget, FORK_OWNER_KTHREAD};
+use frontends::vhost_raw::{errno_of, nr, MemRegion, RawVhost, ScsiTarget, FORK_OWNER_KTHREAD};
 use kcov_wire::plan::Params;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -62,6 +63,8 @@ pub const SCSI_FEATURES: u64 =
     1 << 24 | 1 << 28 | 1 << 29 | 1 << 26 | 1 << 27 | 1 << 32 | 1 << 1 | 1 << 3;
 /// An address no user mapping has: the kernel's `copy_*_user` fails on it with EFAULT.
 const BAD_PTR: usize = 8;
+/// A target port WWPN nobody configured.
+const UNKNOWN_WWPN: &str = "naa.6001405000000000";
 /// Re-attaches of the kicked queue across the workers.
 const ATTACH_ROUNDS: u32 = 48;
 /// Remote area of the kcov proof, in words.
@@ -202,7 +205,7 @@ fn before_owner(n: &mut Tally) -> Result<(), NetError> {
             ));
         }
     }
-    let mut reserved = ScsiTarget::new("naa.6001405000000000");
+    let mut reserved = ScsiTarget::new(UNKNOWN_WWPN);
     reserved.reserved = 1;
     n.errno(
         "VHOST_SCSI_SET_ENDPOINT with reserved set",
@@ -214,17 +217,16 @@ fn before_owner(n: &mut Tally) -> Result<(), NetError> {
         d.scsi_clear_endpoint(&reserved),
         libc::EOPNOTSUPP,
     )?;
-    // No target port of that name: every ring passes vhost_vq_access_ok (none is set up),
-    // nothing matches.
+    // Without a memory table no ring passes vhost_vq_access_ok (vq->umem is NULL).
     n.errno(
-        "VHOST_SCSI_SET_ENDPOINT of an unknown target",
-        d.scsi_set_endpoint(&ScsiTarget::new("naa.6001405000000000")),
-        libc::ENODEV,
+        "VHOST_SCSI_SET_ENDPOINT without a memory table",
+        d.scsi_set_endpoint(&ScsiTarget::new(UNKNOWN_WWPN)),
+        libc::EFAULT,
     )?;
-    // Nothing to clear: vs_tpg is NULL, success.
-    expect_ok(
-        "VHOST_SCSI_CLEAR_ENDPOINT without an endpoint",
-        d.scsi_clear_endpoint(&ScsiTarget::new("naa.6001405000000000")),
+    n.errno(
+        "VHOST_SCSI_CLEAR_ENDPOINT without a memory table",
+        d.scsi_clear_endpoint(&ScsiTarget::new(UNKNOWN_WWPN)),
+        libc::EFAULT,
     )?;
     n.errno(
         "VHOST_SCSI_GET_ABI_VERSION (bad pointer)",
@@ -235,10 +237,9 @@ fn before_owner(n: &mut Tally) -> Result<(), NetError> {
 }
 
 /// The device's worker threads in this process: vhost names them `vhost-<tid>` after the
-/// thread that called `VHOST_SET_OWNER` / `VHOST_NEW_WORKER` (kthread workers are not ours).
-fn worker_threads() -> Result<usize, NetError> {
-    // SAFETY: gettid has no arguments and cannot fail.
-    let tid = unsafe { libc::gettid() };
+/// thread `tid` that called `VHOST_SET_OWNER` / `VHOST_NEW_WORKER` (kthread workers are not
+/// ours).
+fn worker_threads(tid: i32) -> Result<usize, NetError> {
     let name = format!("vhost-{tid}");
     let dir = std::fs::read_dir("/proc/self/task").map_err(sys("/proc/self/task"))?;
     let mut count = 0;
@@ -253,23 +254,39 @@ fn worker_threads() -> Result<usize, NetError> {
     Ok(count)
 }
 
-/// Waits until [`worker_threads`] is `want` (a freed worker's thread leaves the thread list
-/// shortly after `VHOST_FREE_WORKER` returned).
-fn expect_threads(case: &str, want: usize, timeout: Duration) -> Result<(), NetError> {
+/// This thread's worker threads ([`worker_threads`]) once they are `want` (a freed worker's
+/// thread leaves the thread list shortly after `VHOST_FREE_WORKER` returned); `want: None`:
+/// how many there are now. Counted on a helper thread so that the driver thread's local
+/// coverage stays the vhost calls', not procfs's.
+fn threads(case: &str, want: Option<usize>, timeout: Duration) -> Result<usize, NetError> {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
     let deadline = Instant::now() + timeout;
-    loop {
-        let got = worker_threads()?;
-        if got == want {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(fail(
-                case,
-                format!("{got} vhost worker threads of this thread, expected {want}"),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("scsi-threads".into())
+            .spawn_scoped(s, || loop {
+                let got = worker_threads(tid)?;
+                match want {
+                    None => return Ok(got),
+                    Some(w) if w == got => return Ok(got),
+                    Some(w) if Instant::now() >= deadline => {
+                        return Err(fail(
+                            case,
+                            format!("{got} vhost worker threads of this thread, expected {w}"),
+                        ))
+                    }
+                    Some(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            })
+            .map_err(sys("spawning the thread counter"))?
+            .join()
+            .unwrap_or_else(|_| Err(fail(case, "the thread counter panicked")))
+    })
+}
+
+fn expect_threads(case: &str, want: usize, timeout: Duration) -> Result<(), NetError> {
+    threads(case, Some(want), timeout).map(drop)
 }
 
 /// `VHOST_GET_VRING_WORKER` of queue `vq` must say exactly (`vq`, `id`).
@@ -340,7 +357,7 @@ fn raw_errno(fd: i32, req: u64, arg: *mut libc::c_void) -> i32 {
 
 /// The owner's view: ids, attaches, frees, threads, errnos, kicks during attaches, release.
 fn workers(n: &mut Tally, nvqs: u32, timeout: Duration) -> Result<(), NetError> {
-    let threads_before = worker_threads()?;
+    let threads_before = threads("vhost worker threads", None, timeout)?;
     let d = open()?;
     expect_ok("VHOST_SET_FEATURES", d.set_features(SCSI_FEATURES))?;
     expect_ok("VHOST_SET_OWNER", d.set_owner())?;
@@ -349,6 +366,26 @@ fn workers(n: &mut Tally, nvqs: u32, timeout: Duration) -> Result<(), NetError> 
     for vq in 0..nvqs {
         expect_worker(n, &d, vq, 0)?;
     }
+    // With a memory table every ring passes vhost_vq_access_ok: the unknown target is
+    // looked for and not found; clearing no endpoint succeeds.
+    let mem = crate::vring::Arena::new(1 << 16)?;
+    let info = mem.region_info();
+    let region = MemRegion {
+        guest_phys_addr: info.guest_phys_addr,
+        memory_size: info.memory_size,
+        userspace_addr: info.userspace_addr,
+        flags_padding: 0,
+    };
+    expect_ok("VHOST_SET_MEM_TABLE", d.set_mem_table(&[region]))?;
+    n.errno(
+        "VHOST_SCSI_SET_ENDPOINT of an unknown target",
+        d.scsi_set_endpoint(&ScsiTarget::new(UNKNOWN_WWPN)),
+        libc::ENODEV,
+    )?;
+    expect_ok(
+        "VHOST_SCSI_CLEAR_ENDPOINT without an endpoint",
+        d.scsi_clear_endpoint(&ScsiTarget::new(UNKNOWN_WWPN)),
+    )?;
     // Not the owner: another process (vhost_dev_check_owner compares the mm).
     let fd = d.fd();
     for (case, req) in [
@@ -619,22 +656,24 @@ fn pcs_in(area: &MappedArea, (start, end): (u64, u64)) -> u64 {
 /// queues all moved to a new worker (the default one freed); the kicks' handlers must show
 /// up in that handle's area. Returns the PCs found in the kick handlers.
 fn prove_kick_coverage(nvqs: u32, timeout: Duration) -> Result<u64, NetError> {
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").map_err(sys("/proc/kallsyms"))?;
-    let mut ranges = Vec::new();
-    for (name, vq) in KICK_HANDLERS {
-        let r = symbol_range(&kallsyms, name).ok_or_else(|| {
-            fail(
-                "kcov proof",
-                format!("{name} not found (once, with an address) in /proc/kallsyms"),
-            )
-        })?;
-        ranges.push((name, vq, r));
-    }
-    drop(kallsyms);
     std::thread::scope(|s| {
         std::thread::Builder::new()
             .name("scsi-kcov".into())
             .spawn_scoped(s, || {
+                // Read here, untraced: kallsyms would flood the driver thread's local area.
+                let kallsyms =
+                    std::fs::read_to_string("/proc/kallsyms").map_err(sys("/proc/kallsyms"))?;
+                let mut ranges = Vec::new();
+                for (name, vq) in KICK_HANDLERS {
+                    let r = symbol_range(&kallsyms, name).ok_or_else(|| {
+                        fail(
+                            "kcov proof",
+                            format!("{name} not found (once, with an address) in /proc/kallsyms"),
+                        )
+                    })?;
+                    ranges.push((name, vq, r));
+                }
+                drop(kallsyms);
                 let handle =
                     kcov::common_handle(kcov::fresh_instance()).map_err(|e| fail("kcov", e))?;
                 let mut k = Kcov::open_default()
