@@ -26,10 +26,15 @@
 //!   `vhost_scsi_ctl_handle_kick` and `vhost_scsi_handle_kick` (addresses from
 //!   `/proc/kallsyms`) into that handle's remote area, and none may be there before the kick.
 //!
-//! No target is configured (no `VHOST_SCSI_SET_ENDPOINT` succeeds), so the kick handlers
-//! return at their backend check; vhost-scsi's own ioctls are checked as far as that allows
-//! (features, ABI version, events-missed flag, endpoint errors: EFAULT without a memory
-//! table, ENODEV for a target nobody configured, EOPNOTSUPP with `reserved` set).
+//! * vhost-scsi's own ioctls: features, ABI version, the events-missed flag, endpoint errors
+//!   (EFAULT without a memory table, ENODEV for a target nobody configured, EOPNOTSUPP with
+//!   `reserved` set);
+//! * real I/O on a new worker (the default one freed): a target configured in configfs (an
+//!   `rd_mcp` ramdisk as LUN 0 of a `tcm_vhost` port with a nexus), `VHOST_SCSI_SET_ENDPOINT`
+//!   (EEXIST the second time), WRITE(10) of a block read back byte-exact by READ(10), a block
+//!   never written read as zeros, a command for a target that does not exist answered
+//!   BAD_TARGET; clearing another target's endpoint EINVAL, then the right one; the nexus
+//!   cannot be dropped while the LUN is linked (EBUSY); everything removed again.
 
 use std::io;
 use std::os::fd::AsRawFd;
