@@ -24,8 +24,7 @@
 //!   common handle of its own, every queue moved to a new worker and the default worker
 //!   freed, a kick of the control and an I/O queue must put PCs of
 //!   `vhost_scsi_ctl_handle_kick` and `vhost_scsi_handle_kick` (addresses from
-//!   `/proc/kallsyms`) into that handle's remote area, and none may be there before the kick.
-//!
+//!   `/proc/kallsyms`) into that handle's remote area, and none may be there before the kick;
 //! * vhost-scsi's own ioctls: features, ABI version, the events-missed flag, endpoint errors
 //!   (EFAULT without a memory table, ENODEV for a target nobody configured, EOPNOTSUPP with
 //!   `reserved` set);
@@ -702,6 +701,15 @@ impl Target {
             }
         }
         let t = Target::paths();
+        let made = t.make();
+        if made.is_err() {
+            t.remove_what_is_there();
+        }
+        made.map(|()| t)
+    }
+
+    fn make(&self) -> Result<(), NetError> {
+        let t = self;
         let mkdir = |p: &str| std::fs::create_dir(p).map_err(sys(format!("mkdir {p}")));
         let write = |p: String, v: &str| std::fs::write(&p, v).map_err(sys(format!("{p} <- {v}")));
         mkdir(&t.hba)?;
@@ -717,8 +725,24 @@ impl Target {
         mkdir(&t.tpg)?;
         mkdir(&t.lun)?;
         std::os::unix::fs::symlink(&t.disk, &t.link).map_err(sys(format!("ln -s {}", t.link)))?;
-        write(format!("{}/nexus", t.tpg), INITIATOR_WWPN)?;
-        Ok(t)
+        write(format!("{}/nexus", t.tpg), INITIATOR_WWPN)
+    }
+
+    /// After a failed [`make`](Self::make): removes whatever of it exists, ignoring errors,
+    /// so that the next run finds configfs as it was.
+    fn remove_what_is_there(&self) {
+        let _ = std::fs::remove_file(&self.link);
+        let _ = std::fs::write(format!("{}/nexus", self.tpg), "NULL");
+        for d in [
+            &self.lun,
+            &self.tpg,
+            &self.tport,
+            &self.fabric,
+            &self.disk,
+            &self.hba,
+        ] {
+            let _ = std::fs::remove_dir(d);
+        }
     }
 
     /// Everything [`create`](Self::create) made, in reverse. The nexus cannot go while the
@@ -789,6 +813,9 @@ fn scsi_io(n: &mut Tally, nvqs: u32, timeout: Duration) -> Result<u64, NetError>
     let target = Target::create()?;
     let r = scsi_io_on(n, nvqs, timeout);
     let removed = target.remove(n);
+    if removed.is_err() {
+        target.remove_what_is_there();
+    }
     let cmds = r?;
     removed?;
     Ok(cmds)
