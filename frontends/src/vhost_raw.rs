@@ -4,8 +4,10 @@
 //! [`crate::vhost_net`] hands a well-formed device over through the rust-vmm `vhost` crate;
 //! the breadth workloads need what that crate does not offer or hides: the exact errno of a
 //! refused ioctl, rings whose addresses or sizes are wrong on purpose, the dirty log, the
-//! worker and fork-owner ioctls, and the IOTLB message stream read from and written to the
-//! device fd.
+//! worker ioctls (`VHOST_NEW_WORKER`, `VHOST_FREE_WORKER`, `VHOST_ATTACH_VRING_WORKER`,
+//! `VHOST_GET_VRING_WORKER`: in 6.12 only vhost-scsi passes them on) and the fork-owner ones,
+//! vhost-scsi's own ioctls, and the IOTLB message stream read from and written to the device
+//! fd.
 
 use std::fs::File;
 use std::io;
@@ -182,6 +184,40 @@ pub const F_ACCESS_PLATFORM: u32 = 33;
 pub const VRING_F_LOG: u32 = 1;
 /// `VHOST_FORK_OWNER_KTHREAD`: the worker is a kthread (argument of `VHOST_SET_FORK_FROM_OWNER`).
 pub const FORK_OWNER_KTHREAD: u8 = 0;
+/// `VHOST_SCSI_ABI_VERSION`: what `VHOST_SCSI_GET_ABI_VERSION` answers.
+pub const SCSI_ABI_VERSION: i32 = 1;
+/// `TRANSPORT_IQN_LEN`: the size of [`ScsiTarget::vhost_wwpn`].
+pub const SCSI_WWPN_LEN: usize = 224;
+
+/// `struct vhost_scsi_target`: the argument of `VHOST_SCSI_SET_ENDPOINT` /
+/// `VHOST_SCSI_CLEAR_ENDPOINT`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ScsiTarget {
+    /// Ignored by the kernel (ABI 1).
+    pub abi_version: i32,
+    /// The target port's WWPN, NUL-terminated (`naa.…` as named in configfs).
+    pub vhost_wwpn: [u8; SCSI_WWPN_LEN],
+    /// Target portal group tag (ignored since ABI 1).
+    pub vhost_tpgt: u16,
+    /// Must be 0.
+    pub reserved: u16,
+}
+
+impl ScsiTarget {
+    /// A target naming `wwpn` (cut to fit, NUL-terminated).
+    pub fn new(wwpn: &str) -> Self {
+        let mut t = ScsiTarget {
+            abi_version: SCSI_ABI_VERSION,
+            vhost_wwpn: [0; SCSI_WWPN_LEN],
+            vhost_tpgt: 0,
+            reserved: 0,
+        };
+        let n = wwpn.len().min(SCSI_WWPN_LEN - 1);
+        t.vhost_wwpn[..n].copy_from_slice(&wwpn.as_bytes()[..n]);
+        t
+    }
+}
 
 /// The ioctl numbers (x86_64).
 pub mod nr {
@@ -232,6 +268,24 @@ pub mod nr {
     pub const SET_FORK_FROM_OWNER: u64 = iow(0x84, 1);
     /// `VHOST_GET_FORK_FROM_OWNER`.
     pub const GET_FORK_FROM_OWNER: u64 = ior(0x85, 1);
+    /// `VHOST_NEW_WORKER` (`struct vhost_worker_state`, 4 bytes, written back).
+    pub const NEW_WORKER: u64 = ior(0x08, 4);
+    /// `VHOST_FREE_WORKER` (`struct vhost_worker_state`).
+    pub const FREE_WORKER: u64 = iow(0x09, 4);
+    /// `VHOST_ATTACH_VRING_WORKER` (`struct vhost_vring_worker`: index, worker id).
+    pub const ATTACH_VRING_WORKER: u64 = iow(0x15, 8);
+    /// `VHOST_GET_VRING_WORKER` (`struct vhost_vring_worker`, written back).
+    pub const GET_VRING_WORKER: u64 = iowr(0x16, 8);
+    /// `VHOST_SCSI_SET_ENDPOINT` (`struct vhost_scsi_target`, 232 bytes).
+    pub const SCSI_SET_ENDPOINT: u64 = iow(0x40, 232);
+    /// `VHOST_SCSI_CLEAR_ENDPOINT`.
+    pub const SCSI_CLEAR_ENDPOINT: u64 = iow(0x41, 232);
+    /// `VHOST_SCSI_GET_ABI_VERSION` (an `_IOW` in the uapi, though it writes back).
+    pub const SCSI_GET_ABI_VERSION: u64 = iow(0x42, 4);
+    /// `VHOST_SCSI_SET_EVENTS_MISSED`.
+    pub const SCSI_SET_EVENTS_MISSED: u64 = iow(0x43, 4);
+    /// `VHOST_SCSI_GET_EVENTS_MISSED` (an `_IOW` in the uapi, though it writes back).
+    pub const SCSI_GET_EVENTS_MISSED: u64 = iow(0x44, 4);
 }
 
 /// An open vhost device fd, driven ioctl by ioctl. Errors are the kernel's errno.
@@ -447,6 +501,63 @@ impl RawVhost {
         Ok(v)
     }
 
+    /// `VHOST_NEW_WORKER`: the new worker's id.
+    pub fn new_worker(&self) -> io::Result<u32> {
+        let mut id = u32::MAX;
+        self.ioctl_inout(nr::NEW_WORKER, &mut id)?;
+        Ok(id)
+    }
+
+    /// `VHOST_FREE_WORKER` of worker `id`.
+    pub fn free_worker(&self, id: u32) -> io::Result<()> {
+        self.ioctl_in(nr::FREE_WORKER, &id)
+    }
+
+    /// `VHOST_ATTACH_VRING_WORKER`: queue `index` is served by worker `id` from now on.
+    pub fn attach_vring_worker(&self, index: u32, id: u32) -> io::Result<()> {
+        self.ioctl_in(nr::ATTACH_VRING_WORKER, &VringState { index, num: id })
+    }
+
+    /// `VHOST_GET_VRING_WORKER`: what the kernel writes back (`index` and the worker id in
+    /// `num`), unchanged, so that a caller can check both.
+    pub fn get_vring_worker(&self, index: u32) -> io::Result<VringState> {
+        let mut s = VringState {
+            index,
+            num: u32::MAX,
+        };
+        self.ioctl_inout(nr::GET_VRING_WORKER, &mut s)?;
+        Ok(s)
+    }
+
+    /// `VHOST_SCSI_SET_ENDPOINT`.
+    pub fn scsi_set_endpoint(&self, t: &ScsiTarget) -> io::Result<()> {
+        self.ioctl_in(nr::SCSI_SET_ENDPOINT, t)
+    }
+
+    /// `VHOST_SCSI_CLEAR_ENDPOINT`.
+    pub fn scsi_clear_endpoint(&self, t: &ScsiTarget) -> io::Result<()> {
+        self.ioctl_in(nr::SCSI_CLEAR_ENDPOINT, t)
+    }
+
+    /// `VHOST_SCSI_GET_ABI_VERSION`.
+    pub fn scsi_abi_version(&self) -> io::Result<i32> {
+        let mut v = -1i32;
+        self.ioctl_inout(nr::SCSI_GET_ABI_VERSION, &mut v)?;
+        Ok(v)
+    }
+
+    /// `VHOST_SCSI_SET_EVENTS_MISSED`.
+    pub fn scsi_set_events_missed(&self, v: u32) -> io::Result<()> {
+        self.ioctl_in(nr::SCSI_SET_EVENTS_MISSED, &v)
+    }
+
+    /// `VHOST_SCSI_GET_EVENTS_MISSED`.
+    pub fn scsi_events_missed(&self) -> io::Result<u32> {
+        let mut v = u32::MAX;
+        self.ioctl_inout(nr::SCSI_GET_EVENTS_MISSED, &mut v)?;
+        Ok(v)
+    }
+
     /// Writes one IOTLB message to the device fd (`vhost_chr_write_iter`).
     pub fn write_msg(&self, m: &MsgV2) -> io::Result<usize> {
         let b = m.bytes();
@@ -499,6 +610,17 @@ mod tests {
         assert_eq!(nr::RESET_OWNER, 0xaf02);
         assert_eq!(nr::SET_VRING_ERR, 0x4008af22);
         assert_eq!(nr::SET_FORK_FROM_OWNER, 0x4001af84);
+        // Compiled against the 6.12 uapi headers (include/uapi/linux/vhost.h), KERNEL-FACTS.md.
+        assert_eq!(nr::NEW_WORKER, 0x8004af08);
+        assert_eq!(nr::FREE_WORKER, 0x4004af09);
+        assert_eq!(nr::ATTACH_VRING_WORKER, 0x4008af15);
+        assert_eq!(nr::GET_VRING_WORKER, 0xc008af16);
+        assert_eq!(nr::SCSI_SET_ENDPOINT, 0x40e8af40);
+        assert_eq!(nr::SCSI_CLEAR_ENDPOINT, 0x40e8af41);
+        assert_eq!(nr::SCSI_GET_ABI_VERSION, 0x4004af42);
+        assert_eq!(nr::SCSI_SET_EVENTS_MISSED, 0x4004af43);
+        assert_eq!(nr::SCSI_GET_EVENTS_MISSED, 0x4004af44);
+        assert_eq!(std::mem::size_of::<ScsiTarget>(), 232);
         assert_eq!(std::mem::size_of::<VringAddr>(), 40);
         assert_eq!(std::mem::size_of::<MsgV2>(), 72);
         assert_eq!(std::mem::size_of::<MemRegion>(), 32);

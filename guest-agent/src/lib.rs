@@ -7,6 +7,7 @@ pub mod net_control;
 pub mod net_errors;
 pub mod net_matrix;
 pub mod rawnet;
+pub mod scsi_workers;
 pub mod ship;
 pub mod sys;
 pub mod vsock;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use guest_agent::kcov::{self, Kcov};
 use guest_agent::ship::{ship_while_running, trace_mode, AreaNote, FrameSink, Shipper};
 use guest_agent::sys::{self, kernel_release, mount_all};
-use guest_agent::{net, net_control, net_errors, net_matrix, vsock, vsock_control};
+use guest_agent::{net, net_control, net_errors, net_matrix, scsi_workers, vsock, vsock_control};
 use kcov_wire::console::{LineWriter, CMD_FILE, EXIT_MARKER, READY_MARKER};
 use kcov_wire::plan::{Cover, Plan, Transport, Workload};
 use kcov_wire::{
@@ -53,6 +53,7 @@ fn run() -> Result<i32, String> {
         ("kcov", KCOV_PATH),
         ("vhost-net", VHOST_NET_PATH),
         ("vhost-vsock", VHOST_VSOCK_PATH),
+        ("vhost-scsi", scsi_workers::VHOST_SCSI_PATH),
     ] {
         let state = if Path::new(path).exists() {
             "present"
@@ -517,6 +518,12 @@ fn run_agent_workload(w: Workload, plan: &Plan) -> Ran {
         Workload::VhostNetErrors => net_errors::run(&plan.params)
             .map(|c| (0, c))
             .map_err(|e| e.to_string()),
+        // The kcov proof needs kcov (its own remote handle), not the run's coverage.
+        Workload::VhostScsiWorkers => {
+            scsi_workers::run(&plan.params, Path::new(KCOV_PATH).exists())
+                .map(|c| (0, c))
+                .map_err(|e| e.to_string())
+        }
         Workload::Cmd => Err("cmd is run by the agent's command runner".into()),
     }
 }

@@ -20,6 +20,7 @@
 //!   nothing sent), and an RX frame larger than the posted buffer (no MRG_RXBUF) is dropped
 //!   while the buffer stays available for the next frame, which lands byte-exact.
 
+use std::io;
 use std::time::Duration;
 
 use frontends::vring::{Desc, DESC_SIZE};
@@ -29,7 +30,9 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRI
 
 use crate::net::{test_frame, Counters, NetError, PacketSocket, NET_HDR_LEN};
 use crate::rawnet::{expect_errno, expect_ok, fail, RawNet, RawOpts, RXQ, TXQ};
-use frontends::vhost_raw::{MemRegion, RawVhost, VringAddr};
+use frontends::vhost_raw::{
+    IotlbMsg, MemRegion, MsgV2, RawVhost, VringAddr, ACCESS_RW, IOTLB_UPDATE,
+};
 
 /// Ring size of the error workload.
 const QUEUE: u16 = 64;
@@ -72,6 +75,171 @@ pub fn run(params: &Params) -> Result<Counters, NetError> {
     ])
 }
 
+/// One refused call: its name, the call, and the errno `drivers/vhost` answers.
+type Refused = (&'static str, fn(&RawVhost) -> io::Result<()>, i32);
+/// A ring address refused: the name, how the valid [`VringAddr`] is spoiled, the errno.
+type BadAddr = (&'static str, fn(VringAddr) -> VringAddr, i32);
+/// A ring or log eventfd refused: the name, the ioctl (on ring 1 where it has one), the fd
+/// it is given, the errno.
+type BadFd = (
+    &'static str,
+    fn(&RawVhost, i32) -> io::Result<()>,
+    FdKind,
+    i32,
+);
+/// An IOTLB message refused: the name, how the valid update is changed, the errno.
+type BadMsg = (&'static str, fn(&mut MsgV2), i32);
+
+/// Which fd a [`BadFd`] case hands over.
+#[derive(Clone, Copy)]
+enum FdKind {
+    /// The tap: an open fd that is no eventfd.
+    NoEventfd,
+    /// A number no open fd has.
+    Closed,
+}
+
+/// Not the owner yet: everything but SET_OWNER and the feature ioctls is refused.
+const NOT_OWNER: [Refused; 4] = [
+    ("not owner", |d| d.set_vring_num(0, 64), libc::EPERM),
+    (
+        "not owner (mem table)",
+        |d| d.set_mem_table(&[]),
+        libc::EPERM,
+    ),
+    (
+        "not owner (backend)",
+        |d| d.net_set_backend(0, -1),
+        libc::EPERM,
+    ),
+    (
+        "fork owner value",
+        |d| d.set_fork_from_owner(7),
+        libc::EINVAL,
+    ),
+];
+
+/// The owner again, or the fork mode once there is an owner.
+const OWNER_TWICE: [Refused; 2] = [
+    ("owner twice", |d| d.set_owner(), libc::EBUSY),
+    (
+        "fork owner after owner",
+        |d| d.set_fork_from_owner(1),
+        libc::EBUSY,
+    ),
+];
+
+/// `VHOST_SET_VRING_NUM`: (name, queue, size, errno).
+const BAD_NUM: [(&str, u32, u32, i32); 4] = [
+    ("queue index 2", 2, 64, libc::ENOBUFS),
+    ("ring size 100", 1, 100, libc::EINVAL),
+    ("ring size 0", 1, 0, libc::EINVAL),
+    ("ring size 2^16", 1, 1 << 16, libc::EINVAL),
+];
+
+/// `VHOST_SET_VRING_ADDR` of ring 1, one field spoiled.
+const BAD_ADDR: [BadAddr; 3] = [
+    (
+        "ring flags",
+        |a| VringAddr { flags: 2, ..a },
+        libc::EOPNOTSUPP,
+    ),
+    (
+        "avail misaligned",
+        |a| VringAddr {
+            avail: a.avail + 1,
+            ..a
+        },
+        libc::EINVAL,
+    ),
+    (
+        "used misaligned",
+        |a| VringAddr {
+            used: a.used + 2,
+            ..a
+        },
+        libc::EINVAL,
+    ),
+];
+
+/// After the ring addresses: a base beyond 16 bits, cross-endian rings on a kernel without
+/// them, an ioctl vhost does not have.
+const BAD_RING: [Refused; 3] = [
+    ("base 2^16", |d| d.set_vring_base(1, 0x1_0000), libc::EINVAL),
+    (
+        "cross-endian ring",
+        |d| d.set_vring_endian(1, true),
+        libc::ENOTTY,
+    ),
+    ("unknown ioctl", unknown_ioctl, libc::ENOTTY),
+];
+
+/// Ring and log eventfds: anything but an eventfd is refused.
+const BAD_FD: [BadFd; 5] = [
+    (
+        "kick that is no eventfd",
+        |d, fd| d.set_vring_kick(1, fd),
+        FdKind::NoEventfd,
+        libc::EINVAL,
+    ),
+    (
+        "call that is no eventfd",
+        |d, fd| d.set_vring_call(1, fd),
+        FdKind::NoEventfd,
+        libc::EINVAL,
+    ),
+    (
+        "error fd that is no eventfd",
+        |d, fd| d.set_vring_err(1, fd),
+        FdKind::NoEventfd,
+        libc::EINVAL,
+    ),
+    (
+        "log fd that is no eventfd",
+        |d, fd| d.set_log_fd(fd),
+        FdKind::NoEventfd,
+        libc::EINVAL,
+    ),
+    (
+        "kick of a closed fd",
+        |d, fd| d.set_vring_kick(1, fd),
+        FdKind::Closed,
+        libc::EBADF,
+    ),
+];
+
+/// With a backend attached the ring may neither be resized nor have its base moved.
+const WITH_BACKEND: [Refused; 2] = [
+    (
+        "resize with a backend",
+        |d| d.set_vring_num(1, 32),
+        libc::EBUSY,
+    ),
+    (
+        "move base with a backend",
+        |d| d.set_vring_base(1, 3),
+        libc::EBUSY,
+    ),
+];
+
+/// IOTLB messages without VIRTIO_F_ACCESS_PLATFORM (no IOTLB to update), each a change of
+/// one valid update.
+const BAD_MSG: [BadMsg; 4] = [
+    ("IOTLB update without an IOTLB", |_| {}, libc::EFAULT),
+    ("IOTLB update of size 0", |m| m.iotlb.size = 0, libc::EINVAL),
+    ("message of unknown type", |m| m.kind = 9, libc::EINVAL),
+    // vhost_process_iotlb_msg says EINVAL, vhost_chr_write_iter turns every refusal into
+    // EFAULT.
+    (
+        "IOTLB message of unknown kind",
+        |m| m.iotlb.kind = 42,
+        libc::EFAULT,
+    ),
+];
+
+/// A closed fd number for [`FdKind::Closed`].
+const CLOSED_FD: i32 = 9999;
+
 /// The ioctl cases, on devices of their own. Returns how many were checked.
 fn ioctl_errors() -> Result<u64, NetError> {
     let path = frontends::vhost_net::VHOST_NET_PATH;
@@ -82,23 +250,18 @@ fn ioctl_errors() -> Result<u64, NetError> {
         })
     };
     let mut checked = 0u64;
-    let mut check = |case: &str, r: std::io::Result<()>, errno: i32| {
+    let mut check = |case: &str, r: io::Result<()>, errno: i32| {
         checked += 1;
         expect_errno(case, r, errno)
     };
     let d = open()?;
-    // Not the owner yet: everything but SET_OWNER and the feature ioctls is refused.
-    check("not owner", d.set_vring_num(0, 64), libc::EPERM)?;
-    check("not owner (mem table)", d.set_mem_table(&[]), libc::EPERM)?;
-    check("not owner (backend)", d.net_set_backend(0, -1), libc::EPERM)?;
-    check("fork owner value", d.set_fork_from_owner(7), libc::EINVAL)?;
+    for (case, call, errno) in NOT_OWNER {
+        check(case, call(&d), errno)?;
+    }
     expect_ok("VHOST_SET_OWNER", d.set_owner())?;
-    check("owner twice", d.set_owner(), libc::EBUSY)?;
-    check(
-        "fork owner after owner",
-        d.set_fork_from_owner(1),
-        libc::EBUSY,
-    )?;
+    for (case, call, errno) in OWNER_TWICE {
+        check(case, call(&d), errno)?;
+    }
     let offered = expect_ok("VHOST_GET_FEATURES", d.get_features())?;
     let unknown = (0..64)
         .map(|b| 1u64 << b)
@@ -122,11 +285,7 @@ fn ioctl_errors() -> Result<u64, NetError> {
         userspace_addr: info.userspace_addr,
         flags_padding: 0,
     };
-    check(
-        "mem table padding",
-        d.set_mem_table_raw(&[region], 1),
-        libc::EOPNOTSUPP,
-    )?;
+    // Memory tables: (name, regions, the header's padding word, errno).
     let many: Vec<MemRegion> = (0..65u64)
         .map(|i| MemRegion {
             guest_phys_addr: i << 20,
@@ -134,21 +293,22 @@ fn ioctl_errors() -> Result<u64, NetError> {
             ..region
         })
         .collect();
-    check(
-        "mem table of 65 regions",
-        d.set_mem_table(&many),
-        libc::E2BIG,
-    )?;
     let empty = MemRegion {
         memory_size: 0,
         ..region
     };
-    check("empty region", d.set_mem_table(&[empty]), libc::EFAULT)?;
+    let bad_tables: [(&str, &[MemRegion], u32, i32); 3] = [
+        ("mem table padding", &[region], 1, libc::EOPNOTSUPP),
+        ("mem table of 65 regions", &many, 0, libc::E2BIG),
+        ("empty region", &[empty], 0, libc::EFAULT),
+    ];
+    for (case, regions, padding, errno) in bad_tables {
+        check(case, d.set_mem_table_raw(regions, padding), errno)?;
+    }
     expect_ok("VHOST_SET_MEM_TABLE", d.set_mem_table(&[region]))?;
-    check("queue index 2", d.set_vring_num(2, 64), libc::ENOBUFS)?;
-    check("ring size 100", d.set_vring_num(1, 100), libc::EINVAL)?;
-    check("ring size 0", d.set_vring_num(1, 0), libc::EINVAL)?;
-    check("ring size 2^16", d.set_vring_num(1, 1 << 16), libc::EINVAL)?;
+    for (case, index, num, errno) in BAD_NUM {
+        check(case, d.set_vring_num(index, num), errno)?;
+    }
     let a = VringAddr {
         index: 1,
         flags: 0,
@@ -157,34 +317,12 @@ fn ioctl_errors() -> Result<u64, NetError> {
         used: info.guest_phys_addr + 8192,
         log_guest_addr: 0,
     };
-    check(
-        "ring flags",
-        d.set_vring_addr(&VringAddr { flags: 2, ..a }),
-        libc::EOPNOTSUPP,
-    )?;
-    check(
-        "avail misaligned",
-        d.set_vring_addr(&VringAddr {
-            avail: a.avail + 1,
-            ..a
-        }),
-        libc::EINVAL,
-    )?;
-    check(
-        "used misaligned",
-        d.set_vring_addr(&VringAddr {
-            used: a.used + 2,
-            ..a
-        }),
-        libc::EINVAL,
-    )?;
-    check("base 2^16", d.set_vring_base(1, 0x1_0000), libc::EINVAL)?;
-    check(
-        "cross-endian ring",
-        d.set_vring_endian(1, true),
-        libc::ENOTTY,
-    )?;
-    check("unknown ioctl", unknown_ioctl(&d), libc::ENOTTY)?;
+    for (case, spoil, errno) in BAD_ADDR {
+        check(case, d.set_vring_addr(&spoil(a)), errno)?;
+    }
+    for (case, call, errno) in BAD_RING {
+        check(case, call(&d), errno)?;
+    }
     // Ring 1 in kernel space: accepted unattached (nothing is checked before a backend
     // comes), refused at attach (access_ok; the memory table is only consulted per access).
     expect_ok("VHOST_SET_VRING_NUM", d.set_vring_num(1, 64))?;
@@ -211,37 +349,19 @@ fn ioctl_errors() -> Result<u64, NetError> {
         d.net_set_backend(1, evfd),
         libc::ENOTSOCK,
     )?;
-    // Ring and log eventfds: anything but an eventfd is refused, -1 unbinds.
-    check(
-        "kick that is no eventfd",
-        d.set_vring_kick(1, tapfd),
-        libc::EINVAL,
-    )?;
-    check(
-        "call that is no eventfd",
-        d.set_vring_call(1, tapfd),
-        libc::EINVAL,
-    )?;
-    check(
-        "error fd that is no eventfd",
-        d.set_vring_err(1, tapfd),
-        libc::EINVAL,
-    )?;
-    check(
-        "log fd that is no eventfd",
-        d.set_log_fd(tapfd),
-        libc::EINVAL,
-    )?;
-    check(
-        "kick of a closed fd",
-        d.set_vring_kick(1, 9999),
-        libc::EBADF,
-    )?;
+    for (case, call, fd, errno) in BAD_FD {
+        let fd = match fd {
+            FdKind::NoEventfd => tapfd,
+            FdKind::Closed => CLOSED_FD,
+        };
+        check(case, call(&d, fd), errno)?;
+    }
     check(
         "ring endianness query",
         d.get_vring_endian(1).map(drop),
         libc::ENOTTY,
     )?;
+    // The same ioctls with an eventfd, then -1 (unbind), are accepted.
     for (what, r) in [
         ("VHOST_SET_VRING_KICK", d.set_vring_kick(1, evfd)),
         ("VHOST_SET_VRING_CALL", d.set_vring_call(1, evfd)),
@@ -260,12 +380,9 @@ fn ioctl_errors() -> Result<u64, NetError> {
         libc::ENOBUFS,
     )?;
     expect_ok("VHOST_NET_SET_BACKEND", d.net_set_backend(1, tapfd))?;
-    check("resize with a backend", d.set_vring_num(1, 32), libc::EBUSY)?;
-    check(
-        "move base with a backend",
-        d.set_vring_base(1, 3),
-        libc::EBUSY,
-    )?;
+    for (case, call, errno) in WITH_BACKEND {
+        check(case, call(&d), errno)?;
+    }
     // And the flip side: with the backend gone both work again.
     expect_ok("VHOST_NET_SET_BACKEND -1", d.net_set_backend(1, -1))?;
     expect_ok("VHOST_SET_VRING_BASE", d.set_vring_base(1, 3))?;
@@ -276,45 +393,22 @@ fn ioctl_errors() -> Result<u64, NetError> {
             format!("{base} after setting 3"),
         ));
     }
-    // An IOTLB message without VIRTIO_F_ACCESS_PLATFORM: no IOTLB to update.
-    let msg = frontends::vhost_raw::MsgV2::iotlb(frontends::vhost_raw::IotlbMsg {
+    let update = MsgV2::iotlb(IotlbMsg {
         iova: 0,
         size: 4096,
         uaddr: info.guest_phys_addr,
-        perm: frontends::vhost_raw::ACCESS_RW,
-        kind: frontends::vhost_raw::IOTLB_UPDATE,
+        perm: ACCESS_RW,
+        kind: IOTLB_UPDATE,
     });
-    check(
-        "IOTLB update without an IOTLB",
-        d.write_msg(&msg).map(drop),
-        libc::EFAULT,
-    )?;
-    let mut empty_update = msg;
-    empty_update.iotlb.size = 0;
-    check(
-        "IOTLB update of size 0",
-        d.write_msg(&empty_update).map(drop),
-        libc::EINVAL,
-    )?;
-    let mut odd = msg;
-    odd.kind = 9;
-    check(
-        "message of unknown type",
-        d.write_msg(&odd).map(drop),
-        libc::EINVAL,
-    )?;
-    let mut odd = msg;
-    odd.iotlb.kind = 42;
-    // vhost_process_iotlb_msg says EINVAL, vhost_chr_write_iter turns every refusal into EFAULT.
-    check(
-        "IOTLB message of unknown kind",
-        d.write_msg(&odd).map(drop),
-        libc::EFAULT,
-    )?;
+    for (case, change, errno) in BAD_MSG {
+        let mut m = update;
+        change(&mut m);
+        check(case, d.write_msg(&m).map(drop), errno)?;
+    }
     Ok(checked)
 }
 
-fn unknown_ioctl(d: &RawVhost) -> std::io::Result<()> {
+fn unknown_ioctl(d: &RawVhost) -> io::Result<()> {
     // _IO(VHOST_VIRTIO, 0x7f): no vhost ioctl. vhost_vring_ioctl reads a queue index through
     // the argument before it gives up, so it points at a valid (index 0) state.
     let mut state = [0u32; 2];

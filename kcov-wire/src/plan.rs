@@ -63,13 +63,16 @@ pub enum Workload {
     VhostVsockControl,
     /// vhost-net TX zero-copy (its boot gets `vhost_net.experimental_zcopytx=1`).
     VhostNetZcopy,
+    /// vhost-scsi's extra workers: VHOST_NEW_WORKER, VHOST_FREE_WORKER,
+    /// VHOST_ATTACH_VRING_WORKER, VHOST_GET_VRING_WORKER, kicks on new workers.
+    VhostScsiWorkers,
     /// The user command (`/etc/testbed/cmd`) under the remote handle.
     Cmd,
 }
 
 impl Workload {
     /// All workloads.
-    pub const ALL: [Workload; 9] = [
+    pub const ALL: [Workload; 10] = [
         Workload::VhostNetTx,
         Workload::VhostNetRx,
         Workload::VhostVsock,
@@ -78,6 +81,7 @@ impl Workload {
         Workload::VhostNetErrors,
         Workload::VhostVsockControl,
         Workload::VhostNetZcopy,
+        Workload::VhostScsiWorkers,
         Workload::Cmd,
     ];
 
@@ -92,6 +96,7 @@ impl Workload {
             Workload::VhostNetControl => "vhost-net-control",
             Workload::VhostVsockControl => "vhost-vsock-control",
             Workload::VhostNetZcopy => "vhost-net-zcopy",
+            Workload::VhostScsiWorkers => "vhost-scsi-workers",
             Workload::Cmd => "cmd",
         }
     }

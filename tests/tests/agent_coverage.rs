@@ -765,3 +765,79 @@ fn agent_zcopy_workload_sends_by_zero_copy() {
     let local = covered_functions(run, "vhost-net-zcopy", "local");
     assert_covers(&local, "vhost-net-zcopy (setup)", &["vhost_net_ubuf_alloc"]);
 }
+
+/// `vhost-scsi-workers`: the worker ioctls on the guest's /dev/vhost-scsi, every errno and
+/// every worker id checked in the guest, then SCSI commands on a new worker against a
+/// configfs ramdisk target (data checked in the guest); here the counts of what it checked,
+/// that the kick handlers ran on new workers under a handle of the workload's own (its kcov
+/// proof), and that the worker ioctls' and the command path's functions were reached.
+#[test]
+fn agent_scsi_workers_workload_checks_every_worker_ioctl() {
+    let Some(out) = boot(&["--workload", "vhost-scsi-workers"]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stream = stream_path(&out);
+    let run = stream.parent().unwrap();
+    let s = read_stream(&stream);
+    let w = &s.workloads["vhost-scsi-workers"];
+    assert_eq!(w.status, Some(0), "{:?}", w.error);
+    assert!(!w.overflow, "vhost-scsi-workers overflowed");
+    // vhost_scsi.max_io_vqs (128 by default) and the control and event queues.
+    let q = w.counters["queues"];
+    assert_eq!(q, 130, "{:?}", w.counters);
+    // Every errno case of scsi_workers.rs, counted as it passed.
+    assert_eq!(w.counters["ioctl_errors"], 37, "{:?}", w.counters);
+    // WRITE(10), READ(10) of it, READ(10) of an unwritten block, a bad target.
+    assert_eq!(w.counters["scsi_commands"], 4, "{:?}", w.counters);
+    // Ids 1, 2, 3, 5, then 0 and 4 again (the unreported one is not counted).
+    assert_eq!(w.counters["workers_created"], 6, "{:?}", w.counters);
+    // All queues on the default worker, round robin, again after the frees, 48 rounds of
+    // three kicked queues, the kthread owner's queue twice.
+    assert_eq!(w.counters["attaches_checked"], 3 * q + 48 * 3 + 2);
+    assert!(w.counters["kicks"] > 0, "{:?}", w.counters);
+    // The proof: kick handlers' PCs in the area of the workload's own handle.
+    assert!(w.counters["kick_pcs"] >= 2, "{:?}", w.counters);
+    let local = covered_functions(run, "vhost-scsi-workers", "local");
+    assert_covers(
+        &local,
+        "vhost-scsi-workers (ioctls)",
+        &[
+            "vhost_worker_ioctl",
+            "vhost_new_worker",
+            "vhost_free_worker",
+            "vhost_vq_attach_worker",
+            "__vhost_vq_attach_worker",
+            "vhost_worker_create",
+            "vhost_task_worker_create",
+            "vhost_worker_destroy",
+            "vhost_scsi_ioctl",
+            "vhost_scsi_set_endpoint",
+            "vhost_scsi_clear_endpoint",
+            "vhost_scsi_make_tport",
+            "vhost_scsi_make_tpg",
+            "vhost_scsi_port_link",
+            "vhost_scsi_make_nexus",
+            "vhost_scsi_drop_nexus",
+            "vhost_scsi_setup_vq_cmds",
+        ],
+    );
+    let remote = covered_functions(run, "vhost-scsi-workers", "remote");
+    assert_covers(
+        &remote,
+        "vhost-scsi-workers (workers)",
+        &[
+            "vhost_scsi_handle_kick",
+            "vhost_scsi_ctl_handle_kick",
+            "vhost_scsi_evt_handle_kick",
+            "vhost_flush_work",
+            // The commands, on a new worker (the default one freed).
+            "vhost_scsi_handle_vq",
+            "vhost_scsi_get_req",
+            "vhost_scsi_mapal",
+            "vhost_scsi_complete_cmd_work",
+            "vhost_scsi_send_bad_target",
+        ],
+    );
+}

@@ -243,3 +243,8 @@ fn coverage_golden_vhost_vsock_control() {
 fn coverage_golden_vhost_net_zcopy() {
     real_golden("vhost-net-zcopy");
 }
+
+#[test]
+fn coverage_golden_vhost_scsi_workers() {
+    real_golden("vhost-scsi-workers");
+}

@@ -25,6 +25,7 @@ pub const WORKLOADS: &[&str] = &[
     "vhost-net-control",
     "vhost-vsock-control",
     "vhost-net-zcopy",
+    "vhost-scsi-workers",
 ];
 
 /// `goldens/` at the workspace root.
