@@ -11,6 +11,7 @@ pub mod ship;
 pub mod sys;
 pub mod vsock;
 pub mod vsock_control;
+pub mod vsock_credit;
 
 /// The rings the agent drives live in `frontends` (shared with the vsock crate's test driver).
 pub use frontends::vring;

@@ -63,13 +63,15 @@ pub enum Workload {
     VhostVsockControl,
     /// vhost-net TX zero-copy (its boot gets `vhost_net.experimental_zcopytx=1`).
     VhostNetZcopy,
+    /// vhost-vsock flow control: queue full, credit both ways, a packet past the credit.
+    VhostVsockCredit,
     /// The user command (`/etc/testbed/cmd`) under the remote handle.
     Cmd,
 }
 
 impl Workload {
     /// All workloads.
-    pub const ALL: [Workload; 9] = [
+    pub const ALL: [Workload; 10] = [
         Workload::VhostNetTx,
         Workload::VhostNetRx,
         Workload::VhostVsock,
@@ -78,6 +80,7 @@ impl Workload {
         Workload::VhostNetErrors,
         Workload::VhostVsockControl,
         Workload::VhostNetZcopy,
+        Workload::VhostVsockCredit,
         Workload::Cmd,
     ];
 
@@ -92,6 +95,7 @@ impl Workload {
             Workload::VhostNetControl => "vhost-net-control",
             Workload::VhostVsockControl => "vhost-vsock-control",
             Workload::VhostNetZcopy => "vhost-net-zcopy",
+            Workload::VhostVsockCredit => "vhost-vsock-credit",
             Workload::Cmd => "cmd",
         }
     }
