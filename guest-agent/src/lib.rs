@@ -10,6 +10,7 @@ pub mod rawnet;
 pub mod ship;
 pub mod sys;
 pub mod vsock;
+pub mod vsock_conns;
 pub mod vsock_control;
 pub mod vsock_credit;
 

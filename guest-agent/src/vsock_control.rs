@@ -135,6 +135,13 @@ impl Dev {
         })
     }
 
+    /// VHOST_VSOCK_SET_GUEST_CID on the running device; on success its packets use `cid`.
+    pub(crate) fn set_guest_cid(&mut self, cid: u64) -> io::Result<()> {
+        set_cid(&self._dev, cid)?;
+        self.cid = cid;
+        Ok(())
+    }
+
     fn ring(&mut self, tx: bool) -> &mut RawRing {
         if tx {
             &mut self.tx

@@ -65,13 +65,16 @@ pub enum Workload {
     VhostNetZcopy,
     /// vhost-vsock flow control: queue full, credit both ways, a packet past the credit.
     VhostVsockCredit,
+    /// vhost-vsock with many connections: reply backpressure, 64 streams, backlog, half-closes,
+    /// a CID change under connections.
+    VhostVsockConns,
     /// The user command (`/etc/testbed/cmd`) under the remote handle.
     Cmd,
 }
 
 impl Workload {
     /// All workloads.
-    pub const ALL: [Workload; 10] = [
+    pub const ALL: [Workload; 11] = [
         Workload::VhostNetTx,
         Workload::VhostNetRx,
         Workload::VhostVsock,
@@ -81,6 +84,7 @@ impl Workload {
         Workload::VhostVsockControl,
         Workload::VhostNetZcopy,
         Workload::VhostVsockCredit,
+        Workload::VhostVsockConns,
         Workload::Cmd,
     ];
 
@@ -96,6 +100,7 @@ impl Workload {
             Workload::VhostVsockControl => "vhost-vsock-control",
             Workload::VhostNetZcopy => "vhost-net-zcopy",
             Workload::VhostVsockCredit => "vhost-vsock-credit",
+            Workload::VhostVsockConns => "vhost-vsock-conns",
             Workload::Cmd => "cmd",
         }
     }
