@@ -243,3 +243,13 @@ fn coverage_golden_vhost_vsock_control() {
 fn coverage_golden_vhost_net_zcopy() {
     real_golden("vhost-net-zcopy");
 }
+
+#[test]
+fn coverage_golden_vhost_vsock_credit() {
+    real_golden("vhost-vsock-credit");
+}
+
+#[test]
+fn coverage_golden_vhost_vsock_conns() {
+    real_golden("vhost-vsock-conns");
+}

@@ -25,6 +25,8 @@ pub const WORKLOADS: &[&str] = &[
     "vhost-net-control",
     "vhost-vsock-control",
     "vhost-net-zcopy",
+    "vhost-vsock-credit",
+    "vhost-vsock-conns",
 ];
 
 /// `goldens/` at the workspace root.
