@@ -6,6 +6,9 @@
 //!   RST replies queued (the TX ring's size): vhost stops taking TX packets
 //!   (`vhost_vsock_more_replies`), so a 65th stays unused; once RX buffers come the RSTs
 //!   leave in order (ports checked), the first one restarts TX, and the 65th is answered too.
+//! * a reply cancelled: data to a socket still connecting fails it (EPROTO) and queues an RST
+//!   reply; a blocking connect on it times out and cancels its packets, the reply included:
+//!   nothing reaches buffers posted afterwards.
 //! * 32 connections from guest sockets to the device and 32 from the device to a guest
 //!   listener, open together; three rounds of interleaved data both ways on all of them (sizes
 //!   vary per connection and round): every stream byte-exact and in order, every data header
@@ -35,8 +38,8 @@ use crate::net::{Counters, NetError};
 use crate::rawnet::{expect_errno, expect_ok, fail};
 use crate::vsock::{message, op, HOST_CID, TYPE_STREAM};
 use crate::vsock_control::{
-    connect, connect_result, local_port, recv_exact, recv_nb, send_nb, so_error, socket, sys,
-    wait_fd, Dev, PORT, QUEUE, QUIET, SLOT,
+    connect, connect_result, local_port, recv_exact, recv_nb, send_nb, set_connect_timeout,
+    so_error, socket, sys, wait_fd, Dev, PORT, QUEUE, QUIET, SLOT,
 };
 
 /// Connections from guest sockets to the device, and from the device to a guest listener.
@@ -342,6 +345,7 @@ pub fn run(params: &Params) -> Result<Counters, NetError> {
     let timeout = Duration::from_millis(u64::from(params.timeout_ms));
     let base = u64::from(params.vsock_cid) + 160;
     let resets = reply_backpressure(base + 1, timeout)?;
+    cancelled_reply(base + 3, timeout)?;
     let d = Dev::open(base, 1u64 << VIRTIO_F_VERSION_1)?;
     let mut ring = Ring {
         d,
@@ -448,6 +452,57 @@ fn reply_backpressure(cid: u64, timeout: Duration) -> Result<u64, NetError> {
         None => Ok(u64::from(n) + 1),
         Some((h, _)) => Err(fail(case, format!("unexpected packet {h:?}"))),
     }
+}
+
+/// A socket still connecting gets data: EPROTO, and an RST reply queued behind its REQUEST
+/// (no RX buffers). A blocking connect on the same socket then times out, and
+/// `vhost_transport_cancel_pkt` takes both back, the reply counted out of `queued_replies`:
+/// buffers posted afterwards stay empty.
+fn cancelled_reply(cid: u64, timeout: Duration) -> Result<(), NetError> {
+    let case = "reply cancelled with its connect";
+    let mut d = Dev::open(cid, 1u64 << VIRTIO_F_VERSION_1)?;
+    let s = socket(libc::SOCK_STREAM)?;
+    expect_errno(case, connect(&s, cid), libc::EINPROGRESS)?;
+    let port = local_port(&s)?;
+    let early = Hdr {
+        src_cid: cid,
+        dst_cid: HOST_CID,
+        src_port: PORT,
+        dst_port: port,
+        len: 0,
+        ty: TYPE_STREAM,
+        op: op::RW,
+        flags: 0,
+        buf_alloc: SOCK_BUF,
+        fwd_cnt: 0,
+    };
+    d.send(case, early, b"early", timeout)?;
+    let e = so_error(&s)?;
+    if e != libc::EPROTO {
+        return Err(fail(case, format!("SO_ERROR {e}, expected EPROTO")));
+    }
+    set_blocking(&s)?;
+    set_connect_timeout(&s, QUIET)?;
+    expect_errno(case, connect(&s, cid), libc::ETIMEDOUT)?;
+    for _ in 0..4 {
+        d.post_rx(SLOT as u32)?;
+    }
+    match d.try_recv(case, QUIET)? {
+        None => Ok(()),
+        Some((h, _)) => Err(fail(case, format!("a cancelled packet arrived: {h:?}"))),
+    }
+}
+
+fn set_blocking(fd: &OwnedFd) -> Result<(), NetError> {
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0
+        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
+    {
+        return Err(sys("fcntl (O_NONBLOCK off)")(io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// 32 connections each way, open together.

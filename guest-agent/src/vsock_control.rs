@@ -135,6 +135,12 @@ impl Dev {
         })
     }
 
+    /// A guest address outside the device's memory table (just past its one region).
+    pub(crate) fn outside_memory(&self) -> u64 {
+        let info = self.arena.region_info();
+        info.guest_phys_addr + info.memory_size
+    }
+
     /// VHOST_VSOCK_SET_GUEST_CID on the running device; on success its packets use `cid`.
     pub(crate) fn set_guest_cid(&mut self, cid: u64) -> io::Result<()> {
         set_cid(&self._dev, cid)?;
@@ -152,11 +158,17 @@ impl Dev {
 
     /// Posts an RX buffer of `len` bytes at the next slot and kicks.
     pub(crate) fn post_rx(&mut self, len: u32) -> Result<(), NetError> {
+        self.post_rx_at(None, len)
+    }
+
+    /// [`post_rx`](Self::post_rx) at guest address `addr` instead of the slot's buffer (e.g. one
+    /// outside the memory table).
+    pub(crate) fn post_rx_at(&mut self, addr: Option<u64>, len: u32) -> Result<(), NetError> {
         let mem = self.arena.mem();
         let r = &mut self.rx;
         let k = r.ring.avail_idx();
         let d = k % QUEUE;
-        let buf = r.bufs + SLOT * u64::from(d);
+        let buf = addr.unwrap_or(r.bufs + SLOT * u64::from(d));
         let desc = Desc {
             addr: buf,
             len,
@@ -380,7 +392,7 @@ pub(crate) fn so_error(fd: &OwnedFd) -> Result<i32, NetError> {
 }
 
 /// SO_VM_SOCKETS_CONNECT_TIMEOUT of a blocking socket.
-fn set_connect_timeout(fd: &OwnedFd, t: Duration) -> Result<(), NetError> {
+pub(crate) fn set_connect_timeout(fd: &OwnedFd, t: Duration) -> Result<(), NetError> {
     let tv = libc::timeval {
         tv_sec: t.as_secs() as libc::time_t,
         tv_usec: t.subsec_micros() as libc::suseconds_t,

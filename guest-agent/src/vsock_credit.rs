@@ -20,7 +20,9 @@
 //!   back), then ENOBUFS, SO_ERROR ENOBUFS and EOF; closing it sends a second RST.
 //! * closing a connected socket: SHUTDOWN (both directions), answered with RST, then silence.
 //! * SEQPACKET: a message larger than the peer's window is refused whole (EMSGSIZE), one
-//!   that fits arrives whole in one packet with EOM (no EOR: sent without MSG_EOR).
+//!   that fits arrives whole in one packet with EOM (no EOR: sent without MSG_EOR); then an RX
+//!   buffer outside the memory table: the credit update for it signals the RX error eventfd
+//!   and waits (nothing used) until the release resets the socket.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -515,6 +517,31 @@ fn seqpacket(cid: u64, timeout: Duration) -> Result<u64, NetError> {
         ));
     }
     quiet(&mut d, case)?;
+    // An RX buffer outside the memory table: vhost cannot take it (error eventfd, nothing
+    // used); the credit update it was for waits in the device until the release.
+    let what = "RX buffer outside the memory table";
+    let req = hdr(&d, TYPE_SEQPACKET, op::CREDIT_REQUEST, port, CREDIT, 0);
+    // First the good buffers still posted, each taking one answer.
+    while d.rx_out > 0 {
+        d.send(what, req, &[], timeout)?;
+        expect_pkt(
+            &mut d,
+            what,
+            TYPE_SEQPACKET,
+            port,
+            op::CREDIT_UPDATE,
+            timeout,
+        )?;
+    }
+    let bad = d.outside_memory();
+    d.post_rx_at(Some(bad), SLOT as u32)?;
+    d.send(what, req, &[], timeout)?;
+    if !d.wait_err(false, timeout)? {
+        return Err(fail(what, "vhost did not signal the RX error eventfd"));
+    }
+    if let Some(u) = d.used(false, QUIET)? {
+        return Err(fail(what, format!("vhost used the bad buffer: {u:?}")));
+    }
     // Released under the connection: the socket is reset, the ring hears nothing.
     drop(d);
     let e = so_error(&s)?;
