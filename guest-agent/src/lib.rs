@@ -11,7 +11,9 @@ pub mod scsi_workers;
 pub mod ship;
 pub mod sys;
 pub mod vsock;
+pub mod vsock_conns;
 pub mod vsock_control;
+pub mod vsock_credit;
 
 /// The rings the agent drives live in `frontends` (shared with the vsock crate's test driver).
 pub use frontends::vring;

@@ -435,41 +435,60 @@ impl RawNet {
     }
 }
 
+/// `VHOST_SET_VRING_ADDR` data for `ring` as queue `index` (no log, no flags).
+fn vring_addr_of(ring: &DriverRing, index: u32) -> VringAddr {
+    VringAddr {
+        index,
+        flags: 0,
+        desc: ring.desc,
+        used: ring.used,
+        avail: ring.avail,
+        log_guest_addr: 0,
+    }
+}
+
+/// Hands `ring` to `dev` as queue `index`: VHOST_SET_VRING_NUM (the ring's size), _ADDR, _BASE
+/// 0, _KICK, _CALL and _ERR with the three eventfds, each of which must succeed. The one
+/// ring set-up of the raw workloads (vhost-net's `RawNet`, vhost-vsock's `vsock_control::Dev`).
+pub fn configure_vring(
+    dev: &RawVhost,
+    index: u32,
+    ring: &DriverRing,
+    kick: &EventFd,
+    call: &EventFd,
+    err: &EventFd,
+) -> Result<(), NetError> {
+    expect_ok(
+        "VHOST_SET_VRING_NUM",
+        dev.set_vring_num(index, u32::from(ring.size)),
+    )?;
+    expect_ok(
+        "VHOST_SET_VRING_ADDR",
+        dev.set_vring_addr(&vring_addr_of(ring, index)),
+    )?;
+    expect_ok("VHOST_SET_VRING_BASE", dev.set_vring_base(index, 0))?;
+    expect_ok(
+        "VHOST_SET_VRING_KICK",
+        dev.set_vring_kick(index, kick.as_raw_fd()),
+    )?;
+    expect_ok(
+        "VHOST_SET_VRING_CALL",
+        dev.set_vring_call(index, call.as_raw_fd()),
+    )?;
+    expect_ok(
+        "VHOST_SET_VRING_ERR",
+        dev.set_vring_err(index, err.as_raw_fd()),
+    )
+}
+
 impl RawRing {
     fn addr(&self, index: u32) -> VringAddr {
-        VringAddr {
-            index,
-            flags: 0,
-            desc: self.ring.desc,
-            used: self.ring.used,
-            avail: self.ring.avail,
-            log_guest_addr: 0,
-        }
+        vring_addr_of(&self.ring, index)
     }
 
     /// Hands this ring to `dev` as queue `index`: size, addresses, base 0, kick, call, err.
     pub fn configure(&self, dev: &RawVhost, index: u32) -> Result<(), NetError> {
-        expect_ok(
-            "VHOST_SET_VRING_NUM",
-            dev.set_vring_num(index, u32::from(self.ring.size)),
-        )?;
-        expect_ok(
-            "VHOST_SET_VRING_ADDR",
-            dev.set_vring_addr(&self.addr(index)),
-        )?;
-        expect_ok("VHOST_SET_VRING_BASE", dev.set_vring_base(index, 0))?;
-        expect_ok(
-            "VHOST_SET_VRING_KICK",
-            dev.set_vring_kick(index, self.kick.as_raw_fd()),
-        )?;
-        expect_ok(
-            "VHOST_SET_VRING_CALL",
-            dev.set_vring_call(index, self.call.as_raw_fd()),
-        )?;
-        expect_ok(
-            "VHOST_SET_VRING_ERR",
-            dev.set_vring_err(index, self.err.as_raw_fd()),
-        )
+        configure_vring(dev, index, &self.ring, &self.kick, &self.call, &self.err)
     }
 
     /// `VHOST_SET_VRING_ADDR` data for queue `index` (to change, e.g. for the dirty log).

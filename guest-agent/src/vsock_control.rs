@@ -37,56 +37,50 @@ use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::net::{Counters, NetError};
-use crate::rawnet::{expect_errno, expect_ok, fail};
+use crate::rawnet::{expect_errno, expect_ok, fail, RawRing};
 use crate::vsock::{message, op, HOST_CID, TYPE_STREAM};
 
-const PATH: &str = "/dev/vhost-vsock";
-const QUEUE: u16 = 64;
+pub(crate) const PATH: &str = "/dev/vhost-vsock";
+pub(crate) const QUEUE: u16 = 64;
 /// Bytes per buffer slot.
-const SLOT: u64 = 4096;
+pub(crate) const SLOT: u64 = 4096;
 /// `VIRTIO_VSOCK_F_SEQPACKET` (a feature bit number).
-const F_SEQPACKET: u32 = 1;
+pub(crate) const F_SEQPACKET: u32 = 1;
 /// `VIRTIO_VSOCK_TYPE_SEQPACKET`.
-const TYPE_SEQPACKET: u16 = 2;
+pub(crate) const TYPE_SEQPACKET: u16 = 2;
 /// `VIRTIO_VSOCK_SEQ_EOM` / `_EOR`.
 const SEQ_EOM: u32 = 1;
 const SEQ_EOR: u32 = 2;
 /// `SO_VM_SOCKETS_*` level and `IOCTL_VM_SOCKETS_GET_LOCAL_CID`.
-const SOL_VSOCK: libc::c_int = libc::AF_VSOCK;
+pub(crate) const SOL_VSOCK: libc::c_int = libc::AF_VSOCK;
 const IOCTL_VM_SOCKETS_GET_LOCAL_CID: libc::c_ulong = 0x7b9;
 /// `SO_VM_SOCKETS_CONNECT_TIMEOUT` (a `struct timeval` on 64-bit).
 const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
 /// `MSG_EOR`.
 const MSG_EOR: libc::c_int = 0x80;
 /// Ports: the device's service, and what it must never see.
-const PORT: u32 = 6000;
-const BUF_ALLOC: u32 = 1 << 18;
-const QUIET: Duration = Duration::from_millis(150);
+pub(crate) const PORT: u32 = 6000;
+pub(crate) const BUF_ALLOC: u32 = 1 << 18;
+pub(crate) const QUIET: Duration = Duration::from_millis(150);
 
-fn sys(what: &str) -> impl FnOnce(io::Error) -> NetError + '_ {
+pub(crate) fn sys(what: &str) -> impl FnOnce(io::Error) -> NetError + '_ {
     move |source| NetError::Sys {
         what: what.to_string(),
         source,
     }
 }
 
-/// One ring of the device.
-struct Ring {
-    ring: DriverRing,
-    kick: EventFd,
-    call: EventFd,
-    err: EventFd,
-    bufs: u64,
-}
-
 /// A vhost-vsock device driven by hand.
-struct Dev {
+pub(crate) struct Dev {
     /// Held open: dropping the `Dev` releases the device.
     _dev: RawVhost,
     arena: Arena,
-    rx: Ring,
-    tx: Ring,
-    cid: u64,
+    rx: RawRing,
+    tx: RawRing,
+    /// The device's guest CID.
+    pub(crate) cid: u64,
+    /// RX buffers posted and not yet used.
+    pub(crate) rx_out: u32,
 }
 
 fn efd() -> Result<EventFd, NetError> {
@@ -95,7 +89,7 @@ fn efd() -> Result<EventFd, NetError> {
 
 impl Dev {
     /// Open, owner, features, memory, rings, CID, running; no RX buffers yet.
-    fn open(cid: u64, features: u64) -> Result<Dev, NetError> {
+    pub(crate) fn open(cid: u64, features: u64) -> Result<Dev, NetError> {
         let mut arena =
             Arena::new(2 * (3 * 4096 + SLOT as usize * usize::from(QUEUE)) + (1 << 16))?;
         let dev = RawVhost::open(PATH).map_err(sys("open /dev/vhost-vsock"))?;
@@ -111,47 +105,20 @@ impl Dev {
                 flags_padding: 0,
             }]),
         )?;
-        let mut ring = |index: u32| -> Result<Ring, NetError> {
+        let mut ring = |index: u32| -> Result<RawRing, NetError> {
             let n = u64::from(QUEUE);
             let desc = arena.alloc(DESC_SIZE * n, 4096)?;
             let avail = arena.alloc(6 + 2 * n, 4096)?;
             let used = arena.alloc(6 + 8 * n, 4096)?;
             let bufs = arena.alloc(SLOT * n, 4096)?;
-            let r = Ring {
+            let r = RawRing {
                 ring: DriverRing::new(QUEUE, desc, avail, used),
                 kick: efd()?,
                 call: efd()?,
                 err: efd()?,
                 bufs,
             };
-            expect_ok(
-                "VHOST_SET_VRING_NUM",
-                dev.set_vring_num(index, u32::from(QUEUE)),
-            )?;
-            expect_ok(
-                "VHOST_SET_VRING_ADDR",
-                dev.set_vring_addr(&VringAddr {
-                    index,
-                    flags: 0,
-                    desc,
-                    used,
-                    avail,
-                    log_guest_addr: 0,
-                }),
-            )?;
-            expect_ok("VHOST_SET_VRING_BASE", dev.set_vring_base(index, 0))?;
-            expect_ok(
-                "VHOST_SET_VRING_KICK",
-                dev.set_vring_kick(index, r.kick.as_raw_fd()),
-            )?;
-            expect_ok(
-                "VHOST_SET_VRING_CALL",
-                dev.set_vring_call(index, r.call.as_raw_fd()),
-            )?;
-            expect_ok(
-                "VHOST_SET_VRING_ERR",
-                dev.set_vring_err(index, r.err.as_raw_fd()),
-            )?;
+            r.configure(&dev, index)?;
             Ok(r)
         };
         let rx = ring(0)?;
@@ -164,10 +131,24 @@ impl Dev {
             rx,
             tx,
             cid,
+            rx_out: 0,
         })
     }
 
-    fn ring(&mut self, tx: bool) -> &mut Ring {
+    /// A guest address outside the device's memory table (just past its one region).
+    pub(crate) fn outside_memory(&self) -> u64 {
+        let info = self.arena.region_info();
+        info.guest_phys_addr + info.memory_size
+    }
+
+    /// VHOST_VSOCK_SET_GUEST_CID on the running device; on success its packets use `cid`.
+    pub(crate) fn set_guest_cid(&mut self, cid: u64) -> io::Result<()> {
+        set_cid(&self._dev, cid)?;
+        self.cid = cid;
+        Ok(())
+    }
+
+    fn ring(&mut self, tx: bool) -> &mut RawRing {
         if tx {
             &mut self.tx
         } else {
@@ -176,12 +157,18 @@ impl Dev {
     }
 
     /// Posts an RX buffer of `len` bytes at the next slot and kicks.
-    fn post_rx(&mut self, len: u32) -> Result<(), NetError> {
+    pub(crate) fn post_rx(&mut self, len: u32) -> Result<(), NetError> {
+        self.post_rx_at(None, len)
+    }
+
+    /// [`post_rx`](Self::post_rx) at guest address `addr` instead of the slot's buffer (e.g. one
+    /// outside the memory table).
+    pub(crate) fn post_rx_at(&mut self, addr: Option<u64>, len: u32) -> Result<(), NetError> {
         let mem = self.arena.mem();
         let r = &mut self.rx;
         let k = r.ring.avail_idx();
         let d = k % QUEUE;
-        let buf = r.bufs + SLOT * u64::from(d);
+        let buf = addr.unwrap_or(r.bufs + SLOT * u64::from(d));
         let desc = Desc {
             addr: buf,
             len,
@@ -190,11 +177,12 @@ impl Dev {
         };
         r.ring.write_desc(&mem, None, d, desc)?;
         r.ring.push_avail(&mem, d)?;
+        self.rx_out += 1;
         r.kick.write(1).map_err(sys("kick"))
     }
 
     /// Puts one TX buffer of `bytes` (read-only) on the next slot and kicks; returns its head.
-    fn put_tx(&mut self, bytes: &[u8]) -> Result<u16, NetError> {
+    pub(crate) fn put_tx(&mut self, bytes: &[u8]) -> Result<u16, NetError> {
         self.put_tx_flags(bytes, 0)
     }
 
@@ -218,7 +206,11 @@ impl Dev {
     }
 
     /// The next used element of a ring within `timeout`.
-    fn used(&mut self, tx: bool, timeout: Duration) -> Result<Option<(u32, u32)>, NetError> {
+    pub(crate) fn used(
+        &mut self,
+        tx: bool,
+        timeout: Duration,
+    ) -> Result<Option<(u32, u32)>, NetError> {
         let mem = self.arena.mem();
         let deadline = Instant::now() + timeout;
         loop {
@@ -239,10 +231,25 @@ impl Dev {
     }
 
     /// The next packet in the RX ring: its header and payload.
-    fn recv(&mut self, case: &str, timeout: Duration) -> Result<(Hdr, Vec<u8>), NetError> {
-        let (id, len) = self
-            .used(false, timeout)?
-            .ok_or_else(|| fail(case, "no packet in the RX ring"))?;
+    pub(crate) fn recv(
+        &mut self,
+        case: &str,
+        timeout: Duration,
+    ) -> Result<(Hdr, Vec<u8>), NetError> {
+        self.try_recv(case, timeout)?
+            .ok_or_else(|| fail(case, "no packet in the RX ring"))
+    }
+
+    /// The next packet in the RX ring within `timeout`, if one comes.
+    pub(crate) fn try_recv(
+        &mut self,
+        case: &str,
+        timeout: Duration,
+    ) -> Result<Option<(Hdr, Vec<u8>)>, NetError> {
+        let Some((id, len)) = self.used(false, timeout)? else {
+            return Ok(None);
+        };
+        self.rx_out = self.rx_out.saturating_sub(1);
         let buf = self.rx.bufs + SLOT * u64::from(id);
         let mut raw = vec![0u8; (len as usize).min(SLOT as usize)];
         self.arena.read(buf, &mut raw)?;
@@ -251,11 +258,11 @@ impl Dev {
             .get(HDR_LEN..HDR_LEN + hdr.len as usize)
             .ok_or_else(|| fail(case, format!("payload {} beyond {len} bytes used", hdr.len)))?
             .to_vec();
-        Ok((hdr, payload))
+        Ok(Some((hdr, payload)))
     }
 
     /// Sends a packet to the host side on the TX ring; it must be used.
-    fn send(
+    pub(crate) fn send(
         &mut self,
         case: &str,
         hdr: Hdr,
@@ -276,7 +283,7 @@ impl Dev {
         }
     }
 
-    fn wait_err(&self, tx: bool, timeout: Duration) -> Result<bool, NetError> {
+    pub(crate) fn wait_err(&self, tx: bool, timeout: Duration) -> Result<bool, NetError> {
         let r = if tx { &self.tx } else { &self.rx };
         let fired = poll_readable(&[r.err.as_raw_fd()], timeout).map_err(sys("poll (err)"))?[0];
         if fired {
@@ -286,7 +293,7 @@ impl Dev {
     }
 
     /// A reply header from this device to the host side's `peer` port.
-    fn hdr(&self, ty: u16, op: u16, peer: u32, flags: u32) -> Hdr {
+    pub(crate) fn hdr(&self, ty: u16, op: u16, peer: u32, flags: u32) -> Hdr {
         Hdr {
             src_cid: self.cid,
             dst_cid: HOST_CID,
@@ -302,7 +309,7 @@ impl Dev {
     }
 }
 
-fn set_cid(d: &RawVhost, cid: u64) -> io::Result<()> {
+pub(crate) fn set_cid(d: &RawVhost, cid: u64) -> io::Result<()> {
     let mut v = cid;
     // SAFETY: VHOST_VSOCK_SET_GUEST_CID reads one u64.
     unsafe { d.ioctl_ptr(0x4008_af60, (&mut v as *mut u64).cast()) }.map(drop)
@@ -315,12 +322,12 @@ fn set_running(d: &RawVhost, on: i32) -> io::Result<()> {
 }
 
 /// A non-blocking AF_VSOCK socket of `ty`.
-fn socket(ty: libc::c_int) -> Result<OwnedFd, NetError> {
+pub(crate) fn socket(ty: libc::c_int) -> Result<OwnedFd, NetError> {
     socket_of(ty | libc::SOCK_NONBLOCK)
 }
 
 /// An AF_VSOCK socket of `ty` (flags included).
-fn socket_of(ty: libc::c_int) -> Result<OwnedFd, NetError> {
+pub(crate) fn socket_of(ty: libc::c_int) -> Result<OwnedFd, NetError> {
     // SAFETY: plain socket(2) call.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, ty | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -330,12 +337,12 @@ fn socket_of(ty: libc::c_int) -> Result<OwnedFd, NetError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn connect(fd: &OwnedFd, cid: u64) -> io::Result<()> {
+pub(crate) fn connect(fd: &OwnedFd, cid: u64) -> io::Result<()> {
     crate::vsock::connect(fd, cid as u32, PORT)
 }
 
 /// SO_ERROR of `fd` once it is writable or failed, within `timeout` (None: still pending).
-fn connect_result(fd: &OwnedFd, timeout: Duration) -> Result<Option<i32>, NetError> {
+pub(crate) fn connect_result(fd: &OwnedFd, timeout: Duration) -> Result<Option<i32>, NetError> {
     let mut p = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLOUT,
@@ -365,7 +372,7 @@ fn connect_result(fd: &OwnedFd, timeout: Duration) -> Result<Option<i32>, NetErr
 }
 
 /// SO_ERROR of `fd` (read and cleared).
-fn so_error(fd: &OwnedFd) -> Result<i32, NetError> {
+pub(crate) fn so_error(fd: &OwnedFd) -> Result<i32, NetError> {
     let mut err: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt(SO_ERROR) into an int of the size passed.
@@ -385,7 +392,7 @@ fn so_error(fd: &OwnedFd) -> Result<i32, NetError> {
 }
 
 /// SO_VM_SOCKETS_CONNECT_TIMEOUT of a blocking socket.
-fn set_connect_timeout(fd: &OwnedFd, t: Duration) -> Result<(), NetError> {
+pub(crate) fn set_connect_timeout(fd: &OwnedFd, t: Duration) -> Result<(), NetError> {
     let tv = libc::timeval {
         tv_sec: t.as_secs() as libc::time_t,
         tv_usec: t.subsec_micros() as libc::suseconds_t,
@@ -408,7 +415,7 @@ fn set_connect_timeout(fd: &OwnedFd, t: Duration) -> Result<(), NetError> {
     Ok(())
 }
 
-fn local_port(fd: &OwnedFd) -> Result<u32, NetError> {
+pub(crate) fn local_port(fd: &OwnedFd) -> Result<u32, NetError> {
     // SAFETY: sockaddr_vm is plain data.
     let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
@@ -424,6 +431,81 @@ fn local_port(fd: &OwnedFd) -> Result<u32, NetError> {
         return Err(sys("getsockname")(io::Error::last_os_error()));
     }
     Ok(a.svm_port)
+}
+
+/// A non-blocking send (MSG_NOSIGNAL: a shut-down socket answers EPIPE, not SIGPIPE).
+pub(crate) fn send_nb(fd: &OwnedFd, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: sending from a valid buffer of the length passed.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// A non-blocking receive into `buf`.
+pub(crate) fn recv_nb(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: receiving into a valid buffer of the length passed.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Whether `fd` polls with any of `events` within `timeout`.
+pub(crate) fn wait_fd(fd: &OwnedFd, events: i16, timeout: Duration) -> Result<bool, NetError> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+    if r < 0 {
+        return Err(sys("poll")(io::Error::last_os_error()));
+    }
+    Ok(r > 0 && p.revents & events != 0)
+}
+
+/// Reads exactly `want` bytes from a non-blocking socket within `timeout`.
+pub(crate) fn recv_exact(
+    case: &str,
+    fd: &OwnedFd,
+    want: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, NetError> {
+    let mut got = vec![0u8; want];
+    let mut n = 0;
+    let deadline = Instant::now() + timeout;
+    while n < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(fail(case, format!("{n} of {want} bytes on the socket")));
+        }
+        wait_fd(fd, libc::POLLIN, left)?;
+        match recv_nb(fd, &mut got[n..]) {
+            Ok(0) => return Err(fail(case, format!("EOF after {n} of {want} bytes"))),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(fail(case, format!("recv after {n} of {want} bytes: {e}"))),
+        }
+    }
+    Ok(got)
 }
 
 /// The guest's own CID on its virtio-vsock transport (`/dev/vsock`).

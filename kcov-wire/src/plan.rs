@@ -66,13 +66,18 @@ pub enum Workload {
     /// vhost-scsi's extra workers: VHOST_NEW_WORKER, VHOST_FREE_WORKER,
     /// VHOST_ATTACH_VRING_WORKER, VHOST_GET_VRING_WORKER, kicks on new workers.
     VhostScsiWorkers,
+    /// vhost-vsock flow control: queue full, credit both ways, a packet past the credit.
+    VhostVsockCredit,
+    /// vhost-vsock with many connections: reply backpressure, 64 streams, backlog, half-closes,
+    /// a CID change under connections.
+    VhostVsockConns,
     /// The user command (`/etc/testbed/cmd`) under the remote handle.
     Cmd,
 }
 
 impl Workload {
     /// All workloads.
-    pub const ALL: [Workload; 10] = [
+    pub const ALL: [Workload; 12] = [
         Workload::VhostNetTx,
         Workload::VhostNetRx,
         Workload::VhostVsock,
@@ -82,6 +87,8 @@ impl Workload {
         Workload::VhostVsockControl,
         Workload::VhostNetZcopy,
         Workload::VhostScsiWorkers,
+        Workload::VhostVsockCredit,
+        Workload::VhostVsockConns,
         Workload::Cmd,
     ];
 
@@ -97,6 +104,8 @@ impl Workload {
             Workload::VhostVsockControl => "vhost-vsock-control",
             Workload::VhostNetZcopy => "vhost-net-zcopy",
             Workload::VhostScsiWorkers => "vhost-scsi-workers",
+            Workload::VhostVsockCredit => "vhost-vsock-credit",
+            Workload::VhostVsockConns => "vhost-vsock-conns",
             Workload::Cmd => "cmd",
         }
     }

@@ -841,3 +841,77 @@ fn agent_scsi_workers_workload_checks_every_worker_ioctl() {
         ],
     );
 }
+
+/// The vsock flow workloads in one boot: credit both ways and many connections, each checking
+/// its outcome (byte-exact streams, credit fields, exact ops and errnos) and failing otherwise;
+/// here their status, what they counted, and what they reached.
+#[test]
+fn agent_vsock_flow_workloads_check_their_outcomes() {
+    let Some(out) = boot(&[
+        "--workload",
+        "vhost-vsock-credit",
+        "--workload",
+        "vhost-vsock-conns",
+    ]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stream = stream_path(&out);
+    let s = read_stream(&stream);
+    assert_eq!(s.done, Some(0));
+    let run = stream.parent().unwrap();
+
+    let c = &s.workloads["vhost-vsock-credit"];
+    assert_eq!(c.status, Some(0), "{:?}", c.error);
+    assert!(!c.overflow, "vhost-vsock-credit overflowed");
+    // 1000 + 3000 + 200 queued; 10000 under the small window in 4 windows; 500 read and the
+    // 4096 within the socket's credit; a 3000-byte SEQPACKET message.
+    assert_eq!(c.counters["queued_bytes"], 4200, "{:?}", c.counters);
+    assert_eq!(c.counters["credit_bytes"], 10_000);
+    assert_eq!(c.counters["credit_windows"], 4);
+    assert_eq!(c.counters["overflow_bytes"], 4596);
+    assert_eq!(c.counters["seqpacket_bytes"], 3000);
+    let remote = covered_functions(run, "vhost-vsock-credit", "remote");
+    assert_covers(
+        &remote,
+        "vhost-vsock-credit (workers)",
+        &["vhost_transport_do_send_pkt", "vhost_vsock_handle_tx_kick"],
+    );
+    let local = covered_functions(run, "vhost-vsock-credit", "local");
+    assert_covers(
+        &local,
+        "vhost-vsock-credit (sockets)",
+        &["vhost_transport_send_pkt", "vhost_transport_get_local_cid"],
+    );
+
+    let n = &s.workloads["vhost-vsock-conns"];
+    assert_eq!(n.status, Some(0), "{:?}", n.error);
+    assert!(!n.overflow, "vhost-vsock-conns overflowed");
+    assert_eq!(n.counters["connections"], 64, "{:?}", n.counters);
+    // Chunk sizes as vsock_conns.rs's chunk_len: device → socket (i) and socket → device
+    // (i + 7) per connection and round.
+    let chunk = |i: u64, r: u64| 1 + (i * 131 + r * 977) % 1500;
+    let bytes: u64 = (0..64)
+        .flat_map(|i| (0..3).map(move |r| chunk(i, r) + chunk(i + 7, r)))
+        .sum();
+    assert_eq!(n.counters["stream_bytes"], bytes);
+    // One per socket read: 64 × 3 rounds, two after half-closes, one after the CID change.
+    assert_eq!(n.counters["credit_updates"], 195);
+    // 65 RSTs for the port nobody listens on, two for the full backlog.
+    assert_eq!(n.counters["resets"], 67);
+    assert_eq!(n.counters["backlog_accepted"], 4);
+    assert_eq!(n.counters["half_closes"], 4);
+    let remote = covered_functions(run, "vhost-vsock-conns", "remote");
+    assert_covers(
+        &remote,
+        "vhost-vsock-conns (workers)",
+        &["vhost_transport_do_send_pkt", "vhost_vsock_handle_tx_kick"],
+    );
+    let local = covered_functions(run, "vhost-vsock-conns", "local");
+    assert_covers(
+        &local,
+        "vhost-vsock-conns (ioctls, sockets)",
+        &["vhost_vsock_set_cid", "vhost_transport_send_pkt"],
+    );
+}

@@ -248,3 +248,13 @@ fn coverage_golden_vhost_net_zcopy() {
 fn coverage_golden_vhost_scsi_workers() {
     real_golden("vhost-scsi-workers");
 }
+
+#[test]
+fn coverage_golden_vhost_vsock_credit() {
+    real_golden("vhost-vsock-credit");
+}
+
+#[test]
+fn coverage_golden_vhost_vsock_conns() {
+    real_golden("vhost-vsock-conns");
+}

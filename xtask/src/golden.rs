@@ -26,6 +26,8 @@ pub const WORKLOADS: &[&str] = &[
     "vhost-vsock-control",
     "vhost-net-zcopy",
     "vhost-scsi-workers",
+    "vhost-vsock-credit",
+    "vhost-vsock-conns",
 ];
 
 /// `goldens/` at the workspace root.
