@@ -113,7 +113,8 @@ impl FuzzOpts {
         }
     }
 
-    fn kernel(&self) -> KernelOpts {
+    /// The kernel the VMs boot: `kernel` plus the fuzz fragment unless `plain_kernel`.
+    pub fn kernel(&self) -> KernelOpts {
         let mut k = self.kernel.clone();
         if !self.plain_kernel {
             k.extra_fragments

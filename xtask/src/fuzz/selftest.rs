@@ -181,14 +181,19 @@ impl SelfTest {
         } else {
             s.push_str("self-test: FAILED\n");
             if self.rows.iter().all(|r| r.crash.is_none()) {
-                s.push_str("  nothing provoked was recorded: does the kernel have CONFIG_LKDTM (kernel-config/fuzz.config; --plain-kernel has not)? The console of the first run says: ");
-                s.push_str(&format!(
-                    "{}\n",
-                    self.outcome
-                        .runs
-                        .first()
-                        .map_or("-".into(), |r| r.join("serial.log").display().to_string())
-                ));
+                s.push_str("  nothing provoked was recorded: does the kernel have CONFIG_LKDTM (kernel-config/fuzz.config; --plain-kernel has not)?\n");
+                if let Some(run) = self.outcome.runs.first() {
+                    let log = run.join("serial.log");
+                    let console = std::fs::read_to_string(&log).unwrap_or_default();
+                    for l in console
+                        .lines()
+                        .filter(|l| l.contains("fuzz: provoke"))
+                        .take(3)
+                    {
+                        s.push_str(&format!("  the agent said: {}\n", l.trim()));
+                    }
+                    s.push_str(&format!("  (console: {})\n", log.display()));
+                }
             }
             for r in &self.rows {
                 let hint = match (r.kind, &r.crash) {
