@@ -173,6 +173,16 @@ impl SelfTest {
                 c.dir.display()
             ));
         }
+        if let Some(f) = self
+            .rows
+            .iter()
+            .find_map(|r| r.crash.as_ref().and_then(|c| c.repro.as_ref()))
+        {
+            s.push_str(&format!(
+                "replay one yourself: cargo xtask fuzz --provoke --repro {}\n",
+                f.display()
+            ));
+        }
         if self.ok() {
             s.push_str(&format!(
                 "self-test: PASS: each of the {} provoked kernel bugs was recorded with its reproducer, the campaign went on, and each replay showed the same report\n",
