@@ -334,8 +334,8 @@ fn the_self_test_provokes_records_and_replays_each_kind_of_kernel_bug() {
         assert!(!row.contains("FAIL"), "{row}");
         assert!(row.contains(&format!("ok {crash_kind}")), "{row}");
     }
-    // The hang: the agent's watchdog (10 s) caught it, not the 30 s stream stall or the run
-    // timeout.
+    // The hang: the agent's watchdog (10 s of guest time) caught it (the console check above
+    // saw its line), before the host's 30 s stream stall or the run timeout would have.
     let hang_row = all
         .lines()
         .find(|l| l.starts_with("hang (want hang)"))

@@ -55,6 +55,8 @@ const MAX_IDLE_VMS: u32 = 5;
 /// A VM whose stream has been silent this long is hung (the agent sends a frame per program,
 /// and its own watchdog ends a program after 10 s): the campaign kills it.
 const STALL: Duration = Duration::from_secs(30);
+/// A replay's run timeout (agent ready to VM end).
+const REPLAY_RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long past the campaign's end a VM may run before it is stopped (a guest clock that
 /// runs slow under a loaded TCG host makes the agent's own budget late).
 const DEADLINE_GRACE: Duration = Duration::from_secs(20);
@@ -607,7 +609,9 @@ pub fn repro(file: &Path, opts: &FuzzOpts, default_target: Option<Target>) -> Re
         append: opts.cmdline(),
         timeouts: Timeouts {
             boot: opts.boot_timeout,
-            run: Duration::from_secs(120),
+            // One program, which the agent's watchdog ends after 10 s: a minute is plenty,
+            // and is how long a replay of a kernel that stopped altogether takes.
+            run: REPLAY_RUN_TIMEOUT,
         },
         echo: opts.echo,
         plan,
