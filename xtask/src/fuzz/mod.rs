@@ -16,7 +16,7 @@
 //!
 //! The guest kernel is the default one plus `kernel-config/fuzz.config` (KASAN, lockdep,
 //! panic on oops; its own cache key), booted with `panic_on_warn=1`; `--plain-kernel` uses the
-//! default kernel (what `cargo xtask test` can afford to build).
+//! default kernel (faster to boot; `cargo xtask test` builds both).
 
 pub mod bench;
 pub mod cli;
