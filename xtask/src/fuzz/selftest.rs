@@ -320,6 +320,149 @@ pub fn run(base: &FuzzOpts, kinds: &[ProvokeKind]) -> Result<SelfTest> {
 mod tests {
     use super::*;
 
+    fn crash(kind: &str, k: ProvokeKind, vm: u32) -> Crash {
+        Crash {
+            kind: kind.into(),
+            title: "t".into(),
+            normalised: "t".into(),
+            dir: PathBuf::from(format!("/c/crashes/00{vm}-{kind}")),
+            repro: Some(PathBuf::from(format!("/c/crashes/00{vm}-{kind}/repro.txt"))),
+            program: Some(Program::provoke(k).encode()),
+            vm,
+            occurrence: 1,
+            caught_after: Some(Duration::from_millis(10_100)),
+        }
+    }
+
+    fn outcome(crashes: Vec<Crash>) -> Outcome {
+        Outcome {
+            dir: PathBuf::from("/c"),
+            corpus_dir: PathBuf::from("/c/corpus"),
+            vms: crashes.len() as u32 + 1,
+            execs: 0,
+            pcs: 0,
+            remote: Default::default(),
+            corpus: 0,
+            crashes,
+            unique: Vec::new(),
+            vm_execs: Vec::new(),
+            agent_us: 0,
+            stream_us: 0,
+            agent_execs: 0,
+            elapsed: Duration::ZERO,
+            points: Vec::new(),
+            runs: Vec::new(),
+        }
+    }
+
+    fn row(kind: ProvokeKind, crash: Option<Crash>, replay: Option<&str>) -> Row {
+        Row {
+            kind,
+            repro_ok: crash.is_some(),
+            later_execs: if crash.is_some() { 7 } else { 0 },
+            crash,
+            replay: replay.map(|k| (Some(k.to_string()), Duration::from_secs(5))),
+        }
+    }
+
+    #[test]
+    fn the_verdict_fails_on_any_wrong_or_missing_piece() {
+        let good = |k: ProvokeKind, vm| {
+            row(
+                k,
+                Some(crash(expected_kind(k), k, vm)),
+                Some(expected_kind(k)),
+            )
+        };
+        let pass = SelfTest {
+            rows: vec![good(ProvokeKind::Panic, 0), good(ProvokeKind::HungTask, 1)],
+            unexpected: Vec::new(),
+            outcome: outcome(Vec::new()),
+            elapsed: Duration::from_secs(60),
+        };
+        assert!(pass.ok());
+        let table = pass.render();
+        assert!(table.contains("self-test: PASS"), "{table}");
+        assert!(!table.contains("FAIL"), "{table}");
+        assert!(table.contains("10.1 s"), "{table}");
+        assert!(table.contains("ok crashes/001-hang/repro.txt"), "{table}");
+
+        let fails: Vec<(&str, SelfTest)> = vec![
+            (
+                "recorded as the wrong kind (KASAN off: the read passed, then a later panic)",
+                SelfTest {
+                    rows: vec![row(
+                        ProvokeKind::KasanUseAfterFree,
+                        Some(crash("panic", ProvokeKind::KasanUseAfterFree, 0)),
+                        Some("kasan"),
+                    )],
+                    ..pass_like()
+                },
+            ),
+            (
+                "not recorded",
+                SelfTest {
+                    rows: vec![row(ProvokeKind::Warn, None, None)],
+                    ..pass_like()
+                },
+            ),
+            (
+                "replay showed another kind",
+                SelfTest {
+                    rows: vec![row(
+                        ProvokeKind::Warn,
+                        Some(crash("warn", ProvokeKind::Warn, 0)),
+                        Some("panic"),
+                    )],
+                    ..pass_like()
+                },
+            ),
+            (
+                "no VM after it ran programs",
+                SelfTest {
+                    rows: vec![Row {
+                        later_execs: 0,
+                        ..good(ProvokeKind::Panic, 0)
+                    }],
+                    ..pass_like()
+                },
+            ),
+            (
+                "reproducer is not the program",
+                SelfTest {
+                    rows: vec![Row {
+                        repro_ok: false,
+                        ..good(ProvokeKind::Panic, 0)
+                    }],
+                    ..pass_like()
+                },
+            ),
+            (
+                "an unexpected crash",
+                SelfTest {
+                    rows: vec![good(ProvokeKind::Panic, 0)],
+                    unexpected: vec![crash("bug", ProvokeKind::Panic, 3)],
+                    ..pass_like()
+                },
+            ),
+        ];
+        for (why, t) in fails {
+            assert!(!t.ok(), "{why}");
+            let table = t.render();
+            assert!(table.contains("self-test: FAILED"), "{why}: {table}");
+            assert!(table.contains("FAIL"), "{why}: {table}");
+        }
+    }
+
+    fn pass_like() -> SelfTest {
+        SelfTest {
+            rows: Vec::new(),
+            unexpected: Vec::new(),
+            outcome: outcome(Vec::new()),
+            elapsed: Duration::ZERO,
+        }
+    }
+
     #[test]
     fn every_kind_has_an_expected_crash_kind_the_classifier_knows() {
         for k in ProvokeKind::ALL {
