@@ -16,6 +16,9 @@
 //! an Error frame names it and the campaign ends with [`HANG_STATUS`] (the host starts a new
 //! VM). Every wait inside a program is bounded ([`MAX_WAIT_MS`], non-blocking sockets).
 //!
+//! [`Op::Provoke`] (the self-test's kernel bugs, through lkdtm) runs only when the plan says
+//! `testbed.fuzz_provoke=1`; otherwise the executor skips it and says so once on the console.
+//!
 //! What a program may touch in the agent: only its arena ([`ARENA_BYTES`], zeroed before
 //! each program) and its own fds. Memory-table regions point into the arena or at addresses
 //! that are never mapped in the agent (a PROT_NONE guard page, below mmap_min_addr, kernel,
@@ -28,9 +31,9 @@ use std::time::{Duration, Instant};
 
 use kcov_wire::plan::FuzzPlan;
 use kcov_wire::program::{
-    workload_name, FdKind, Op, Program, RegionBase, Rng, Target, VringFd, ARENA_BYTES, CORPUS_DIR,
-    EXEC_TIMEOUT_MS, HANG_STATUS, MAX_RING_NUM, MAX_WAIT_MS, RING_BASE, RING_QUEUES, RING_STRIDE,
-    SLOTS,
+    workload_name, FdKind, Op, Program, ProvokeKind, RegionBase, Rng, Target, VringFd, ARENA_BYTES,
+    CORPUS_DIR, EXEC_TIMEOUT_MS, HANG_STATUS, LKDTM_DIRECT, MAX_RING_NUM, MAX_WAIT_MS, RING_BASE,
+    RING_QUEUES, RING_STRIDE, SLOTS,
 };
 use kcov_wire::{
     CoverageChunk, CoverageSource, ErrorReport, Frame, FuzzInput, FuzzStatus, KcovMode,
@@ -165,10 +168,14 @@ impl Campaign<'_> {
         let (req_tx, req_rx) = mpsc::channel::<Program>();
         let (done_tx, done_rx) = mpsc::channel::<Result<Done, String>>();
         let target = fuzz.target;
+        let provoke = fuzz.provoke;
+        if provoke {
+            println!("testbed-agent: fuzz: provoke ops enabled (testbed.fuzz_provoke=1): they ask lkdtm for kernel bugs");
+        }
         // Spawned after the remote enable: the executor inherits the common handle.
         std::thread::Builder::new()
             .name("fuzz-exec".into())
-            .spawn(move || executor(target, &req_rx, &done_tx))
+            .spawn(move || executor(target, provoke, &req_rx, &done_tx))
             .map_err(|e| format!("spawning the executor: {e}"))?;
         // The executor reports once that it is ready (or why not).
         match done_rx.recv_timeout(Duration::from_millis(EXEC_TIMEOUT_MS)) {
@@ -313,6 +320,7 @@ fn read_corpus() -> Vec<Program> {
 /// The executor thread: local kcov, then one program per request until the sender is gone.
 fn executor(
     target: Target,
+    provoke: bool,
     req: &mpsc::Receiver<Program>,
     done: &mpsc::Sender<Result<Done, String>>,
 ) {
@@ -321,7 +329,7 @@ fn executor(
         k.init_trace(LOCAL_AREA_WORDS)
             .and_then(|_| k.enable_local(TraceMode::Pc))
             .map_err(|e| format!("kcov local enable: {e}"))?;
-        Ok((k, Env::new(target)?))
+        Ok((k, Env::new(target, provoke)?))
     })();
     let (kcov, mut env) = match setup {
         Ok(x) => x,
@@ -358,6 +366,10 @@ struct Env {
     num: [u16; RING_QUEUES as usize],
     avail_idx: [u16; RING_QUEUES as usize],
     sockets: Vec<OwnedFd>,
+    /// [`Op::Provoke`] runs (`testbed.fuzz_provoke=1`).
+    provoke: bool,
+    /// Whether a skipped or failed provoke op has been reported (once per VM).
+    provoke_said: bool,
 }
 
 fn eventfd() -> Result<OwnedFd, String> {
@@ -386,7 +398,7 @@ fn ioctl<T>(fd: RawFd, req: libc::c_ulong, arg: *mut T) -> i32 {
 }
 
 impl Env {
-    fn new(target: Target) -> Result<Env, String> {
+    fn new(target: Target, provoke: bool) -> Result<Env, String> {
         let len = ARENA_BYTES as usize + 4096;
         // SAFETY: anonymous private mapping; the last page becomes the guard.
         let p = unsafe {
@@ -441,6 +453,8 @@ impl Env {
             num: [MAX_RING_NUM; RING_QUEUES as usize],
             avail_idx: [0; RING_QUEUES as usize],
             sockets: Vec::new(),
+            provoke,
+            provoke_said: false,
         })
     }
 
@@ -709,6 +723,7 @@ impl Env {
                     drop(unsafe { OwnedFd::from_raw_fd(fd) });
                 }
             }
+            Op::Provoke { kind } => self.provoke(*kind),
             Op::SendPacket { len } => {
                 if let Some(p) = &self.packet {
                     let mut frame = vec![0x5au8; usize::from(*len).clamp(14, 1514)];
@@ -717,6 +732,35 @@ impl Env {
                     frame[12..14].copy_from_slice(&[0x88, 0xb5]);
                     let _ = p.send(&frame);
                 }
+            }
+        }
+    }
+}
+
+impl Env {
+    /// Asks lkdtm for `kind` (when enabled): the console names it first, then the write to
+    /// `DIRECT` runs the bug in this thread (it may never return).
+    fn provoke(&mut self, kind: ProvokeKind) {
+        use std::io::Write;
+        if !self.provoke {
+            if !std::mem::replace(&mut self.provoke_said, true) {
+                println!("testbed-agent: fuzz: provoke op skipped ({}): not enabled on this boot (testbed.fuzz_provoke=1; cargo xtask fuzz --provoke)", kind.name());
+            }
+            return;
+        }
+        println!(
+            "testbed-agent: fuzz: provoking {} (lkdtm {})",
+            kind.name(),
+            kind.lkdtm_name()
+        );
+        let _ = std::io::stdout().flush();
+        let result = std::fs::OpenOptions::new()
+            .write(true)
+            .open(LKDTM_DIRECT)
+            .and_then(|mut f| f.write_all(kind.lkdtm_name().as_bytes()));
+        if let Err(e) = result {
+            if !std::mem::replace(&mut self.provoke_said, true) {
+                println!("testbed-agent: fuzz: provoke {}: {LKDTM_DIRECT}: {e} (a kernel without CONFIG_LKDTM, or the type is not built in)", kind.name());
             }
         }
     }

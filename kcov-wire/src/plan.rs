@@ -23,6 +23,7 @@
 //! | `testbed.fuzz=vhost-net\|vhost-vsock` | run a coverage-guided fuzz campaign on this device instead of workloads (`guest-agent/src/fuzz.rs`) | none |
 //! | `testbed.fuzz_time=<s>` | seconds the campaign mutates; `0` = only run the corpus the host included (a reproducer) | 60 |
 //! | `testbed.fuzz_seed=<n>` | seed of the campaign's mutations | 1 |
+//! | `testbed.fuzz_provoke=0\|1` | let the programs' `Provoke` ops ask lkdtm for a kernel bug (`cargo xtask fuzz --self-test`, `--provoke`); otherwise the agent skips them | 0 |
 //!
 //! Anything else under `testbed.` is an error, as is a bad value: the agent reports it in an
 //! Error frame and exits non-zero.
@@ -240,6 +241,8 @@ pub struct FuzzPlan {
     pub time_s: u32,
     /// Mutation seed.
     pub seed: u64,
+    /// `Provoke` ops run (`testbed.fuzz_provoke=1`); otherwise they are skipped.
+    pub provoke: bool,
 }
 
 /// Default length of a fuzz campaign in the guest, in seconds.
@@ -442,7 +445,7 @@ impl Plan {
                 p.vsock_cid = num(key, value, 3..=u32::MAX - 1, "a guest CID, 3..=2^32-2")?
             }
             "timeout_ms" => p.timeout_ms = num(key, value, 10..=600_000, "10..=600000")?,
-            "fuzz" | "fuzz_time" | "fuzz_seed" => self.set_fuzz(key, value)?,
+            "fuzz" | "fuzz_time" | "fuzz_seed" | "fuzz_provoke" => self.set_fuzz(key, value)?,
             _ => {
                 return Err(PlanError::UnknownKey {
                     key: key.to_string(),
@@ -517,6 +520,9 @@ impl Plan {
             if f.seed != 1 {
                 word("fuzz_seed", f.seed.to_string());
             }
+            if f.provoke {
+                word("fuzz_provoke", "1".into());
+            }
         }
         w
     }
@@ -536,12 +542,14 @@ impl Plan {
         out
     }
 
-    /// `testbed.fuzz`, `fuzz_time`, `fuzz_seed` (the latter two in any order with the first).
+    /// `testbed.fuzz`, `fuzz_time`, `fuzz_seed`, `fuzz_provoke` (the latter in any order with
+    /// the first).
     fn set_fuzz(&mut self, key: &str, value: &str) -> Result<(), PlanError> {
         let f = self.fuzz.get_or_insert(FuzzPlan {
             target: Target::VhostNet,
             time_s: DEFAULT_FUZZ_TIME_S,
             seed: 1,
+            provoke: false,
         });
         match key {
             "fuzz" => {
@@ -549,6 +557,7 @@ impl Plan {
                     .ok_or_else(|| bad(key, value, "vhost-net or vhost-vsock"))?
             }
             "fuzz_time" => f.time_s = num(key, value, 0..=86_400, "seconds, 0..=86400")?,
+            "fuzz_provoke" => f.provoke = num(key, value, 0..=1, "0 or 1")? == 1,
             _ => f.seed = num(key, value, 0..=u64::MAX, "a number")?,
         }
         Ok(())
@@ -708,6 +717,13 @@ mod tests {
         assert_eq!(Plan::parse(&p.words().join(" "), false).unwrap(), p);
         assert!(Plan::parse("testbed.fuzz=vhost-scsi", false).is_err());
         assert!(Plan::parse("testbed.fuzz=vhost-net testbed.fuzz_time=-1", false).is_err());
+        assert!(!f.provoke, "provoke ops are off unless the boot says so");
+        let p = Plan::parse("testbed.fuzz=vhost-net testbed.fuzz_provoke=1", false).unwrap();
+        assert!(p.fuzz.unwrap().provoke);
+        assert!(p.words().contains(&"testbed.fuzz_provoke=1".to_string()));
+        assert_eq!(Plan::parse(&p.words().join(" "), false).unwrap(), p);
+        assert!(Plan::parse("testbed.fuzz=vhost-net testbed.fuzz_provoke=yes", false).is_err());
+        assert!(Plan::parse("testbed.fuzz=vhost-net testbed.fuzz_provoke=2", false).is_err());
     }
 
     #[test]

@@ -211,6 +211,69 @@ impl VringFd {
     }
 }
 
+/// A kernel bug [`Op::Provoke`] asks lkdtm for (`/sys/kernel/debug/provoke-crash/DIRECT`):
+/// the fuzzer's self-test of its own crash pipeline, never produced by mutation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProvokeKind {
+    /// `panic()` (lkdtm `PANIC`).
+    Panic,
+    /// A slab use-after-free read (lkdtm `READ_AFTER_FREE`): a KASAN report.
+    KasanUseAfterFree,
+    /// `WARN_ON` (lkdtm `WARNING`): fatal under `panic_on_warn=1`.
+    Warn,
+    /// The writing task sleeps uninterruptibly forever (lkdtm `HUNG_TASK`): a task stuck in
+    /// the kernel while the rest of the guest runs.
+    HungTask,
+    /// A CPU spins with preemption off forever (lkdtm `SOFTLOCKUP`): on a one-vCPU guest the
+    /// whole kernel stops.
+    SoftLockup,
+}
+
+impl ProvokeKind {
+    /// Every kind, in encoding order.
+    pub const ALL: [ProvokeKind; 5] = [
+        ProvokeKind::Panic,
+        ProvokeKind::KasanUseAfterFree,
+        ProvokeKind::Warn,
+        ProvokeKind::HungTask,
+        ProvokeKind::SoftLockup,
+    ];
+
+    fn from_u8(b: u8) -> ProvokeKind {
+        Self::ALL[usize::from(b) % Self::ALL.len()]
+    }
+
+    /// The crash type name lkdtm's `DIRECT` file takes.
+    pub fn lkdtm_name(self) -> &'static str {
+        match self {
+            ProvokeKind::Panic => "PANIC",
+            ProvokeKind::KasanUseAfterFree => "READ_AFTER_FREE",
+            ProvokeKind::Warn => "WARNING",
+            ProvokeKind::HungTask => "HUNG_TASK",
+            ProvokeKind::SoftLockup => "SOFTLOCKUP",
+        }
+    }
+
+    /// Our short name (`panic`, `kasan-uaf`, `warn`, `hang`, `lockup`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ProvokeKind::Panic => "panic",
+            ProvokeKind::KasanUseAfterFree => "kasan-uaf",
+            ProvokeKind::Warn => "warn",
+            ProvokeKind::HungTask => "hang",
+            ProvokeKind::SoftLockup => "lockup",
+        }
+    }
+
+    /// The kind named `name` ([`name`](Self::name)).
+    pub fn from_name(name: &str) -> Option<ProvokeKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// Where lkdtm takes a crash type name (CONFIG_LKDTM, debugfs).
+pub const LKDTM_DIRECT: &str = "/sys/kernel/debug/provoke-crash/DIRECT";
+
 /// One operation. `slot` picks one of [`SLOTS`] device fds (`slot % SLOTS`); `queue` is
 /// passed to the kernel as is, and picks the arena ring `queue % RING_QUEUES` for the
 /// agent-side ring ops.
@@ -295,10 +358,17 @@ pub enum Op {
     VsockConnect { cid: u32, port: u32 },
     /// Sends a `len`-byte Ethernet frame out of the tap over AF_PACKET (vhost-net RX traffic).
     SendPacket { len: u16 },
+    /// Writes the kind's lkdtm name to [`LKDTM_DIRECT`], **only** when the boot enables it
+    /// (`testbed.fuzz_provoke=1`, set by `cargo xtask fuzz --self-test` and `--provoke`);
+    /// otherwise the agent skips it. [`Op::random`] never draws it and [`Program::mutate`]
+    /// removes it, so a campaign's mutants never provoke.
+    Provoke { kind: ProvokeKind },
 }
 
 /// Number of opcodes.
-pub const NUM_OPS: u8 = 26;
+pub const NUM_OPS: u8 = 27;
+/// Opcodes [`Op::random`] draws from: all but [`Op::Provoke`] (the last).
+const RANDOM_OPS: u8 = NUM_OPS - 1;
 
 /// A fuzz program.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -336,6 +406,11 @@ impl Reader<'_> {
 }
 
 impl Op {
+    /// Whether this is an [`Op::Provoke`].
+    pub fn is_provoke(&self) -> bool {
+        matches!(self, Op::Provoke { .. })
+    }
+
     /// The opcode byte.
     pub fn opcode(&self) -> u8 {
         match self {
@@ -365,6 +440,7 @@ impl Op {
             Op::Wait { .. } => 23,
             Op::VsockConnect { .. } => 24,
             Op::SendPacket { .. } => 25,
+            Op::Provoke { .. } => 26,
         }
     }
 
@@ -481,7 +557,10 @@ impl Op {
                 cid: r.u32()?,
                 port: r.u32()?,
             },
-            _ => Op::SendPacket { len: r.u16()? },
+            25 => Op::SendPacket { len: r.u16()? },
+            _ => Op::Provoke {
+                kind: ProvokeKind::from_u8(r.u8()?),
+            },
         })
     }
 
@@ -604,14 +683,18 @@ impl Op {
                 u32(out, *port);
             }
             Op::SendPacket { len } => u16(out, *len),
+            Op::Provoke { kind } => {
+                out.push(ProvokeKind::ALL.iter().position(|k| k == kind).unwrap_or(0) as u8)
+            }
         }
     }
 
-    /// A random op for `target`, its values drawn towards the ones the kernel checks against.
+    /// A random op for `target`, its values drawn towards the ones the kernel checks against
+    /// (never [`Op::Provoke`]).
     pub fn random(rng: &mut Rng, target: Target) -> Op {
         let slot = if rng.below(8) == 0 { 1 } else { 0 };
         let queue = rng.queue();
-        match rng.below(u64::from(NUM_OPS)) {
+        match rng.below(u64::from(RANDOM_OPS)) {
             0 => Op::Open { slot },
             1 => Op::Close { slot },
             2 => Op::SetOwner { slot },
@@ -760,6 +843,19 @@ impl Program {
         out
     }
 
+    /// A program that opens the device, takes ownership (so a vhost worker exists) and then
+    /// provokes `kind`: the self-test's input for that kind of crash.
+    pub fn provoke(kind: ProvokeKind) -> Program {
+        Program {
+            ops: vec![
+                Op::Open { slot: 0 },
+                Op::SetOwner { slot: 0 },
+                Op::Provoke { kind },
+                Op::Close { slot: 0 },
+            ],
+        }
+    }
+
     /// A program that sets the device up the way a driver would and moves data once: the
     /// campaign's first corpus entry.
     pub fn seed(target: Target) -> Program {
@@ -900,7 +996,8 @@ impl Program {
 
     /// A mutant of `self`: 1 to 4 changes (an op's argument bytes flipped or set to
     /// interesting values, an op inserted, deleted, duplicated or swapped, or a splice with
-    /// `other`). The result stays within [`MAX_OPS`] and [`MAX_PROGRAM_BYTES`].
+    /// `other`). The result stays within [`MAX_OPS`] and [`MAX_PROGRAM_BYTES`] and holds no
+    /// [`Op::Provoke`] (those of `self` and `other` are left out).
     pub fn mutate(&self, rng: &mut Rng, target: Target, other: Option<&Program>) -> Program {
         let mut ops = self.ops.clone();
         let changes = 1 + rng.below(4);
@@ -942,6 +1039,7 @@ impl Program {
             }
             ops.truncate(MAX_OPS);
         }
+        ops.retain(|op| !op.is_provoke());
         // Through the canonical form: the byte bound holds and what runs is what is sent.
         Program::decode(&Program { ops }.encode())
     }
@@ -1207,6 +1305,12 @@ impl fmt::Display for Op {
             Op::Wait { ms } => write!(f, "wait {}ms", (*ms).min(MAX_WAIT_MS)),
             Op::VsockConnect { cid, port } => write!(f, "vsock connect {cid}:{port}"),
             Op::SendPacket { len } => write!(f, "packet out of the tap len={len}"),
+            Op::Provoke { kind } => write!(
+                f,
+                "provoke {} (lkdtm {}; only with testbed.fuzz_provoke=1)",
+                kind.name(),
+                kind.lkdtm_name()
+            ),
         }
     }
 }
@@ -1278,6 +1382,72 @@ mod tests {
             let a = Program::seed(t).mutate(&mut Rng::new(9), t, None);
             let b = Program::seed(t).mutate(&mut Rng::new(9), t, None);
             assert_eq!(a, b, "same seed, same mutant");
+        }
+    }
+
+    #[test]
+    fn provoke_ops_decode_from_any_bytes_and_round_trip() {
+        let mut rng = Rng::new(11);
+        let mut kinds = std::collections::HashSet::new();
+        for _ in 0..20_000 {
+            let len = rng.below(64) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            let p = Program::decode(&bytes);
+            for op in &p.ops {
+                if let Op::Provoke { kind } = op {
+                    kinds.insert(*kind);
+                }
+            }
+            assert_eq!(Program::decode(&p.encode()), p);
+        }
+        assert_eq!(kinds.len(), ProvokeKind::ALL.len(), "{kinds:?}");
+        for kind in ProvokeKind::ALL {
+            let p = Program::provoke(kind);
+            let enc = p.encode();
+            assert_eq!(Program::decode(&enc), p);
+            // Opcode 26, then the kind's index; a kind byte out of range wraps.
+            assert_eq!(
+                &enc[4..6],
+                &[
+                    26,
+                    ProvokeKind::ALL.iter().position(|k| *k == kind).unwrap() as u8
+                ]
+            );
+            let mut wrapped = enc.clone();
+            wrapped[5] += ProvokeKind::ALL.len() as u8;
+            assert_eq!(Program::decode(&wrapped), p);
+            assert_ne!(Program::decode(&wrapped).encode(), wrapped, "not canonical");
+            assert!(p.to_string().contains(kind.lkdtm_name()), "{p}");
+            assert_eq!(ProvokeKind::from_name(kind.name()), Some(kind));
+        }
+    }
+
+    #[test]
+    fn the_mutator_never_generates_a_provoke_op() {
+        let mut rng = Rng::new(5);
+        for t in Target::ALL {
+            for _ in 0..50_000 {
+                assert!(!Op::random(&mut rng, t).is_provoke());
+            }
+            let provoking: Vec<Program> =
+                ProvokeKind::ALL.into_iter().map(Program::provoke).collect();
+            let mut p = Program::seed(t);
+            for i in 0..5000 {
+                let base = if i % 3 == 0 {
+                    &provoking[i % provoking.len()]
+                } else {
+                    &p
+                };
+                let other = &provoking[(i + 1) % provoking.len()];
+                let q = base.mutate(&mut rng, t, Some(other));
+                assert!(!q.ops.iter().any(Op::is_provoke), "{q}");
+                p = q;
+            }
+            // Byte-level: a mutated argument never turns another op into a Provoke.
+            for _ in 0..5000 {
+                let op = Op::random(&mut rng, t);
+                assert!(!mutate_op(&op, &mut rng).is_provoke());
+            }
         }
     }
 

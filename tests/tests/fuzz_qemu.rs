@@ -1,10 +1,14 @@
 //! `cargo xtask fuzz` end to end under the qemu runner: short campaigns on the default guest
 //! kernel (what `cargo xtask test` builds), a replay, a campaign whose every VM panics (the
-//! crash path with a real kernel panic), and, opt-in, a replay on the KASAN + lockdep kernel.
+//! crash path with a real kernel panic, de-duplicated into one crash), and on the fuzz kernel
+//! (KASAN, lockdep, lkdtm; `cargo xtask test` builds it too and names it in
+//! `TESTBED_FUZZ_BZIMAGE`) a replay of the seed without a report and `--self-test`: a panic, a
+//! KASAN use-after-free, a WARN and a hung task provoked, each recorded, replaced and replayed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use kcov_wire::program::{Program, Target};
+use kcov_wire::program::{Program, ProvokeKind, Target};
 use tests::text;
 
 /// The `fuzz: N execs, P PCs, C corpus entries` line's numbers.
@@ -135,9 +139,20 @@ fn a_replay_runs_the_reproducer_alone() {
     );
 }
 
+/// The unique crash directories of a campaign in `dir`.
+fn crash_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("crashes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
 /// The crash path with a real kernel panic: no init, so every VM's kernel panics at boot.
 /// Each panic is recorded (no program was in flight) and the campaign boots the next VM,
-/// until it gives up after five VMs in a row that ran nothing.
+/// until it gives up after five VMs in a row that ran nothing. The five are one bug: one
+/// crash directory counts them and keeps the first three consoles.
 #[test]
 fn kernel_panics_are_recorded_and_the_campaign_goes_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -161,17 +176,33 @@ fn kernel_panics_are_recorded_and_the_campaign_goes_on() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("5 VMs in a row ran no program"), "{all}");
-    let crashes: Vec<_> = std::fs::read_dir(dir.path().join("crashes"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(crashes.len(), 5, "{all}");
-    for c in &crashes {
-        let console = std::fs::read_to_string(c.join("console.txt")).unwrap();
-        assert!(console.contains("Kernel panic"), "{console}");
-        assert!(!c.join("repro.txt").exists(), "no program was in flight");
+    let crashes = crash_dirs(dir.path());
+    assert_eq!(crashes.len(), 1, "five panics, one bug: {crashes:?}\n{all}");
+    let c = &crashes[0];
+    assert!(c.ends_with("000-panic"), "{}", c.display());
+    for f in ["console.txt", "console-2.txt", "console-3.txt"] {
+        let console = std::fs::read_to_string(c.join(f)).unwrap();
+        assert!(console.contains("Kernel panic"), "{f}: {console}");
     }
+    assert!(
+        !c.join("console-4.txt").exists(),
+        "only the first three are kept"
+    );
+    assert!(!c.join("repro.txt").exists(), "no program was in flight");
+    let summary = std::fs::read_to_string(c.join("crash.txt")).unwrap();
+    assert!(summary.contains("kind: panic\n"), "{summary}");
+    assert!(summary.contains("count: 5\n"), "{summary}");
+    assert_eq!(
+        summary
+            .lines()
+            .filter(|l| l.contains("\tKernel panic"))
+            .count(),
+        5,
+        "every occurrence listed: {summary}"
+    );
     assert!(all.contains("fuzz: CRASH panic"), "{all}");
+    assert!(all.contains("5 crashes (1 unique)"), "{all}");
+    assert!(all.contains("crash panic x5: "), "{all}");
 }
 
 /// A VM that does not come up in time (here: a 1 s boot timeout, which no boot meets) is
@@ -198,26 +229,21 @@ fn vms_that_hang_are_killed_recorded_and_replaced() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("5 VMs in a row ran no program"), "{all}");
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("crashes"))
-            .unwrap()
-            .count(),
-        5,
-        "{all}"
+    let crashes = crash_dirs(dir.path());
+    assert_eq!(crashes.len(), 1, "{crashes:?}\n{all}");
+    let summary = std::fs::read_to_string(crashes[0].join("crash.txt")).unwrap();
+    assert!(
+        summary.contains("kind: boot-timeout\n") && summary.contains("count: 5\n"),
+        "{summary}"
     );
     assert!(all.contains("fuzz: CRASH boot-timeout"), "{all}");
 }
 
 /// The fuzz kernel (KASAN, lockdep, panic_on_warn) boots and runs the seed without a report.
-/// Opt-in: its cold build takes about 12 minutes on 2 cores.
 #[test]
 fn the_kasan_kernel_replays_the_seed_without_a_report() {
-    if std::env::var("TESTBED_FUZZ_KERNEL").as_deref() != Ok("1") {
-        test_skip::skip(
-            &tests::current_test(),
-            test_skip::OPT_IN,
-            "needs the KASAN + lockdep fuzz kernel (about 12 min cold build): set TESTBED_FUZZ_KERNEL=1",
-        );
+    // Built by `cargo xtask test` (about 12 min cold); `fuzz` finds it in the cache.
+    if tests::artifact("TESTBED_FUZZ_BZIMAGE").is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -234,4 +260,127 @@ fn the_kasan_kernel_replays_the_seed_without_a_report() {
         return;
     };
     tests::assert_exit_with(&out, 0, &["fuzz: replay: no kernel report", "1 execs"]);
+}
+
+/// `--self-test` on the fuzz kernel: lkdtm provokes a panic, a KASAN use-after-free, a WARN
+/// (fatal with panic_on_warn) and a task stuck in the kernel (the agent's watchdog). Checked
+/// here from the files, not only from the command's table: each kind's crash directory, its
+/// reproducer (exactly the provoking program), its console, the clean VM after them, and the
+/// hang caught within a bound.
+#[test]
+fn the_self_test_provokes_records_and_replays_each_kind_of_kernel_bug() {
+    if tests::artifact("TESTBED_FUZZ_BZIMAGE").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let Some(out) = tests::xtask(&[
+        "fuzz",
+        "vhost-net",
+        "--self-test",
+        "--runner",
+        "qemu",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    let took = t.elapsed();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("self-test: PASS"), "{all}");
+    eprintln!("fuzz --self-test took {:.0} s", took.as_secs_f64());
+    let crashes = crash_dirs(dir.path());
+    let want = [
+        (
+            ProvokeKind::Panic,
+            "panic",
+            "Kernel panic - not syncing: dumptest",
+        ),
+        (
+            ProvokeKind::KasanUseAfterFree,
+            "kasan",
+            "BUG: KASAN: slab-use-after-free in lkdtm_READ_AFTER_FREE",
+        ),
+        (ProvokeKind::Warn, "warn", "lkdtm_WARNING"),
+        (ProvokeKind::HungTask, "hang", "did not finish within"),
+    ];
+    assert_eq!(crashes.len(), want.len(), "{crashes:?}\n{all}");
+    for (kind, crash_kind, report) in want {
+        let program = Program::provoke(kind).encode();
+        let found = crashes.iter().find(|c| {
+            std::fs::read(c.join("repro.txt"))
+                .ok()
+                .and_then(|b| xtask::fuzz::parse_repro(&b, None).ok())
+                .is_some_and(|(t, data)| t == Target::VhostNet && data == program)
+        });
+        let c = found.unwrap_or_else(|| panic!("no reproducer of {kind:?} in {crashes:?}\n{all}"));
+        let name = c.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.ends_with(&format!("-{crash_kind}")),
+            "{kind:?}: {name}"
+        );
+        let console = std::fs::read_to_string(c.join("console.txt")).unwrap();
+        assert!(console.contains(report), "{kind:?}: {console}");
+        let summary = std::fs::read_to_string(c.join("crash.txt")).unwrap();
+        assert!(summary.contains("count: 1\n"), "{summary}");
+    }
+    // The table's rows: each kind recorded, replayed, and followed by a VM that ran programs.
+    for (kind, crash_kind, _) in want {
+        let row = all
+            .lines()
+            .find(|l| l.starts_with(&format!("{} (want {crash_kind})", kind.name())))
+            .unwrap_or_else(|| panic!("no table row for {kind:?}:\n{all}"));
+        assert!(!row.contains("FAIL"), "{row}");
+        assert!(row.contains(&format!("ok {crash_kind}")), "{row}");
+    }
+    // The hang: the agent's watchdog (10 s of guest time) caught it (the console check above
+    // saw its line), before the host's 30 s stream stall or the run timeout would have.
+    let hang_row = all
+        .lines()
+        .find(|l| l.starts_with("hang (want hang)"))
+        .unwrap();
+    let caught: f64 = hang_row
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find(|w| w[1] == "s")
+        .and_then(|w| w[0].parse().ok())
+        .unwrap_or_else(|| panic!("no caught-after figure: {hang_row}"));
+    assert!(
+        (9.0..25.0).contains(&caught),
+        "hang caught after {caught} s: {hang_row}"
+    );
+    assert!(took < Duration::from_secs(900), "{took:?}");
+}
+
+/// The self-test can fail: on the default kernel (no lkdtm) nothing provoked is recorded, and
+/// it says so and exits 1 after one clean VM.
+#[test]
+fn the_self_test_fails_on_a_kernel_without_lkdtm() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(out) = tests::xtask(&[
+        "fuzz",
+        "vhost-vsock",
+        "--self-test",
+        "--kinds",
+        "panic,hang",
+        "--plain-kernel",
+        "--runner",
+        "qemu",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("self-test: FAILED"), "{all}");
+    assert!(all.contains("CONFIG_LKDTM"), "{all}");
+    assert_eq!(all.matches("FAIL not recorded").count(), 2, "{all}");
+    assert!(
+        all.contains("a VM ended without a crash: stopping"),
+        "{all}"
+    );
+    assert!(crash_dirs(dir.path()).is_empty(), "{all}");
 }

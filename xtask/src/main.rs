@@ -57,7 +57,7 @@ enum Cmd {
     Agent,
     /// Coverage-guided fuzzing of the guest's vhost-net or vhost-vsock (the agent executes),
     /// or --repro FILE: replay one reproducer and show the kernel's report.
-    Fuzz(xtask::fuzz::FuzzArgs),
+    Fuzz(xtask::fuzz::cli::FuzzArgs),
     /// Write an initramfs with the agent as /init.
     Image {
         /// Output file.
@@ -327,7 +327,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Ci(args) => return xtask::ci::ci_cmd(&args),
         Cmd::Merge(args) => return xtask::merge::merge_cmd(&args),
         Cmd::Runs { cmd } => return xtask::runs::runs_cmd(&cmd),
-        Cmd::Fuzz(args) => return xtask::fuzz::fuzz_cmd(&args),
+        Cmd::Fuzz(args) => return xtask::fuzz::cli::fuzz_cmd(&args),
         Cmd::Bench { .. } if cfg!(debug_assertions) => {
             // Benchmarks measure optimized code: re-run this command from a release build.
             eprintln!("bench: rebuilding xtask in release mode");

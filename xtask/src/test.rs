@@ -59,6 +59,10 @@ pub fn run(opts: &TestOpts) -> Result<()> {
     // The nested runner's L1 kernel, static vmm and L1 init, built here rather than inside
     // the first nested test (a cold L1 kernel takes minutes).
     crate::boot::nested_parts(&KernelOpts::default())?;
+    // The fuzz kernel (KASAN, lockdep, lkdtm) of the fuzz tests' KASAN replay and
+    // `fuzz --self-test` (about 12 minutes cold on 2 cores; cached by content like the others).
+    let fuzz_kernel =
+        kernel::build(&crate::fuzz::FuzzOpts::new(kcov_wire::program::Target::VhostNet).kernel())?;
     crate::deps::ensure_packages(
         crate::deps::REPORT_CHECK_PACKAGES,
         "the coverage report tests (genhtml, headless chromium, addr2line)",
@@ -84,6 +88,7 @@ pub fn run(opts: &TestOpts) -> Result<()> {
         .env("TESTBED_AGENT", &agent)
         .env("TESTBED_VHOST_SELFTEST", &vhost_selftest)
         .env("TESTBED_XTASK_BIN", &xtask_bin)
+        .env("TESTBED_FUZZ_BZIMAGE", &fuzz_kernel.bzimage)
         // A real kernel for the vmm's hardware-KVM boot test (it skips, recorded, without).
         .env("VMM_TEST_KERNEL", &kernel.bzimage)
         .env(test_skip::DIR_VAR, &skip_dir);

@@ -8,15 +8,21 @@
 //! progress) and, when the VM ends in anything but a clean exit (panic, KASAN or lockdep
 //! report, the agent's hang watchdog, a run timeout, a VM without status), saves the program
 //! that was in flight as a reproducer with the console's report beside it, then boots the next
-//! VM. The campaign directory holds `crashes/`, `progress.tsv`, `coverage.svg` and, unless
-//! `--corpus` says otherwise, `corpus/`.
+//! VM. Crashes are grouped by kind and normalised title ([`crashes`]: one directory per
+//! unique crash, with a count and its first reproducers). The campaign directory holds
+//! `crashes/`, `progress.tsv`, `coverage.svg` and, unless `--corpus` says otherwise,
+//! `corpus/`. `--self-test` ([`selftest`]) provokes each kind of kernel bug once to prove
+//! this pipeline; the command line is [`cli`].
 //!
 //! The guest kernel is the default one plus `kernel-config/fuzz.config` (KASAN, lockdep,
 //! panic on oops; its own cache key), booted with `panic_on_warn=1`; `--plain-kernel` uses the
-//! default kernel (what `cargo xtask test` can afford to build).
+//! default kernel (faster to boot; `cargo xtask test` builds both).
 
 pub mod bench;
+pub mod cli;
+pub mod crashes;
 pub mod plot;
+pub mod selftest;
 pub mod stream;
 
 use std::io::Read;
@@ -32,7 +38,9 @@ use crate::boot::{self, BootOpts};
 use crate::kernel::KernelOpts;
 use crate::paths;
 use crate::runner::{GuestStatus, RunnerKind, Timeouts};
-use stream::{write_atomic, Campaign, InFlight, Point};
+pub use crashes::{parse_repro, repro_text, Crash, Unique};
+use crashes::{report_excerpt, CrashLog, Occurrence};
+use stream::{write_atomic, Campaign, Point};
 
 /// The fuzz kernel's extra fragment (in `kernel-config/`).
 pub const FUZZ_FRAGMENT: &str = "fuzz.config";
@@ -47,21 +55,11 @@ const MAX_IDLE_VMS: u32 = 5;
 /// A VM whose stream has been silent this long is hung (the agent sends a frame per program,
 /// and its own watchdog ends a program after 10 s): the campaign kills it.
 const STALL: Duration = Duration::from_secs(30);
+/// A replay's run timeout (agent ready to VM end).
+const REPLAY_RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long past the campaign's end a VM may run before it is stopped (a guest clock that
 /// runs slow under a loaded TCG host makes the agent's own budget late).
 const DEADLINE_GRACE: Duration = Duration::from_secs(20);
-/// Console lines that start a kernel report.
-const REPORT_MARKERS: &[&str] = &[
-    "BUG: KASAN",
-    "possible circular locking",
-    "WARNING: ",
-    "BUG: ",
-    "Oops",
-    "Kernel panic",
-    "general protection fault",
-    "INFO: task",
-    "watchdog: ",
-];
 
 /// What `cargo xtask fuzz` was asked.
 #[derive(Clone, Debug)]
@@ -83,6 +81,16 @@ pub struct FuzzOpts {
     pub boot_timeout: Duration,
     /// Echo the guests' consoles.
     pub echo: bool,
+    /// Let programs' `Provoke` ops run (`testbed.fuzz_provoke=1`): the self-test, and the
+    /// replay of its reproducers.
+    pub provoke: bool,
+    /// At most this many seconds of mutation per VM (default: the campaign's time left).
+    pub vm_time: Option<Duration>,
+    /// Stop after the first VM that ends without a crash (the self-test: once its provoked
+    /// bugs are through, one clean VM shows the campaign goes on).
+    pub stop_on_clean_vm: bool,
+    /// Stop after this many VMs.
+    pub max_vms: Option<u32>,
 }
 
 impl FuzzOpts {
@@ -100,10 +108,15 @@ impl FuzzOpts {
             seed: 1,
             boot_timeout: Duration::from_secs(120),
             echo: false,
+            provoke: false,
+            vm_time: None,
+            stop_on_clean_vm: false,
+            max_vms: None,
         }
     }
 
-    fn kernel(&self) -> KernelOpts {
+    /// The kernel the VMs boot: `kernel` plus the fuzz fragment unless `plain_kernel`.
+    pub fn kernel(&self) -> KernelOpts {
         let mut k = self.kernel.clone();
         if !self.plain_kernel {
             k.extra_fragments
@@ -122,19 +135,6 @@ impl FuzzOpts {
     }
 }
 
-/// A recorded crash.
-#[derive(Clone, Debug)]
-pub struct Crash {
-    /// `panic`, `kasan`, `lockdep`, `warn`, `hang`, `boot-timeout`, `vm-ended`, ...
-    pub kind: String,
-    /// The report's first line (or the status in words).
-    pub title: String,
-    /// Its directory (reproducer, console excerpt).
-    pub dir: PathBuf,
-    /// Whether a program was in flight (a reproducer was written).
-    pub has_repro: bool,
-}
-
 /// What a campaign did.
 #[derive(Debug)]
 pub struct Outcome {
@@ -146,7 +146,12 @@ pub struct Outcome {
     /// The remote (vhost worker) PCs among `pcs`.
     pub remote: std::collections::HashSet<u64>,
     pub corpus: usize,
+    /// Every crash, in order (each with its unique crash's directory).
     pub crashes: Vec<Crash>,
+    /// The unique crashes (kind + normalised title) with their counts.
+    pub unique: Vec<Unique>,
+    /// Programs each VM ran, in order.
+    pub vm_execs: Vec<u64>,
     /// Microseconds the agents fuzzed, of them sending the stream, and their executions.
     pub agent_us: u64,
     pub stream_us: u64,
@@ -202,66 +207,6 @@ pub fn classify(status: &GuestStatus, console: &str) -> Option<(String, String)>
     }
 }
 
-/// The console from a little before the first report line to the end (at most 300 lines),
-/// or its last 80 lines when there is no report.
-pub fn report_excerpt(console: &str) -> String {
-    let lines: Vec<&str> = console.lines().collect();
-    let start = lines
-        .iter()
-        .position(|l| REPORT_MARKERS.iter().any(|m| l.contains(m)))
-        .map(|i| i.saturating_sub(3))
-        .unwrap_or(lines.len().saturating_sub(80));
-    let end = lines.len().min(start + 300);
-    let mut s = lines[start..end].join("\n");
-    s.push('\n');
-    s
-}
-
-/// The reproducer file's first line.
-const REPRO_HEADER: &str = "# kcov-testbed fuzz reproducer";
-
-/// A reproducer file: header, target, kind, title, the program in hex, the ops as comments.
-pub fn repro_text(target: Target, kind: &str, title: &str, data: &[u8]) -> String {
-    let program = Program::decode(data);
-    let mut s = format!(
-        "{REPRO_HEADER}: replay with `cargo xtask fuzz --repro THIS_FILE`\ntarget: {target}\nkind: {kind}\ntitle: {}\nprogram: {}\n# the program (the last one the agent sent before the VM ended), one op per line:\n",
-        title.replace('\n', " "),
-        hex::encode(program.encode())
-    );
-    for line in program.to_string().lines() {
-        s.push_str("#   ");
-        s.push_str(line);
-        s.push('\n');
-    }
-    s
-}
-
-/// Reads a reproducer: the text form [`repro_text`] writes, or a raw program (a corpus file)
-/// for `default_target`.
-pub fn parse_repro(bytes: &[u8], default_target: Option<Target>) -> Result<(Target, Vec<u8>)> {
-    let Some(text) = std::str::from_utf8(bytes)
-        .ok()
-        .filter(|t| t.starts_with(REPRO_HEADER))
-    else {
-        let t = default_target.ok_or_else(|| {
-            anyhow!("a raw program (corpus file) needs its target: cargo xtask fuzz vhost-net|vhost-vsock --repro FILE")
-        })?;
-        return Ok((t, Program::decode(bytes).encode()));
-    };
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-    };
-    let target = field("target:")
-        .and_then(Target::from_name)
-        .or(default_target)
-        .ok_or_else(|| anyhow!("reproducer without a valid `target:` line"))?;
-    let hex = field("program:").ok_or_else(|| anyhow!("reproducer without a `program:` line"))?;
-    let data = hex::decode(hex).map_err(|e| anyhow!("reproducer `program:` is not hex: {e}"))?;
-    Ok((target, Program::decode(&data).encode()))
-}
-
 fn now_ms() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -302,19 +247,24 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
         remote: 0,
         corpus: camp.corpus.len(),
     });
-    let mut crashes = Vec::new();
+    let mut crashes = CrashLog::new(&dir.join("crashes"))?;
+    let mut vm_execs = Vec::new();
     let mut runs = Vec::new();
     let mut vms = 0u32;
     let mut idle = 0u32;
     let mut boot_allowance = BOOT_ALLOWANCE;
     while start.elapsed() < opts.time {
         let left = opts.time.saturating_sub(start.elapsed());
-        let fuzz_s = left.saturating_sub(boot_allowance).as_secs().max(1) as u32;
+        let mut fuzz_s = left.saturating_sub(boot_allowance).as_secs().max(1) as u32;
+        if let Some(t) = opts.vm_time {
+            fuzz_s = fuzz_s.min(t.as_secs().max(1) as u32);
+        }
         let mut plan = boot::default_plan();
         plan.fuzz = Some(FuzzPlan {
             target: opts.target,
             time_s: fuzz_s,
             seed: opts.seed.wrapping_add(u64::from(vms)),
+            provoke: opts.provoke,
         });
         let includes = if camp.corpus.is_empty() {
             Vec::new()
@@ -343,7 +293,9 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
         if let Some(d) = end.first_bytes {
             boot_allowance = d;
         }
+        let ended_t = start.elapsed().as_secs_f64();
         vms += 1;
+        vm_execs.push(camp.execs() - before);
         let inflight = camp.end_vm();
         runs.push(run_dir.clone());
         let console = std::fs::read_to_string(run_dir.join("serial.log")).unwrap_or_default();
@@ -361,16 +313,18 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
         } else {
             classify(outcome, &console)
         };
+        let clean = verdict.is_none();
         if let Some((kind, title)) = verdict {
-            let c = record_crash(
-                &dir,
-                crashes.len(),
-                opts.target,
-                &kind,
-                &title,
-                inflight.as_ref(),
-                &console,
-            )?;
+            let c = crashes.record(&Occurrence {
+                target: opts.target,
+                kind: &kind,
+                title: &title,
+                inflight: inflight.as_ref(),
+                console: &console,
+                vm: vms - 1,
+                run_dir: &run_dir,
+                ended_t,
+            })?;
             if let Some(i) = &inflight {
                 if camp.drop_from_corpus(&i.data) {
                     eprintln!(
@@ -379,7 +333,7 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
                 }
             }
             eprintln!(
-                "fuzz: CRASH {} ({}): {}{} -> {}",
+                "fuzz: CRASH {} ({}): {}{} -> {}{}",
                 c.kind,
                 if end.stalled {
                     "killed by the campaign".to_string()
@@ -387,20 +341,34 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
                     outcome.describe()
                 },
                 c.title,
-                if c.has_repro {
-                    ""
-                } else {
-                    " (no program in flight)"
+                match c.caught_after {
+                    Some(d) if c.has_repro() => format!(
+                        " (its program ran {:.1} s before the VM ended)",
+                        d.as_secs_f64()
+                    ),
+                    _ => " (no program in flight)".to_string(),
                 },
-                c.dir.display()
+                c.dir.display(),
+                if c.occurrence > 1 {
+                    format!(" (seen {} times)", c.occurrence)
+                } else {
+                    String::new()
+                }
             );
-            crashes.push(c);
         }
         idle = if camp.execs() > before { 0 } else { idle + 1 };
         if idle >= MAX_IDLE_VMS && start.elapsed() < opts.time {
             eprintln!(
                 "fuzz: {idle} VMs in a row ran no program: stopping the campaign (see the crashes)"
             );
+            break;
+        }
+        if clean && opts.stop_on_clean_vm {
+            eprintln!("fuzz: a VM ended without a crash: stopping the campaign (as asked)");
+            break;
+        }
+        if opts.max_vms.is_some_and(|m| vms >= m) {
+            eprintln!("fuzz: {vms} VMs: stopping the campaign (as asked)");
             break;
         }
     }
@@ -432,7 +400,9 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
         pcs: camp.pcs.len(),
         remote: std::mem::take(&mut camp.remote),
         corpus: camp.corpus.len(),
-        crashes,
+        crashes: crashes.all.clone(),
+        unique: crashes.unique.clone(),
+        vm_execs,
         agent_us: camp.agent_us,
         stream_us: camp.stream_us,
         agent_execs: camp.agent_execs,
@@ -441,7 +411,7 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
         runs,
     };
     eprintln!(
-        "fuzz: done: {} execs in {:.0} s ({:.1}/s), {} distinct PCs, {} corpus entries, {} VMs, {} crashes; plot {}",
+        "fuzz: done: {} execs in {:.0} s ({:.1}/s), {} distinct PCs, {} corpus entries, {} VMs, {} crashes ({} unique); plot {}",
         out.execs,
         elapsed.as_secs_f64(),
         out.execs as f64 / elapsed.as_secs_f64().max(1e-3),
@@ -449,6 +419,7 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
         out.corpus,
         out.vms,
         out.crashes.len(),
+        out.unique.len(),
         out.dir.join("coverage.svg").display()
     );
     Ok(out)
@@ -592,35 +563,6 @@ fn run_vm(
     })
 }
 
-fn record_crash(
-    dir: &Path,
-    n: usize,
-    target: Target,
-    kind: &str,
-    title: &str,
-    inflight: Option<&InFlight>,
-    console: &str,
-) -> Result<Crash> {
-    let cdir = dir.join("crashes").join(format!("{n:03}-{kind}"));
-    std::fs::create_dir_all(&cdir)?;
-    write_atomic(
-        &cdir.join("console.txt"),
-        report_excerpt(console).as_bytes(),
-    )?;
-    if let Some(i) = inflight {
-        write_atomic(
-            &cdir.join("repro.txt"),
-            repro_text(target, kind, title, &i.data).as_bytes(),
-        )?;
-    }
-    Ok(Crash {
-        kind: kind.to_string(),
-        title: title.to_string(),
-        dir: cdir,
-        has_repro: inflight.is_some(),
-    })
-}
-
 /// What a replay showed.
 #[derive(Debug)]
 pub struct Replay {
@@ -646,6 +588,9 @@ pub fn repro(file: &Path, opts: &FuzzOpts, default_target: Option<Target>) -> Re
         Program::decode(&data).ops.len(),
         Program::decode(&data)
     );
+    if !opts.provoke && Program::decode(&data).ops.iter().any(|op| op.is_provoke()) {
+        eprintln!("fuzz: note: this program provokes a kernel bug on purpose (lkdtm); without --provoke the agent skips that op");
+    }
     let tmp = tempfile::tempdir()?;
     let corpus = tmp.path().join("corpus");
     std::fs::create_dir_all(&corpus)?;
@@ -655,6 +600,7 @@ pub fn repro(file: &Path, opts: &FuzzOpts, default_target: Option<Target>) -> Re
         target,
         time_s: 0,
         seed: opts.seed,
+        provoke: opts.provoke,
     });
     let bopts = BootOpts {
         runner: opts.runner,
@@ -663,7 +609,9 @@ pub fn repro(file: &Path, opts: &FuzzOpts, default_target: Option<Target>) -> Re
         append: opts.cmdline(),
         timeouts: Timeouts {
             boot: opts.boot_timeout,
-            run: Duration::from_secs(120),
+            // One program, which the agent's watchdog ends after 10 s: a minute is plenty,
+            // and is how long a replay of a kernel that stopped altogether takes.
+            run: REPLAY_RUN_TIMEOUT,
         },
         echo: opts.echo,
         plan,
@@ -730,132 +678,4 @@ mod tests {
             "lockdep"
         );
     }
-
-    #[test]
-    fn reproducers_round_trip_in_both_forms() {
-        let p = Program::seed(Target::VhostVsock);
-        let text = repro_text(Target::VhostVsock, "kasan", "BUG: KASAN: x", &p.encode());
-        assert!(text.contains("VHOST_VSOCK_SET_GUEST_CID"));
-        let (t, data) = parse_repro(text.as_bytes(), None).unwrap();
-        assert_eq!(t, Target::VhostVsock);
-        assert_eq!(Program::decode(&data), p);
-        let (t, data) = parse_repro(&p.encode(), Some(Target::VhostNet)).unwrap();
-        assert_eq!((t, Program::decode(&data)), (Target::VhostNet, p));
-        assert!(parse_repro(b"\x01\x02", None).is_err());
-        assert!(parse_repro(
-            format!("{REPRO_HEADER}\ntarget: vhost-net\nprogram: zz\n").as_bytes(),
-            None
-        )
-        .is_err());
-    }
-}
-
-/// `cargo xtask fuzz`'s arguments.
-#[derive(clap::Args, Debug)]
-pub struct FuzzArgs {
-    /// vhost-net or vhost-vsock (with --repro: the target of a raw corpus file; a reproducer
-    /// file names its own).
-    pub target: Option<String>,
-    /// Seconds the campaign runs, boots included.
-    #[arg(long, default_value_t = 300)]
-    pub time: u64,
-    /// Corpus directory: read at the start (its programs seed the campaign), new entries
-    /// written into it (named by content hash). Default: the campaign directory's corpus/.
-    #[arg(long, value_name = "DIR")]
-    pub corpus: Option<PathBuf>,
-    /// Replay this reproducer (or corpus file) once and show the kernel's report.
-    #[arg(long, value_name = "FILE")]
-    pub repro: Option<PathBuf>,
-    /// Campaign directory (default target/testbed/fuzz/TARGET-MS).
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
-    /// The default kernel instead of the fuzz kernel (KASAN + lockdep, kernel-config/fuzz.config).
-    #[arg(long)]
-    pub plain_kernel: bool,
-    /// Where to boot (see `cargo xtask boot --help`).
-    #[arg(long, value_enum, default_value_t = RunnerKind::Auto)]
-    pub runner: RunnerKind,
-    /// Build from this kernel tree instead of Debian's linux-source-6.12.
-    #[arg(long, value_name = "DIR")]
-    pub kernel_src: Option<PathBuf>,
-    /// Extra config fragment (repeatable), after the fuzz fragment.
-    #[arg(long, value_name = "FILE")]
-    pub fragment: Vec<PathBuf>,
-    /// Extra kernel command-line word (repeatable).
-    #[arg(long, value_name = "WORD")]
-    pub append: Vec<String>,
-    /// Mutation seed.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Seconds from a VM's start until its agent must run.
-    #[arg(long, default_value_t = 120)]
-    pub boot_timeout: u64,
-    /// Echo the guests' consoles (a replay always does).
-    #[arg(long)]
-    pub echo: bool,
-}
-
-/// `cargo xtask fuzz`: exit 0 after a campaign (crashes are findings, listed), and for a
-/// replay the guest's status (70 when the kernel panicked).
-pub fn fuzz_cmd(args: &FuzzArgs) -> Result<std::process::ExitCode> {
-    let target = match &args.target {
-        Some(t) => Some(
-            Target::from_name(t)
-                .ok_or_else(|| anyhow!("unknown fuzz target {t:?}: vhost-net or vhost-vsock"))?,
-        ),
-        None => None,
-    };
-    if args.time == 0 {
-        bail!("--time 0: expected a positive number of seconds");
-    }
-    if args.boot_timeout == 0 {
-        bail!("--boot-timeout 0: expected a positive number of seconds");
-    }
-    let mut opts = FuzzOpts::new(target.unwrap_or(Target::VhostNet));
-    opts.time = Duration::from_secs(args.time);
-    opts.corpus = args.corpus.clone();
-    opts.out = args.out.clone();
-    opts.plain_kernel = args.plain_kernel;
-    opts.runner = args.runner;
-    opts.kernel.src = args.kernel_src.clone();
-    opts.kernel.extra_fragments = args.fragment.clone();
-    opts.append = args.append.clone();
-    opts.seed = args.seed;
-    opts.boot_timeout = Duration::from_secs(args.boot_timeout);
-    opts.echo = args.echo;
-    if let Some(file) = &args.repro {
-        opts.echo = true;
-        let r = repro(file, &opts, target)?;
-        match &r.report {
-            Some((kind, title)) => {
-                println!(
-                    "fuzz: replay: {kind}: {title}\n--- the kernel's report ---\n{}",
-                    r.excerpt
-                );
-            }
-            None => println!("fuzz: replay: no kernel report ({})", r.status.describe()),
-        }
-        println!("fuzz: replay run directory {}", r.run_dir.display());
-        let code = r.status.exit_code();
-        return Ok(std::process::ExitCode::from(
-            u8::try_from(code).unwrap_or(1),
-        ));
-    }
-    if target.is_none() {
-        bail!("which device? cargo xtask fuzz vhost-net|vhost-vsock [--time S] [--corpus DIR]");
-    }
-    let out = campaign(&opts)?;
-    for c in &out.crashes {
-        println!("crash {}: {} ({})", c.kind, c.title, c.dir.display());
-    }
-    println!(
-        "fuzz: {} execs, {} PCs, {} corpus entries in {}, {} crashes; {}",
-        out.execs,
-        out.pcs,
-        out.corpus,
-        out.corpus_dir.display(),
-        out.crashes.len(),
-        out.dir.display()
-    );
-    Ok(std::process::ExitCode::SUCCESS)
 }

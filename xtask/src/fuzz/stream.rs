@@ -62,6 +62,8 @@ struct Vm {
     dec: Decoder,
     /// The last program sent (it was running, or the last one run).
     inflight: Option<(u64, Vec<u8>)>,
+    /// When its `FuzzInput` was read (seconds since the campaign started).
+    inflight_t: f64,
     execs: u64,
     /// The last `FuzzStatus`'s (elapsed_ms, stream_us).
     agent: (u64, u64),
@@ -70,12 +72,14 @@ struct Vm {
 }
 
 /// The program a VM was running when it ended, as far as the stream tells.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InFlight {
     /// Its execution number in that VM.
     pub seq: u64,
     /// Its bytes.
     pub data: Vec<u8>,
+    /// When the host read it (seconds since the campaign started): it ran from about then.
+    pub t: f64,
 }
 
 /// The corpus file name of a program: the first 16 hex digits of its SHA-256.
@@ -153,7 +157,10 @@ impl Campaign {
                 }
             };
             match frame {
-                Frame::FuzzInput(i) => self.vm.inflight = Some((i.seq, i.data)),
+                Frame::FuzzInput(i) => {
+                    self.vm.inflight = Some((i.seq, i.data));
+                    self.vm.inflight_t = t;
+                }
                 Frame::FuzzStatus(s) => {
                     self.vm.execs = self.vm.execs.max(s.execs);
                     self.vm.agent = (s.elapsed_ms, s.stream_us);
@@ -208,10 +215,11 @@ impl Campaign {
             .saturating_add(self.vm.agent.0.saturating_mul(1000));
         self.stream_us = self.stream_us.saturating_add(self.vm.agent.1);
         self.vm.execs = 0;
-        self.vm
-            .inflight
-            .take()
-            .map(|(seq, data)| InFlight { seq, data })
+        self.vm.inflight.take().map(|(seq, data)| InFlight {
+            seq,
+            data,
+            t: self.vm.inflight_t,
+        })
     }
 
     /// Removes a corpus file that crashed the kernel (so later VMs do not replay it).
