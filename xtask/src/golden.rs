@@ -24,10 +24,10 @@ pub const WORKLOADS: &[&str] = &[
     "vhost-net-errors",
     "vhost-net-control",
     "vhost-vsock-control",
-    "vhost-net-zcopy",
-    "vhost-scsi-workers",
     "vhost-vsock-credit",
     "vhost-vsock-conns",
+    "vhost-net-zcopy",
+    "vhost-scsi-workers",
 ];
 
 /// `goldens/` at the workspace root.
