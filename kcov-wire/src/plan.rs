@@ -66,13 +66,16 @@ pub enum Workload {
     /// vhost-scsi's extra workers: VHOST_NEW_WORKER, VHOST_FREE_WORKER,
     /// VHOST_ATTACH_VRING_WORKER, VHOST_GET_VRING_WORKER, kicks on new workers.
     VhostScsiWorkers,
+    /// vhost-net's smaller paths: an AF_PACKET socket as backend, RX buffers running out
+    /// mid-frame, blocking reads of the device fd, IOTLB-mapped rings in pieces.
+    VhostNetGaps,
     /// The user command (`/etc/testbed/cmd`) under the remote handle.
     Cmd,
 }
 
 impl Workload {
     /// All workloads.
-    pub const ALL: [Workload; 10] = [
+    pub const ALL: [Workload; 11] = [
         Workload::VhostNetTx,
         Workload::VhostNetRx,
         Workload::VhostVsock,
@@ -82,6 +85,7 @@ impl Workload {
         Workload::VhostVsockControl,
         Workload::VhostNetZcopy,
         Workload::VhostScsiWorkers,
+        Workload::VhostNetGaps,
         Workload::Cmd,
     ];
 
@@ -97,6 +101,7 @@ impl Workload {
             Workload::VhostVsockControl => "vhost-vsock-control",
             Workload::VhostNetZcopy => "vhost-net-zcopy",
             Workload::VhostScsiWorkers => "vhost-scsi-workers",
+            Workload::VhostNetGaps => "vhost-net-gaps",
             Workload::Cmd => "cmd",
         }
     }

@@ -26,6 +26,7 @@ pub const WORKLOADS: &[&str] = &[
     "vhost-vsock-control",
     "vhost-net-zcopy",
     "vhost-scsi-workers",
+    "vhost-net-gaps",
 ];
 
 /// `goldens/` at the workspace root.
