@@ -63,8 +63,8 @@ pub fn run(params: &Params) -> Result<Counters, NetError> {
     let mut c = Counters::new();
     let (errnos, frames_raw) = packet_backend(timeout)?;
     let starved_tap = starved_on_tap(timeout)?;
-    let (misses, blocking, frames_iotlb) = iotlb_pieces(timeout)?;
-    c.push(("errnos_checked".into(), errnos));
+    let (errnos_iotlb, misses, blocking, frames_iotlb) = iotlb_pieces(timeout)?;
+    c.push(("errnos_checked".into(), errnos + errnos_iotlb));
     c.push(("starved_frames".into(), 1 + starved_tap));
     c.push(("iotlb_misses".into(), misses));
     c.push(("blocking_reads".into(), blocking));
@@ -475,8 +475,8 @@ fn update(n: &RawNet, case: &str, start: u64, end: u64) -> Result<(), NetError> 
     Ok(())
 }
 
-/// Part 3; returns (misses, blocking reads, frames checked).
-fn iotlb_pieces(timeout: Duration) -> Result<(u64, u64, u64), NetError> {
+/// Part 3; returns (errnos checked, misses, blocking reads, frames checked).
+fn iotlb_pieces(timeout: Duration) -> Result<(u64, u64, u64, u64), NetError> {
     let case = "iotlb pieces";
     let features = v1() | (1 << F_ACCESS_PLATFORM);
     let mut n = RawNet::open(RawNet::arena(QUEUE, 0)?, opts(features))?;
@@ -645,5 +645,5 @@ fn iotlb_pieces(timeout: Duration) -> Result<(u64, u64, u64), NetError> {
         return Err(fail(case, format!("a second message: {m:?}")));
     }
     n.detach_all();
-    Ok((1, 1, frames))
+    Ok((1, 1, 1, frames))
 }

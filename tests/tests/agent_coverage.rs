@@ -841,3 +841,58 @@ fn agent_scsi_workers_workload_checks_every_worker_ioctl() {
         ],
     );
 }
+
+/// `vhost-net-gaps`: an AF_PACKET socket as vhost-net backend (the refused sockets' errno,
+/// an unbound one dropping TX, frames both ways byte-exact through a bound one), RX buffers
+/// running out in the middle of a mergeable frame (the frame waits, then arrives over three
+/// buffers), a blocking read of the device fd woken by an IOTLB miss, and rings mapped in
+/// IOTLB pieces (all checked in the guest); here what it counted and that the paths it is
+/// there for were reached.
+#[test]
+fn agent_net_gaps_workload_checks_its_outcomes() {
+    let Some(out) = boot(&["--workload", "vhost-net-gaps"]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stream = stream_path(&out);
+    let run = stream.parent().unwrap();
+    let s = read_stream(&stream);
+    let w = &s.workloads["vhost-net-gaps"];
+    assert_eq!(w.status, Some(0), "{:?}", w.error);
+    assert!(!w.overflow, "vhost-net-gaps overflowed");
+    // SOCK_DGRAM and netlink backends, EBADFD and the short read, the empty IOTLB update.
+    assert_eq!(w.counters["errnos_checked"], 5, "{:?}", w.counters);
+    // One on the packet socket, one on a tap.
+    assert_eq!(w.counters["starved_frames"], 2, "{:?}", w.counters);
+    // Exactly the one the blocking read returned: the rings were mapped beforehand.
+    assert_eq!(w.counters["iotlb_misses"], 1, "{:?}", w.counters);
+    assert_eq!(w.counters["blocking_reads"], 1, "{:?}", w.counters);
+    // Packet socket 8 + 8, the starved frame and the one after it; IOTLB 40 TX, 8 RX.
+    assert_eq!(w.counters["frames_verified"], 18 + 48, "{:?}", w.counters);
+    let local = covered_functions(run, "vhost-net-gaps", "local");
+    assert_covers(
+        &local,
+        "vhost-net-gaps (ioctls, device fd)",
+        &[
+            "get_raw_socket",
+            "get_socket",
+            "vhost_chr_read_iter",
+            "vhost_chr_write_iter",
+        ],
+    );
+    let remote = covered_functions(run, "vhost-net-gaps", "remote");
+    assert_covers(
+        &remote,
+        "vhost-net-gaps (workers)",
+        &[
+            "peek_head_len",
+            "get_rx_bufs",
+            "vhost_discard_vq_desc",
+            "vhost_copy_to_user",
+            "vhost_copy_from_user",
+            "__vhost_get_user_slow",
+            "vhost_iotlb_miss",
+        ],
+    );
+}
