@@ -9,7 +9,10 @@
 //!   `handle_tx_copy` drops); then a packet socket bound to the tap replaces it on TX and
 //!   serves RX (VHOST_NET_F_VIRTIO_NET_HDR: vhost strips and supplies the header): TX frames
 //!   come out of the tap's fd byte-exact, frames written into the tap's fd land in RX
-//!   buffers byte-exact behind a zero header with `num_buffers` 1.
+//!   buffers byte-exact behind a zero header with `num_buffers` 1. A VLAN-tagged frame on an
+//!   ETH_P_ALL packet socket is discarded (`peek_head_len` adds `VLAN_HLEN` for the tag the
+//!   receive path moved out of the data, `recvmsg` returns 4 bytes less) and its buffer
+//!   goes to the next frame.
 //! * **RX buffers running out in the middle of a mergeable frame** (MRG_RXBUF), on the packet
 //!   socket and on a tap: a 1400-byte frame with two 512-byte buffers posted does not arrive
 //!   (`get_rx_bufs` reaches the end of the avail ring, `vhost_discard_vq_desc` gives the two
@@ -104,9 +107,9 @@ fn socket(family: i32, kind: i32, proto: i32) -> Result<OwnedFd, NetError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// An AF_PACKET SOCK_RAW socket bound to `ifindex` receiving [`TEST_ETHERTYPE`].
-fn bound_packet_socket(ifindex: i32) -> Result<OwnedFd, NetError> {
-    let proto = TEST_ETHERTYPE.to_be();
+/// An AF_PACKET SOCK_RAW socket bound to `ifindex` receiving `ethertype` (ETH_P_ALL: all).
+fn bound_packet_socket(ifindex: i32, ethertype: u16) -> Result<OwnedFd, NetError> {
+    let proto = ethertype.to_be();
     let fd = socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto))?;
     // SAFETY: sockaddr_ll is plain data.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -343,7 +346,7 @@ fn packet_backend(timeout: Duration) -> Result<(u64, u64), NetError> {
     }
     seq += 1;
     // The bound socket replaces it on TX and serves RX.
-    let sock = bound_packet_socket(n.tap.ifindex()?)?;
+    let sock = bound_packet_socket(n.tap.ifindex()?, TEST_ETHERTYPE)?;
     expect_ok(case, n.dev.net_set_backend(TXQ as u32, sock.as_raw_fd()))?;
     expect_ok(case, n.dev.net_set_backend(RXQ as u32, sock.as_raw_fd()))?;
     drop(unbound);
@@ -364,6 +367,7 @@ fn packet_backend(timeout: Duration) -> Result<(u64, u64), NetError> {
     // And a normal frame after it, into the next buffer.
     rx_one(&mut n, case, seq + 1, 200, &tap_send, Some(1), timeout)?;
     frames += 1;
+    frames += vlan_discarded(&mut n, seq + 2, timeout)?;
     // A blocking read of a device without an IOTLB fails at once; a short read returns 0.
     set_nonblocking(n.dev.fd(), false)?;
     let r = read_blocking(n.dev.fd(), MSG_LEN);
@@ -382,6 +386,43 @@ fn packet_backend(timeout: Duration) -> Result<(u64, u64), NetError> {
     errnos += 2;
     n.detach_all();
     Ok((errnos, frames))
+}
+
+/// A VLAN-tagged frame on an ETH_P_ALL packet socket as RX backend: the receive path moved
+/// the tag out of the data (`skb_vlan_untag`) before the socket got the frame, so
+/// `peek_head_len` counts 4 bytes more (`VLAN_HLEN`) than `recvmsg` returns; handle_rx
+/// discards it and gives the buffer back, and the next frame lands in that buffer
+/// byte-exact. Returns the frames checked (1).
+fn vlan_discarded(n: &mut RawNet, seq: u32, timeout: Duration) -> Result<u64, NetError> {
+    let case = "VLAN frame on an ETH_P_ALL backend";
+    let all = bound_packet_socket(n.tap.ifindex()?, libc::ETH_P_ALL as u16)?;
+    expect_ok(case, n.dev.net_set_backend(RXQ as u32, all.as_raw_fd()))?;
+    let (head, buf) = n.rx_buffer((NET_HDR_LEN + 2048) as u32)?;
+    let mut tagged = test_frame(b'R', seq, 200);
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+    tap_send(n, &tagged)?;
+    if let Some(u) = n.wait_used(RXQ, Duration::from_millis(300))? {
+        return Err(fail(case, format!("the tagged frame was used: {u:?}")));
+    }
+    let frame = test_frame(b'R', seq + 1, 200);
+    tap_send(n, &frame)?;
+    let want = (NET_HDR_LEN + frame.len()) as u32;
+    match n.wait_used(RXQ, timeout)? {
+        Some((id, len)) if id == u32::from(head) && len == want => {}
+        other => {
+            return Err(fail(
+                case,
+                format!("next frame: used {other:?}, expected ({head}, {want})"),
+            ))
+        }
+    }
+    let mut got = vec![0u8; want as usize];
+    n.arena.read(buf, &mut got)?;
+    check_header(case, &got[..NET_HDR_LEN], 1, true)?;
+    if got[NET_HDR_LEN..] != frame[..] {
+        return Err(fail(case, "the frame after the tagged one differs"));
+    }
+    Ok(1)
 }
 
 /// Part 2 on a tap (tun's ptr_ring holds the frame meanwhile); returns frames checked.
