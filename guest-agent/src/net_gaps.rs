@@ -43,7 +43,7 @@ use frontends::vring::{poll_readable, Desc};
 use kcov_wire::plan::Params;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
 use crate::net::TEST_ETHERTYPE;
 use crate::net::{frame_id, test_frame, Counters, NetError, PacketSocket, NET_HDR_LEN};
@@ -65,13 +65,17 @@ pub fn run(params: &Params) -> Result<Counters, NetError> {
     let timeout = Duration::from_millis(u64::from(params.timeout_ms));
     let mut c = Counters::new();
     let (errnos, frames_raw) = packet_backend(timeout)?;
-    let starved_tap = starved_on_tap(timeout)?;
+    let (starved_tap, frames_tap) = starved_on_tap(timeout)?;
+    let frames_batch = one_pass_batch(timeout)?;
     let (errnos_iotlb, misses, blocking, frames_iotlb) = iotlb_pieces(timeout)?;
     c.push(("errnos_checked".into(), errnos + errnos_iotlb));
     c.push(("starved_frames".into(), 1 + starved_tap));
     c.push(("iotlb_misses".into(), misses));
     c.push(("blocking_reads".into(), blocking));
-    c.push(("frames_verified".into(), frames_raw + frames_iotlb));
+    c.push((
+        "frames_verified".into(),
+        frames_raw + frames_tap + frames_batch + frames_iotlb,
+    ));
     c.push(("iterations".into(), 3));
     Ok(c)
 }
@@ -242,7 +246,14 @@ fn rx_one(
         check_header(case, &got[..NET_HDR_LEN], nb, inject_zero_header(n))?;
     }
     if got[NET_HDR_LEN..] != frame[..] {
-        return Err(fail(case, format!("RX frame {seq} differs")));
+        return Err(fail(
+            case,
+            format!(
+                "RX frame {seq} differs: {:?} in the buffer, header {:02x?}",
+                frame_id(&got[NET_HDR_LEN..]),
+                &got[..NET_HDR_LEN]
+            ),
+        ));
     }
     Ok(())
 }
@@ -303,7 +314,7 @@ fn starved(
 fn packet_backend(timeout: Duration) -> Result<(u64, u64), NetError> {
     let case = "packet backend";
     let features = v1() | (1 << VIRTIO_NET_F_MRG_RXBUF) | (1 << NET_F_VIRTIO_NET_HDR);
-    let mut n = RawNet::open(RawNet::arena(QUEUE, 0)?, opts(features))?;
+    let mut n = RawNet::open(RawNet::arena(QUEUE, 4 * 4096)?, opts(features))?;
     let mut errnos = 0;
     // Not SOCK_RAW: get_raw_socket's ESOCKTNOSUPPORT, then not a tap: ENOTSOCK.
     let dgram = socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0)?;
@@ -368,6 +379,10 @@ fn packet_backend(timeout: Duration) -> Result<(u64, u64), NetError> {
     rx_one(&mut n, case, seq + 1, 200, &tap_send, Some(1), timeout)?;
     frames += 1;
     frames += vlan_discarded(&mut n, seq + 2, timeout)?;
+    // A fresh socket of our EtherType on RX (the TX one has queued the last frames).
+    let sock_rx = bound_packet_socket(n.tap.ifindex()?, TEST_ETHERTYPE)?;
+    expect_ok(case, n.dev.net_set_backend(RXQ as u32, sock_rx.as_raw_fd()))?;
+    frames += header_write_fails(&mut n, seq + 4, timeout)?;
     // A blocking read of a device without an IOTLB fails at once; a short read returns 0.
     set_nonblocking(n.dev.fd(), false)?;
     let r = read_blocking(n.dev.fd(), MSG_LEN);
@@ -425,16 +440,204 @@ fn vlan_discarded(n: &mut RawNet, seq: u32, timeout: Duration) -> Result<u64, Ne
     Ok(1)
 }
 
-/// Part 2 on a tap (tun's ptr_ring holds the frame meanwhile); returns frames checked.
-fn starved_on_tap(timeout: Duration) -> Result<u64, NetError> {
+/// A page of the device's memory that faults on every access while this lives (vhost's
+/// copies into it come back short, as for any user address that faults).
+struct Fenced {
+    addr: u64,
+}
+
+fn protect(addr: u64, prot: i32) -> Result<(), NetError> {
+    // SAFETY: addr is a page of the arena's own mapping, which outlives the guard; nothing of
+    // ours touches it while it is fenced.
+    if unsafe { libc::mprotect(addr as *mut libc::c_void, 4096, prot) } < 0 {
+        return Err(sys("mprotect")(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+impl Fenced {
+    fn new(n: &mut RawNet) -> Result<Fenced, NetError> {
+        let addr = n.arena.alloc(4096, 4096)?;
+        protect(addr, libc::PROT_NONE)?;
+        Ok(Fenced { addr })
+    }
+}
+
+impl Drop for Fenced {
+    fn drop(&mut self) {
+        let _ = protect(self.addr, libc::PROT_READ | libc::PROT_WRITE);
+    }
+}
+
+/// Publishes an RX chain of writable (address, length) pieces from descriptor `first` on,
+/// and kicks.
+fn rx_chain(n: &mut RawNet, first: u16, pieces: &[(u64, u32)]) -> Result<(), NetError> {
+    for (i, &(addr, len)) in pieces.iter().enumerate() {
+        let last = i + 1 == pieces.len();
+        let flags = VRING_DESC_F_WRITE as u16 | if last { 0 } else { VRING_DESC_F_NEXT as u16 };
+        n.desc(
+            RXQ,
+            first + i as u16,
+            Desc {
+                addr,
+                len,
+                flags,
+                next: if last { 0 } else { first + i as u16 + 1 },
+            },
+        )?;
+    }
+    n.push(RXQ, first)
+}
+
+/// `handle_rx` cannot write the header vhost supplies (VHOST_NET_F_VIRTIO_NET_HDR) because
+/// the buffer's first piece faults, after `recvmsg` filled the rest: `vq_err` ("Unable to
+/// write vnet_hdr") and out, the buffer taken off the ring and never used, the frame gone.
+/// The next frame takes the next buffer. Returns the frames checked (1).
+fn header_write_fails(n: &mut RawNet, seq: u32, timeout: Duration) -> Result<u64, NetError> {
+    let case = "vnet header into a faulting page";
+    let fence = Fenced::new(n)?;
+    let k = n.rings[RXQ].ring.avail_idx();
+    let (d, buf) = n.slot(RXQ, k);
+    rx_chain(n, d, &[(fence.addr, NET_HDR_LEN as u32), (buf + 64, 2048)])?;
+    tap_send(n, &test_frame(b'R', seq, 200))?;
+    if !n.wait_err(RXQ, timeout)? {
+        return Err(fail(case, "the ring's error eventfd never fired"));
+    }
+    if let Some(u) = n.wait_used(RXQ, Duration::from_millis(200))? {
+        return Err(fail(case, format!("used {u:?}")));
+    }
+    drop(fence);
+    // The faulting buffer is gone: the next frame lands in the next one.
+    rx_one(n, case, seq + 1, 200, &tap_send, Some(1), timeout)?;
+    Ok(1)
+}
+
+/// On a tap with MRG_RXBUF, `num_buffers` (bytes 10..12 of the header, which the tap skips)
+/// lies in a faulting page: `vq_err` ("Failed num_buffers write"), the buffer given back
+/// (`vhost_discard_vq_desc`), the frame gone. Unfenced, the same buffer takes the next
+/// frame byte-exact. Returns the frames checked (1).
+fn num_buffers_write_fails(
+    n: &mut RawNet,
+    inject: &Inject,
+    seq: u32,
+    timeout: Duration,
+) -> Result<u64, NetError> {
+    let case = "num_buffers into a faulting page";
+    let fence = Fenced::new(n)?;
+    let extra = n.arena.alloc(4096, 4096)?;
+    // Descriptors well past the ones the slots of the avail indexes used so far take.
+    let first = QUEUE - 8;
+    rx_chain(
+        n,
+        first,
+        &[(extra, 10), (fence.addr, 2), (extra + 64, 2048)],
+    )?;
+    inject(n, &test_frame(b'R', seq, 200))?;
+    if !n.wait_err(RXQ, timeout)? {
+        return Err(fail(case, "the ring's error eventfd never fired"));
+    }
+    if let Some(u) = n.wait_used(RXQ, Duration::from_millis(200))? {
+        return Err(fail(case, format!("used {u:?}")));
+    }
+    let nb_at = fence.addr;
+    drop(fence);
+    let frame = test_frame(b'R', seq + 1, 200);
+    inject(n, &frame)?;
+    n.kick(RXQ)?;
+    let want = (NET_HDR_LEN + frame.len()) as u32;
+    match n.wait_used(RXQ, timeout)? {
+        Some((id, len)) if id == u32::from(first) && len == want => {}
+        other => {
+            return Err(fail(
+                case,
+                format!("next frame: used {other:?}, expected ({first}, {want})"),
+            ))
+        }
+    }
+    let mut nb = [0u8; 2];
+    n.arena.read(nb_at, &mut nb)?;
+    let mut got = vec![0u8; frame.len()];
+    n.arena.read(extra + 64, &mut got)?;
+    if u16::from_le_bytes(nb) != 1 || got != frame {
+        return Err(fail(
+            case,
+            format!(
+                "next frame: num_buffers {}, frame equal: {}",
+                u16::from_le_bytes(nb),
+                got == frame
+            ),
+        ));
+    }
+    Ok(1)
+}
+
+/// More than VHOST_NET_BATCH (64) frames in one `handle_rx` pass: 70 frames wait in the tap
+/// with no buffer, 70 buffers are published without a kick, then one kick; every frame
+/// lands in its buffer in order, byte-exact (the pass signals used heads once its batch
+/// passed 64). Returns the frames checked.
+fn one_pass_batch(timeout: Duration) -> Result<u64, NetError> {
+    let case = "70 frames in one pass";
+    const BIG_QUEUE: u16 = 256;
+    const FRAMES: u16 = 70;
+    let o = RawOpts {
+        queue: BIG_QUEUE,
+        ..opts(v1())
+    };
+    let mut n = RawNet::open(RawNet::arena(BIG_QUEUE, 0)?, o)?;
+    n.attach(RXQ)?;
+    let inject = PacketSocket::bind(n.tap.ifindex()?, 0)?;
+    for seq in 0..u32::from(FRAMES) {
+        inject.send(&test_frame(b'R', seq, 200))?;
+    }
+    // Let the worker see them with no buffer (and stop polling the tap).
+    std::thread::sleep(Duration::from_millis(200));
+    let mem = n.arena.mem();
+    let mut heads = Vec::new();
+    for _ in 0..FRAMES {
+        let k = n.rings[RXQ].ring.avail_idx();
+        let (d, buf) = n.slot(RXQ, k);
+        n.desc(
+            RXQ,
+            d,
+            Desc {
+                addr: buf,
+                len: (NET_HDR_LEN + 2048) as u32,
+                flags: VRING_DESC_F_WRITE as u16,
+                next: 0,
+            },
+        )?;
+        n.rings[RXQ].ring.push_avail(&mem, d)?;
+        heads.push((d, buf));
+    }
+    n.kick(RXQ)?;
+    let want = (NET_HDR_LEN + 200) as u32;
+    for (seq, &(d, buf)) in heads.iter().enumerate() {
+        match n.wait_used(RXQ, timeout)? {
+            Some((id, len)) if id == u32::from(d) && len == want => {}
+            other => return Err(fail(case, format!("frame {seq}: used {other:?}"))),
+        }
+        let mut got = vec![0u8; 200];
+        n.arena.read(buf + NET_HDR_LEN as u64, &mut got)?;
+        if got != test_frame(b'R', seq as u32, 200) {
+            return Err(fail(case, format!("frame {seq} differs")));
+        }
+    }
+    n.detach_all();
+    Ok(u64::from(FRAMES))
+}
+
+/// Part 2 on a tap (tun's ptr_ring holds the frame meanwhile), then `num_buffers` into a
+/// faulting page; returns (starved frames, other frames checked).
+fn starved_on_tap(timeout: Duration) -> Result<(u64, u64), NetError> {
     let features = v1() | (1 << VIRTIO_NET_F_MRG_RXBUF);
-    let mut n = RawNet::open(RawNet::arena(QUEUE, 0)?, opts(features))?;
+    let mut n = RawNet::open(RawNet::arena(QUEUE, 4 * 4096)?, opts(features))?;
     n.attach(RXQ)?;
     let inject = PacketSocket::bind(n.tap.ifindex()?, 0)?;
     let send = move |_: &RawNet, f: &[u8]| inject.send(f);
     let got = starved(&mut n, "starved RX (tap)", 0, &send, timeout)?;
+    let nb = num_buffers_write_fails(&mut n, &send, 1, timeout)?;
     n.detach_all();
-    Ok(got)
+    Ok((got, nb))
 }
 
 fn set_nonblocking(fd: RawFd, on: bool) -> Result<(), NetError> {
