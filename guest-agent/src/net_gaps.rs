@@ -719,6 +719,149 @@ fn update(n: &RawNet, case: &str, start: u64, end: u64) -> Result<(), NetError> 
     Ok(())
 }
 
+/// Publishes TX frame `seq` (a zero header, then the frame, in two descriptors) without a
+/// kick (`RawNet::tx_frame` kicks twice, and with an IOTLB each handler run that reaches
+/// the unmapped buffer sends its own miss). Returns (head, buffer address).
+fn publish_tx(n: &mut RawNet, seq: u32, size: usize) -> Result<(u16, u64), NetError> {
+    let k = n.rings[TXQ].ring.avail_idx();
+    let (d, buf) = n.slot(TXQ, k);
+    n.arena.write(buf, &[0u8; NET_HDR_LEN])?;
+    n.arena
+        .write(buf + NET_HDR_LEN as u64, &test_frame(b'T', seq, size))?;
+    n.desc(
+        TXQ,
+        d,
+        Desc {
+            addr: buf,
+            len: NET_HDR_LEN as u32,
+            flags: VRING_DESC_F_NEXT as u16,
+            next: d + 1,
+        },
+    )?;
+    n.desc(
+        TXQ,
+        d + 1,
+        Desc {
+            addr: buf + NET_HDR_LEN as u64,
+            len: size as u32,
+            flags: 0,
+            next: 0,
+        },
+    )?;
+    let mem = n.arena.mem();
+    n.rings[TXQ].ring.push_avail(&mem, d)?;
+    Ok((d, buf))
+}
+
+/// Two anonymous pages, the second one unmapped for access (PROT_NONE).
+struct EdgePages {
+    at: *mut libc::c_void,
+}
+
+impl EdgePages {
+    fn new() -> Result<EdgePages, NetError> {
+        // SAFETY: a fresh anonymous private mapping.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(sys("mmap")(io::Error::last_os_error()));
+        }
+        let pages = EdgePages { at };
+        // SAFETY: the second page of our own mapping.
+        if unsafe { libc::mprotect(at.cast::<u8>().add(4096).cast(), 4096, libc::PROT_NONE) } < 0 {
+            return Err(sys("mprotect")(io::Error::last_os_error()));
+        }
+        Ok(pages)
+    }
+}
+
+impl Drop for EdgePages {
+    fn drop(&mut self) {
+        // SAFETY: our mapping, unused from here on.
+        unsafe { libc::munmap(self.at, 8192) };
+    }
+}
+
+/// A miss read into a buffer whose end faults: `vhost_chr_read_iter` copies what fits,
+/// frees the message instead of keeping it pending, and returns the short count. Nothing
+/// is left to read, the update that answers it wakes nothing (no pending miss), and the
+/// frame only goes out after another kick. Returns the frames checked (1).
+fn lost_miss(
+    n: &mut RawNet,
+    (tx_bufs, tx_bufs_end): (u64, u64),
+    seq: u32,
+    timeout: Duration,
+) -> Result<u64, NetError> {
+    let case = "miss read short";
+    let w = expect_ok(
+        case,
+        n.dev.write_msg(&v1_msg(IotlbMsg {
+            iova: tx_bufs,
+            size: tx_bufs_end - tx_bufs,
+            uaddr: 0,
+            perm: 0,
+            kind: frontends::vhost_raw::IOTLB_INVALIDATE,
+        })),
+    )?;
+    if w != MSG_LEN {
+        return Err(fail(case, format!("IOTLB invalidate: wrote {w} bytes")));
+    }
+    let (head, buf) = publish_tx(n, seq, 200)?;
+    n.kick(TXQ)?;
+    if !poll_readable(&[n.dev.fd()], timeout).map_err(sys("poll (vhost-net fd)"))?[0] {
+        return Err(fail(case, "no miss after the invalidation"));
+    }
+    const FITS: usize = 32;
+    let pages = EdgePages::new()?;
+    // SAFETY: FITS bytes before the fenced page are ours; the kernel stops at the fence.
+    let r = unsafe {
+        let at = pages.at.cast::<u8>().add(4096 - FITS);
+        let r = libc::read(n.dev.fd(), at.cast(), MSG_LEN);
+        let mut got = [0u8; FITS];
+        std::ptr::copy_nonoverlapping(at, got.as_mut_ptr(), FITS);
+        (r, got)
+    };
+    let want = v1_msg(IotlbMsg {
+        iova: buf,
+        size: 0,
+        uaddr: 0,
+        perm: ACCESS_RO,
+        kind: IOTLB_MISS,
+    })
+    .bytes();
+    if r.0 != FITS as isize || r.1[..] != want[..FITS] {
+        return Err(fail(
+            case,
+            format!(
+                "read returned {} ({}), {:02x?}; expected {FITS}: {:02x?}",
+                r.0,
+                io::Error::last_os_error(),
+                r.1,
+                &want[..FITS]
+            ),
+        ));
+    }
+    if let Some(m) = n.dev.read_msg().map_err(sys("read (IOTLB message)"))? {
+        return Err(fail(case, format!("the miss is still there: {m:?}")));
+    }
+    update(n, case, tx_bufs, tx_bufs_end)?;
+    n.expect_no_tx_out(case, Duration::from_millis(200))?;
+    n.kick(TXQ)?;
+    n.expect_tx_out(case, seq, 200, timeout)?;
+    match n.wait_used(TXQ, timeout)? {
+        Some((id, 0)) if id == u32::from(head) => Ok(1),
+        other => Err(fail(case, format!("TX frame {seq}: used {other:?}"))),
+    }
+}
+
 /// Part 3; returns (errnos checked, misses, blocking reads, frames checked).
 fn iotlb_pieces(timeout: Duration) -> Result<(u64, u64, u64, u64), NetError> {
     let case = "iotlb pieces";
@@ -779,33 +922,7 @@ fn iotlb_pieces(timeout: Duration) -> Result<(u64, u64, u64, u64), NetError> {
     // TX frame 0 published without a kick.
     let seq = 0u32;
     let size = 200;
-    let k = n.rings[TXQ].ring.avail_idx();
-    let (d, buf) = n.slot(TXQ, k);
-    n.arena.write(buf, &[0u8; NET_HDR_LEN])?;
-    n.arena
-        .write(buf + NET_HDR_LEN as u64, &test_frame(b'T', seq, size))?;
-    n.desc(
-        TXQ,
-        d,
-        Desc {
-            addr: buf,
-            len: NET_HDR_LEN as u32,
-            flags: VRING_DESC_F_NEXT as u16,
-            next: d + 1,
-        },
-    )?;
-    n.desc(
-        TXQ,
-        d + 1,
-        Desc {
-            addr: buf + NET_HDR_LEN as u64,
-            len: size as u32,
-            flags: 0,
-            next: 0,
-        },
-    )?;
-    let mem = n.arena.mem();
-    n.rings[TXQ].ring.push_avail(&mem, d)?;
+    let (d, buf) = publish_tx(&mut n, seq, size)?;
     // A blocking read; the helper kicks once it sees the reader asleep in it.
     install_wakeup()?;
     let kick = n.rings[TXQ].kick.try_clone().map_err(sys("eventfd dup"))?;
@@ -888,6 +1005,7 @@ fn iotlb_pieces(timeout: Duration) -> Result<(u64, u64, u64, u64), NetError> {
     if let Some(m) = n.dev.read_msg().map_err(sys("read (IOTLB message)"))? {
         return Err(fail(case, format!("a second message: {m:?}")));
     }
+    frames += lost_miss(&mut n, (tx_bufs, tx_bufs_end), 40, timeout)?;
     n.detach_all();
-    Ok((1, 1, 1, frames))
+    Ok((1, 2, 1, frames))
 }

@@ -871,7 +871,12 @@ fn agent_net_gaps_workload_checks_its_outcomes() {
     // Packet socket 8 + 8, the starved frame and the one after it, the frames after the
     // discarded VLAN-tagged one and after the lost header; on a tap the frame after the
     // failed num_buffers write; 70 in one pass; IOTLB 40 TX, 8 RX.
-    assert_eq!(w.counters["frames_verified"], 20 + 1 + 70 + 48, "{:?}", w.counters);
+    assert_eq!(
+        w.counters["frames_verified"],
+        20 + 1 + 70 + 48,
+        "{:?}",
+        w.counters
+    );
     let local = covered_functions(run, "vhost-net-gaps", "local");
     assert_covers(
         &local,
