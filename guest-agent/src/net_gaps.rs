@@ -12,13 +12,17 @@
 //!   buffers byte-exact behind a zero header with `num_buffers` 1. A VLAN-tagged frame on an
 //!   ETH_P_ALL packet socket is discarded (`peek_head_len` adds `VLAN_HLEN` for the tag the
 //!   receive path moved out of the data, `recvmsg` returns 4 bytes less) and its buffer
-//!   goes to the next frame.
+//!   goes to the next frame. The vnet header vhost supplies, written into a buffer whose first
+//!   piece faults after `recvmsg` filled the rest: `vq_err` (the error eventfd fires), the
+//!   buffer taken and never used, the next frame in the next buffer.
 //! * **RX buffers running out in the middle of a mergeable frame** (MRG_RXBUF), on the packet
 //!   socket and on a tap: a 1400-byte frame with two 512-byte buffers posted does not arrive
 //!   (`get_rx_bufs` reaches the end of the avail ring, `vhost_discard_vq_desc` gives the two
 //!   back, `vhost_enable_notify` sees no new index, the frame stays queued); a third buffer
 //!   and a kick bring it, spread over the three (512, 512, 388 used bytes), `num_buffers` 3,
-//!   byte-exact.
+//!   byte-exact. On the tap also `num_buffers` into a faulting piece of the header that the
+//!   tap skips (`vq_err`, the heads given back: the same buffer takes the next frame), and
+//!   70 frames in one `handle_rx` pass (more than VHOST_NET_BATCH), in order, byte-exact.
 //! * **Blocking reads of the device fd and the IOTLB slow paths**: a blocking read of a
 //!   device without an IOTLB fails with EBADFD, a read shorter than a message returns 0.
 //!   On a device with VIRTIO_F_ACCESS_PLATFORM and legacy (v1) IOTLB messages, the rings are
@@ -29,7 +33,9 @@
 //!   before anyone kicks) until the kick's miss for the first TX buffer comes, which must
 //!   name exactly that buffer, read-only; once it is answered the frame and 39 more go out
 //!   byte-exact (one used element straddles the used ring's two pieces) and 8 RX frames come
-//!   in, with no further miss.
+//!   in, with no further miss. After invalidating the TX buffers, the next miss read into a
+//!   buffer whose end faults comes back short (exactly the 32 bytes that fit) and is freed:
+//!   nothing left to read, its update wakes nothing, the frame waits for another kick.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
