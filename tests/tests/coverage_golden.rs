@@ -248,3 +248,8 @@ fn coverage_golden_vhost_net_zcopy() {
 fn coverage_golden_vhost_scsi_workers() {
     real_golden("vhost-scsi-workers");
 }
+
+#[test]
+fn coverage_golden_vhost_net_gaps() {
+    real_golden("vhost-net-gaps");
+}
