@@ -5,6 +5,7 @@ pub mod fuzz;
 pub mod net;
 pub mod net_control;
 pub mod net_errors;
+pub mod net_gaps;
 pub mod net_matrix;
 pub mod rawnet;
 pub mod scsi_workers;

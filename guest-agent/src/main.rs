@@ -17,8 +17,8 @@ use guest_agent::kcov::{self, Kcov};
 use guest_agent::ship::{ship_while_running, trace_mode, AreaNote, FrameSink, Shipper};
 use guest_agent::sys::{self, kernel_release, mount_all};
 use guest_agent::{
-    net, net_control, net_errors, net_matrix, scsi_workers, vsock, vsock_conns, vsock_control,
-    vsock_credit,
+    net, net_control, net_errors, net_gaps, net_matrix, scsi_workers, vsock, vsock_conns,
+    vsock_control, vsock_credit,
 };
 use kcov_wire::console::{LineWriter, CMD_FILE, EXIT_MARKER, READY_MARKER};
 use kcov_wire::plan::{Cover, Plan, Transport, Workload};
@@ -519,6 +519,9 @@ fn run_agent_workload(w: Workload, plan: &Plan) -> Ran {
             .map(|c| (0, c))
             .map_err(|e| e.to_string()),
         Workload::VhostNetErrors => net_errors::run(&plan.params)
+            .map(|c| (0, c))
+            .map_err(|e| e.to_string()),
+        Workload::VhostNetGaps => net_gaps::run(&plan.params)
             .map(|c| (0, c))
             .map_err(|e| e.to_string()),
         // The kcov proof needs kcov (its own remote handle), not the run's coverage.

@@ -72,13 +72,16 @@ pub enum Workload {
     /// vhost-vsock with many connections: reply backpressure, 64 streams, backlog, half-closes,
     /// a CID change under connections.
     VhostVsockConns,
+    /// vhost-net's smaller paths: an AF_PACKET socket as backend, RX buffers running out
+    /// mid-frame, blocking reads of the device fd, IOTLB-mapped rings in pieces.
+    VhostNetGaps,
     /// The user command (`/etc/testbed/cmd`) under the remote handle.
     Cmd,
 }
 
 impl Workload {
     /// All workloads.
-    pub const ALL: [Workload; 12] = [
+    pub const ALL: [Workload; 13] = [
         Workload::VhostNetTx,
         Workload::VhostNetRx,
         Workload::VhostVsock,
@@ -90,6 +93,7 @@ impl Workload {
         Workload::VhostScsiWorkers,
         Workload::VhostVsockCredit,
         Workload::VhostVsockConns,
+        Workload::VhostNetGaps,
         Workload::Cmd,
     ];
 
@@ -107,6 +111,7 @@ impl Workload {
             Workload::VhostScsiWorkers => "vhost-scsi-workers",
             Workload::VhostVsockCredit => "vhost-vsock-credit",
             Workload::VhostVsockConns => "vhost-vsock-conns",
+            Workload::VhostNetGaps => "vhost-net-gaps",
             Workload::Cmd => "cmd",
         }
     }

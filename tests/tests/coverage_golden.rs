@@ -258,3 +258,8 @@ fn coverage_golden_vhost_vsock_credit() {
 fn coverage_golden_vhost_vsock_conns() {
     real_golden("vhost-vsock-conns");
 }
+
+#[test]
+fn coverage_golden_vhost_net_gaps() {
+    real_golden("vhost-net-gaps");
+}

@@ -28,6 +28,7 @@ pub const WORKLOADS: &[&str] = &[
     "vhost-vsock-conns",
     "vhost-net-zcopy",
     "vhost-scsi-workers",
+    "vhost-net-gaps",
 ];
 
 /// `goldens/` at the workspace root.
