@@ -48,6 +48,8 @@ pub struct BootOpts {
     pub l1_append: Vec<String>,
     /// QEMU `-cpu` model of the nested runner's L1 (None: `max`, which emulates SVM).
     pub l1_cpu: Option<String>,
+    /// Stops the VM from another thread (a fuzz campaign's watchdog); None: its timeouts only.
+    pub stop: Option<crate::runner::StopSignal>,
 }
 
 /// The plan every boot starts from: [`Plan::default`] with the stream over vsock (every run
@@ -161,6 +163,7 @@ impl Default for BootOpts {
             host_kcov: false,
             l1_append: Vec::new(),
             l1_cpu: None,
+            stop: None,
         }
     }
 }
@@ -297,6 +300,7 @@ pub fn boot_with(opts: &BootOpts, on_run_dir: impl FnOnce(&Path)) -> Result<(Boo
                 l1_append: opts.l1_append.clone(),
                 l1_cpu: opts.l1_cpu.clone().unwrap_or_else(|| "max".into()),
             }),
+        stop: opts.stop.clone(),
     };
     eprintln!(
         "boot: {} + initramfs {} ({}), run directory {}",

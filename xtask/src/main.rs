@@ -295,6 +295,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 host_kcov,
                 l1_append,
                 l1_cpu,
+                stop: None,
             };
             let (outcome, run_dir) = boot::boot(&opts)?;
             eprintln!("{}", boot::summary(&outcome, opts.echo));

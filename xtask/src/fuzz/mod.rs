@@ -37,7 +37,7 @@ use kcov_wire::program::{Program, Target, CORPUS_DIR, HANG_STATUS};
 use crate::boot::{self, BootOpts};
 use crate::kernel::KernelOpts;
 use crate::paths;
-use crate::runner::{GuestStatus, RunnerKind, Timeouts};
+use crate::runner::{GuestStatus, RunnerKind, StopSignal, Timeouts};
 pub use crashes::{parse_repro, repro_text, Crash, Unique};
 use crashes::{report_excerpt, CrashLog, Occurrence};
 use stream::{write_atomic, Campaign, Point};
@@ -199,7 +199,9 @@ pub fn classify(status: &GuestStatus, console: &str) -> Option<(String, String)>
         GuestStatus::Panicked(line) => {
             Some(report().unwrap_or_else(|| ("panic".into(), line.clone())))
         }
-        GuestStatus::RunTimeout(_) => Some(("hang".into(), status.describe())),
+        GuestStatus::RunTimeout(_) | GuestStatus::Stopped(_) => {
+            Some(report().unwrap_or_else(|| ("hang".into(), status.describe())))
+        }
         GuestStatus::BootTimeout(_) => Some(("boot-timeout".into(), status.describe())),
         GuestStatus::NoStatus(_) | GuestStatus::HostFailed(_) => {
             Some(report().unwrap_or_else(|| ("vm-ended".into(), status.describe())))
@@ -437,38 +439,6 @@ struct VmEnd {
     deadline: bool,
 }
 
-/// Kills the QEMU this process started for the run in `run_dir` (its command line names the
-/// run's vsock socket there). False when there is none (the kvm runner's VM is in process:
-/// its run timeout stays the watchdog).
-fn kill_vm(run_dir: &Path) -> bool {
-    let me = std::process::id().to_string();
-    let needle = run_dir.to_string_lossy().to_string();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    let mut killed = false;
-    for p in procs.flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
-        // pid (comm) state ppid ...: the comm may hold spaces, the fields after ')' do not.
-        let ppid = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().nth(1));
-        if ppid != Some(me.as_str()) {
-            continue;
-        }
-        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            // SAFETY: kill(2) of our own child, identified by pid just read.
-            killed |= unsafe { libc::kill(pid, libc::SIGKILL) } == 0;
-        }
-    }
-    killed
-}
-
 /// Boots one VM, following its stream into `camp` (and printing progress) while it runs;
 /// kills it when its stream stalls or the campaign's `deadline` passes.
 fn run_vm(
@@ -484,7 +454,10 @@ fn run_vm(
     let mut last_bytes = Instant::now();
     let (mut stalled, mut past_deadline) = (false, false);
     let (dir_tx, dir_rx) = mpsc::channel::<PathBuf>();
-    let bopts = bopts.clone();
+    // The campaign's watchdog: every runner kills its VM when this is set.
+    let stop = StopSignal::default();
+    let mut bopts = bopts.clone();
+    bopts.stop = Some(stop.clone());
     let vm = std::thread::Builder::new()
         .name("fuzz-vm".into())
         .spawn(move || {
@@ -540,12 +513,13 @@ fn run_vm(
         if finished {
             break;
         }
-        if let Some(d) = &run_dir {
-            if !stalled && first_bytes.is_some() && last_bytes.elapsed() >= STALL {
-                stalled = kill_vm(d);
-            }
-            if !past_deadline && !stalled && Instant::now() >= deadline {
-                past_deadline = kill_vm(d);
+        if !stalled && !past_deadline {
+            if first_bytes.is_some() && last_bytes.elapsed() >= STALL {
+                stop.stop(&format!("its stream was silent for {} s", STALL.as_secs()));
+                stalled = true;
+            } else if Instant::now() >= deadline {
+                stop.stop("the campaign's time is up");
+                past_deadline = true;
             }
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -122,6 +122,7 @@ fn boot_checked(spec: &BootSpec, skip_host_check: bool) -> Result<BootOutcome> {
         &spec.serial_log,
         spec.echo,
         spec.timeouts,
+        spec.stop.as_ref(),
         || {
             let _ = stop_tx.try_send(());
         },
@@ -185,6 +186,7 @@ mod tests {
             host_kcov: false,
             nested: None,
             vcpus: 1,
+            stop: None,
         })
     }
 

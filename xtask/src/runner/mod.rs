@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -81,6 +82,8 @@ pub enum GuestStatus {
     NoStatus(String),
     /// Nested runner: L1 (the Linux hosting our VMM) failed, so the L2 gave no status.
     HostFailed(String),
+    /// Stopped by its caller through a [`StopSignal`] (why, in words).
+    Stopped(String),
 }
 
 impl GuestStatus {
@@ -89,7 +92,9 @@ impl GuestStatus {
         match self {
             GuestStatus::Exited(code) => (*code).clamp(0, 255),
             GuestStatus::Panicked(_) => 70,
-            GuestStatus::BootTimeout(_) | GuestStatus::RunTimeout(_) => 124,
+            GuestStatus::BootTimeout(_) | GuestStatus::RunTimeout(_) | GuestStatus::Stopped(_) => {
+                124
+            }
             GuestStatus::NoStatus(_) | GuestStatus::HostFailed(_) => 71,
         }
     }
@@ -103,6 +108,7 @@ impl GuestStatus {
             GuestStatus::RunTimeout(t) => format!("the guest did not finish within {}s; raise --timeout for long workloads", t.as_secs()),
             GuestStatus::NoStatus(why) => format!("the VM ended without an exit status from the agent ({why})"),
             GuestStatus::HostFailed(why) => format!("L1 (the nested Linux host running our vmm) failed: {why}"),
+            GuestStatus::Stopped(why) => format!("the VM was stopped by its caller: {why}"),
         }
     }
 }
@@ -217,6 +223,30 @@ pub struct Timeouts {
     pub run: Duration,
 }
 
+/// Stops a running VM from another thread (a fuzz campaign's watchdog): the runner kills it
+/// the way it does on a timeout, whatever the runner (QEMU's process, the kvm runner's VM
+/// thread, the nested runner's L1), and its status is [`GuestStatus::Stopped`] with the reason.
+#[derive(Clone, Debug, Default)]
+pub struct StopSignal(Arc<Mutex<Option<String>>>);
+
+impl StopSignal {
+    /// Asks the VM to stop; the first reason given is kept.
+    pub fn stop(&self, why: &str) {
+        let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(why.to_string());
+        }
+    }
+
+    /// Why it was asked to stop, once it was.
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// How often [`watch`] looks at its [`StopSignal`].
+const STOP_POLL: Duration = Duration::from_millis(100);
+
 /// Events from a running VM.
 pub enum VmEvent {
     Line(String),
@@ -226,14 +256,15 @@ pub enum VmEvent {
     Ended(String),
 }
 
-/// Watches a VM's console until it ends or a timeout hits. `kill` stops the
-/// VM; it is called on timeout and must make the VM end soon after.
+/// Watches a VM's console until it ends, a timeout hits or `stop` is set. `kill` stops the
+/// VM; it is called on timeout or stop and must make the VM end soon after.
 pub fn watch(
     runner: RunnerKind,
     events: &Receiver<VmEvent>,
     serial_log: &Path,
     echo: bool,
     timeouts: Timeouts,
+    stop: Option<&StopSignal>,
     mut kill: impl FnMut(),
 ) -> Result<BootOutcome> {
     let start = Instant::now();
@@ -248,8 +279,19 @@ pub fn watch(
     let mut l1: Option<(Console, fs::File, PathBuf)> = None;
     let mut l1_ready_after = None;
     let end = loop {
+        if !killed {
+            if let Some(why) = stop.and_then(StopSignal::reason) {
+                timeout_status = Some(GuestStatus::Stopped(why));
+                kill();
+                killed = true;
+                deadline = Instant::now() + Duration::from_secs(5);
+            }
+        }
         let now = Instant::now();
-        let wait = deadline.saturating_duration_since(now);
+        let mut wait = deadline.saturating_duration_since(now);
+        if stop.is_some() && !killed {
+            wait = wait.min(STOP_POLL);
+        }
         match events.recv_timeout(wait) {
             Ok(VmEvent::Line(line)) => {
                 writeln!(log, "{line}")?;
@@ -297,6 +339,10 @@ pub fn watch(
             }
             Ok(VmEvent::Ended(how)) => break how,
             Err(RecvTimeoutError::Timeout) => {
+                if Instant::now() < deadline {
+                    // Woken to look at the stop signal only.
+                    continue;
+                }
                 if killed {
                     break "did not end after being killed".to_string();
                 }
@@ -453,6 +499,8 @@ pub struct BootSpec {
     pub host_kcov: bool,
     /// The nested runner's L1 (None for the other runners).
     pub nested: Option<nested::NestedSpec>,
+    /// Stops the VM from another thread (None: only its timeouts do).
+    pub stop: Option<StopSignal>,
 }
 
 /// The guest CID runs get unless told otherwise.
@@ -545,7 +593,7 @@ mod tests {
             boot: Duration::from_millis(200),
             run: Duration::from_secs(1),
         };
-        let out = watch(RunnerKind::Qemu, &rx, &log, false, timeouts, || {
+        let out = watch(RunnerKind::Qemu, &rx, &log, false, timeouts, None, || {
             killed = true;
             let _ = tx.send(VmEvent::Ended("killed".into()));
         })
@@ -556,6 +604,80 @@ mod tests {
             GuestStatus::BootTimeout(Duration::from_millis(200))
         );
         assert_eq!(std::fs::read_to_string(log).unwrap(), "booting\n");
+    }
+
+    /// A stop signal set while the console keeps talking (never a quiet moment to time out
+    /// in) kills the VM at once, long before its timeouts, and the status says why.
+    #[test]
+    fn watch_stops_on_signal_while_lines_flow() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let dir = tempfile::tempdir().unwrap();
+        tx.send(VmEvent::Line("@@TESTBED-READY@@ 6.12".into()))
+            .unwrap();
+        let stop = StopSignal::default();
+        let (talker_stop, talker_tx) = (stop.clone(), tx.clone());
+        let talker = std::thread::spawn(move || {
+            for i in 0..200 {
+                if i == 20 {
+                    talker_stop.stop("stream silent for 30 s");
+                }
+                let _ = talker_tx.send(VmEvent::Line(format!("line {i}")));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let timeouts = Timeouts {
+            boot: Duration::from_secs(60),
+            run: Duration::from_secs(60),
+        };
+        let start = Instant::now();
+        let mut kills = 0;
+        let out = watch(
+            RunnerKind::Kvm,
+            &rx,
+            &dir.path().join("s.log"),
+            false,
+            timeouts,
+            Some(&stop),
+            || {
+                kills += 1;
+                let _ = tx.send(VmEvent::Ended("stopped".into()));
+            },
+        )
+        .unwrap();
+        talker.join().unwrap();
+        assert_eq!(kills, 1);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(
+            out.status,
+            GuestStatus::Stopped("stream silent for 30 s".into())
+        );
+        assert_eq!(out.status.exit_code(), 124);
+        // Unset, it changes nothing: the timeout still rules.
+        let (tx, rx) = crossbeam_channel::unbounded::<VmEvent>();
+        let idle = StopSignal::default();
+        let out = watch(
+            RunnerKind::Qemu,
+            &rx,
+            &dir.path().join("t.log"),
+            false,
+            Timeouts {
+                boot: Duration::from_millis(300),
+                run: Duration::from_secs(1),
+            },
+            Some(&idle),
+            || {
+                let _ = tx.send(VmEvent::Ended("killed".into()));
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            out.status,
+            GuestStatus::BootTimeout(Duration::from_millis(300))
+        );
     }
 
     #[test]
@@ -581,6 +703,7 @@ mod tests {
             &dir.path().join("s.log"),
             false,
             timeouts,
+            None,
             || {},
         )
         .unwrap();

@@ -243,6 +243,7 @@ mod tests {
             net: Some("tap=tap7,vhost=on".parse().unwrap()),
             host_kcov: true,
             nested: None,
+            stop: None,
         }
     }
 

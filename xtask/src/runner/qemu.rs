@@ -209,6 +209,7 @@ fn boot_qemu(
         &spec.serial_log,
         spec.echo,
         spec.timeouts,
+        spec.stop.as_ref(),
         || {
             // SAFETY: sending SIGKILL to our own child process.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };

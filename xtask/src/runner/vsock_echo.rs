@@ -294,6 +294,7 @@ pub fn run(
             run: Duration::from_secs(300),
         },
         vsock: Some(vsock.clone()),
+        stop: None,
     };
     // Listen before the guest starts.
     let listener = UnixListener::bind(vsock::muxer::listener_path(&vsock.uds, HOST_PORT))
