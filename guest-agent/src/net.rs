@@ -54,7 +54,9 @@ pub enum NetError {
     Timeout(String),
 }
 
-fn sys(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetError {
+/// Maps an OS error of `what` to [`NetError::Sys`] (every workload's one way to name a failed
+/// system call).
+pub(crate) fn sys(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetError {
     let what = what.into();
     move |source| NetError::Sys { what, source }
 }
@@ -68,6 +70,44 @@ fn open_tap(vnet_hdr: Option<usize>) -> Result<(Tap, i32), NetError> {
     Ok((tap, ifindex))
 }
 
+/// An AF_PACKET SOCK_RAW socket bound to `ifindex`, receiving frames of `ethertype` (0: none,
+/// send only; ETH_P_ALL: all).
+pub(crate) fn packet_socket(ifindex: i32, ethertype: u16) -> Result<OwnedFd, NetError> {
+    let proto = ethertype.to_be();
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    if fd < 0 {
+        return Err(sys("socket(AF_PACKET) (CONFIG_PACKET?)")(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: fd is a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex;
+    // SAFETY: sll is a valid sockaddr_ll of the size passed.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(sys("bind(AF_PACKET)")(io::Error::last_os_error()));
+    }
+    Ok(fd)
+}
+
 /// An AF_PACKET raw socket bound to one interface and EtherType (0 = send only).
 #[derive(Debug)]
 pub struct PacketSocket {
@@ -77,38 +117,7 @@ pub struct PacketSocket {
 impl PacketSocket {
     /// Binds to `ifindex`; receives frames of `ethertype` (0: none, send only).
     pub fn bind(ifindex: i32, ethertype: u16) -> Result<Self, NetError> {
-        let proto = ethertype.to_be();
-        // SAFETY: plain socket(2) call.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(proto),
-            )
-        };
-        if fd < 0 {
-            return Err(sys("socket(AF_PACKET) (CONFIG_PACKET?)")(
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: fd is a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_ll is plain data.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex;
-        // SAFETY: sll is a valid sockaddr_ll of the size passed.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if r < 0 {
-            return Err(sys("bind(AF_PACKET)")(io::Error::last_os_error()));
-        }
+        let fd = packet_socket(ifindex, ethertype)?;
         let rcvbuf: libc::c_int = 4 << 20;
         // SAFETY: setsockopt with a valid int option.
         unsafe {

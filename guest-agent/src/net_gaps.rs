@@ -52,7 +52,9 @@ use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
 use crate::net::TEST_ETHERTYPE;
-use crate::net::{frame_id, test_frame, Counters, NetError, PacketSocket, NET_HDR_LEN};
+use crate::net::{
+    frame_id, packet_socket, sys, test_frame, Counters, NetError, PacketSocket, NET_HDR_LEN,
+};
 use crate::rawnet::{expect_errno, expect_ok, fail, RawNet, RawOpts, RXQ, TXQ};
 
 const QUEUE: u16 = 64;
@@ -99,13 +101,6 @@ fn opts(features: u64) -> RawOpts {
     }
 }
 
-fn sys(what: &str) -> impl FnOnce(io::Error) -> NetError + '_ {
-    move |source| NetError::Sys {
-        what: what.into(),
-        source,
-    }
-}
-
 /// `socket(family, kind, proto)`, owned.
 fn socket(family: i32, kind: i32, proto: i32) -> Result<OwnedFd, NetError> {
     // SAFETY: plain socket(2) call.
@@ -115,29 +110,6 @@ fn socket(family: i32, kind: i32, proto: i32) -> Result<OwnedFd, NetError> {
     }
     // SAFETY: fd is a fresh fd nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// An AF_PACKET SOCK_RAW socket bound to `ifindex` receiving `ethertype` (ETH_P_ALL: all).
-fn bound_packet_socket(ifindex: i32, ethertype: u16) -> Result<OwnedFd, NetError> {
-    let proto = ethertype.to_be();
-    let fd = socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto))?;
-    // SAFETY: sockaddr_ll is plain data.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = ifindex;
-    // SAFETY: sll is a valid sockaddr_ll of the size passed.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if r < 0 {
-        return Err(sys("bind(AF_PACKET)")(io::Error::last_os_error()));
-    }
-    Ok(fd)
 }
 
 /// Writes `frame` into the tap's fd behind a zero 12-byte vnet header: the tap's interface
@@ -363,7 +335,7 @@ fn packet_backend(timeout: Duration) -> Result<(u64, u64), NetError> {
     }
     seq += 1;
     // The bound socket replaces it on TX and serves RX.
-    let sock = bound_packet_socket(n.tap.ifindex()?, TEST_ETHERTYPE)?;
+    let sock = packet_socket(n.tap.ifindex()?, TEST_ETHERTYPE)?;
     expect_ok(case, n.dev.net_set_backend(TXQ as u32, sock.as_raw_fd()))?;
     expect_ok(case, n.dev.net_set_backend(RXQ as u32, sock.as_raw_fd()))?;
     drop(unbound);
@@ -386,7 +358,7 @@ fn packet_backend(timeout: Duration) -> Result<(u64, u64), NetError> {
     frames += 1;
     frames += vlan_discarded(&mut n, seq + 2, timeout)?;
     // A fresh socket of our EtherType on RX (the TX one has queued the last frames).
-    let sock_rx = bound_packet_socket(n.tap.ifindex()?, TEST_ETHERTYPE)?;
+    let sock_rx = packet_socket(n.tap.ifindex()?, TEST_ETHERTYPE)?;
     expect_ok(case, n.dev.net_set_backend(RXQ as u32, sock_rx.as_raw_fd()))?;
     frames += header_write_fails(&mut n, seq + 4, timeout)?;
     // A blocking read of a device without an IOTLB fails at once; a short read returns 0.
@@ -416,7 +388,7 @@ fn packet_backend(timeout: Duration) -> Result<(u64, u64), NetError> {
 /// byte-exact. Returns the frames checked (1).
 fn vlan_discarded(n: &mut RawNet, seq: u32, timeout: Duration) -> Result<u64, NetError> {
     let case = "VLAN frame on an ETH_P_ALL backend";
-    let all = bound_packet_socket(n.tap.ifindex()?, libc::ETH_P_ALL as u16)?;
+    let all = packet_socket(n.tap.ifindex()?, libc::ETH_P_ALL as u16)?;
     expect_ok(case, n.dev.net_set_backend(RXQ as u32, all.as_raw_fd()))?;
     let (head, buf) = n.rx_buffer((NET_HDR_LEN + 2048) as u32)?;
     let mut tagged = test_frame(b'R', seq, 200);

@@ -46,7 +46,7 @@ use frontends::vhost_raw::{errno_of, nr, MemRegion, RawVhost, ScsiTarget, FORK_O
 use kcov_wire::plan::Params;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::net::{Counters, NetError};
+use crate::net::{sys, Counters, NetError};
 use crate::rawnet::{expect_errno, expect_ok, fail};
 
 /// The vhost-scsi device node.
@@ -79,11 +79,6 @@ const KICK_HANDLERS: [(&str, u32); 2] = [
     ("vhost_scsi_ctl_handle_kick", CTL_VQ),
     ("vhost_scsi_handle_kick", FIRST_IO_VQ),
 ];
-
-fn sys(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetError {
-    let what = what.into();
-    move |source| NetError::Sys { what, source }
-}
 
 /// Runs every part; `prove_kcov`: also the kcov proof (it needs `/sys/kernel/debug/kcov`).
 pub fn run(params: &Params, prove_kcov: bool) -> Result<Counters, NetError> {

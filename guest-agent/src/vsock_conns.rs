@@ -34,12 +34,12 @@ use frontends::vsock_hdr::Hdr;
 use kcov_wire::plan::Params;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 
-use crate::net::{Counters, NetError};
+use crate::net::{sys, Counters, NetError};
 use crate::rawnet::{expect_errno, expect_ok, fail};
 use crate::vsock::{message, op, HOST_CID, TYPE_STREAM};
 use crate::vsock_control::{
     connect, connect_result, local_port, recv_exact, recv_nb, send_nb, set_connect_timeout,
-    so_error, socket, sys, wait_fd, Dev, PORT, QUEUE, QUIET, SLOT,
+    so_error, socket, wait_fd, Dev, PORT, QUEUE, QUIET, SLOT,
 };
 
 /// Connections from guest sockets to the device, and from the device to a guest listener.

@@ -36,7 +36,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::net::{Counters, NetError};
+use crate::net::{sys, Counters, NetError};
 use crate::rawnet::{expect_errno, expect_ok, fail, RawRing};
 use crate::vsock::{message, op, HOST_CID, TYPE_STREAM};
 
@@ -62,13 +62,6 @@ const MSG_EOR: libc::c_int = 0x80;
 pub(crate) const PORT: u32 = 6000;
 pub(crate) const BUF_ALLOC: u32 = 1 << 18;
 pub(crate) const QUIET: Duration = Duration::from_millis(150);
-
-pub(crate) fn sys(what: &str) -> impl FnOnce(io::Error) -> NetError + '_ {
-    move |source| NetError::Sys {
-        what: what.to_string(),
-        source,
-    }
-}
 
 /// A vhost-vsock device driven by hand.
 pub(crate) struct Dev {

@@ -32,12 +32,12 @@ use frontends::vsock_hdr::{Hdr, HDR_LEN};
 use kcov_wire::plan::Params;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 
-use crate::net::{Counters, NetError};
+use crate::net::{sys, Counters, NetError};
 use crate::rawnet::{expect_errno, fail};
 use crate::vsock::{message, op, HOST_CID, TYPE_STREAM};
 use crate::vsock_control::{
-    connect, connect_result, local_port, recv_exact, recv_nb, send_nb, so_error, socket, sys,
-    wait_fd, Dev, F_SEQPACKET, PORT, QUIET, SLOT, SOL_VSOCK, TYPE_SEQPACKET,
+    connect, connect_result, local_port, recv_exact, recv_nb, send_nb, so_error, socket, wait_fd,
+    Dev, F_SEQPACKET, PORT, QUIET, SLOT, SOL_VSOCK, TYPE_SEQPACKET,
 };
 
 /// The window the ring side first advertises: less than one write.
