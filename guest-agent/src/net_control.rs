@@ -27,11 +27,10 @@ use frontends::vhost_raw::{
 };
 use frontends::vring::{poll_readable, Arena};
 use kcov_wire::plan::Params;
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::net::{test_frame, Counters, NetError, PacketSocket, NET_HDR_LEN};
-use crate::rawnet::{expect_errno, expect_ok, fail, RawNet, RawOpts, RXQ, TXQ};
+use crate::rawnet::{expect_errno, expect_ok, fail, RawNet, RawOpts, F_V1, RXQ, TXQ};
 
 const QUEUE: u16 = 64;
 const SIZE: usize = 200;
@@ -52,19 +51,6 @@ pub fn run(params: &Params) -> Result<Counters, NetError> {
     ));
     c.push(("iterations".into(), 4));
     Ok(c)
-}
-
-fn v1() -> u64 {
-    1 << VIRTIO_F_VERSION_1
-}
-
-fn opts(features: u64) -> RawOpts {
-    RawOpts {
-        features,
-        queue: QUEUE,
-        fork_owner: None,
-        attach: false,
-    }
 }
 
 /// Sends TX frame `seq` and waits for it out of the tap and in the used ring.
@@ -187,7 +173,7 @@ fn dirty_log(timeout: Duration) -> Result<(u64, u64), NetError> {
     let case = "dirty log";
     let arena = RawNet::arena(QUEUE, 0)?;
     let info = arena.region_info();
-    let mut n = RawNet::open(arena, opts(v1() | (1 << F_LOG_ALL)))?;
+    let mut n = RawNet::open(arena, RawOpts::new(F_V1 | (1 << F_LOG_ALL), QUEUE))?;
     let log = Log::new(&info)?;
     expect_ok(case, n.dev.set_log_base(log.base()))?;
     let log_fd = EventFd::new(EFD_NONBLOCK).map_err(|source| NetError::Sys {
@@ -245,7 +231,7 @@ fn dirty_log(timeout: Duration) -> Result<(u64, u64), NetError> {
 fn live_base(timeout: Duration) -> Result<u64, NetError> {
     let case = "detach under traffic";
     let arena = RawNet::arena(QUEUE, 0)?;
-    let mut n = RawNet::open(arena, opts(v1()))?;
+    let mut n = RawNet::open(arena, RawOpts::new(F_V1, QUEUE))?;
     n.attach(RXQ)?;
     n.attach(TXQ)?;
     let mut seq = 0u32;
@@ -320,7 +306,7 @@ fn live_base(timeout: Duration) -> Result<u64, NetError> {
             format!("base {base} after the reset, expected 0"),
         ));
     }
-    expect_ok(case, n.dev.set_features(v1()))?;
+    expect_ok(case, n.dev.set_features(F_V1))?;
     let info = n.arena.region_info();
     expect_ok(
         case,
@@ -441,8 +427,8 @@ fn iotlb(timeout: Duration) -> Result<(u64, u64), NetError> {
     let case = "iotlb";
     let arena = RawNet::arena(QUEUE, 0)?;
     let info = arena.region_info();
-    let features = v1() | (1u64 << F_ACCESS_PLATFORM) | (1 << F_LOG_ALL);
-    let mut n = RawNet::open(arena, opts(features))?;
+    let features = F_V1 | (1u64 << F_ACCESS_PLATFORM) | (1 << F_LOG_ALL);
+    let mut n = RawNet::open(arena, RawOpts::new(features, QUEUE))?;
     expect_ok(case, n.dev.set_backend_features(BACKEND_F_IOTLB_MSG_V2))?;
     // The dirty log through the IOTLB: vhost logs what it wrote at I/O addresses by the
     // memory table's guest address of the frontend address they translate to.

@@ -47,7 +47,6 @@ use frontends::vhost_raw::{IotlbMsg, MsgV2, ACCESS_RO, ACCESS_RW, F_ACCESS_PLATF
 use frontends::vhost_raw::{IOTLB_MISS, IOTLB_UPDATE, NET_F_VIRTIO_NET_HDR};
 use frontends::vring::{poll_readable, Desc};
 use kcov_wire::plan::Params;
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
@@ -55,7 +54,7 @@ use crate::net::TEST_ETHERTYPE;
 use crate::net::{
     frame_id, packet_socket, sys, test_frame, Counters, NetError, PacketSocket, NET_HDR_LEN,
 };
-use crate::rawnet::{expect_errno, expect_ok, fail, RawNet, RawOpts, RXQ, TXQ};
+use crate::rawnet::{expect_errno, expect_ok, fail, RawNet, RawOpts, F_V1, RXQ, TXQ};
 
 const QUEUE: u16 = 64;
 /// How a test frame reaches the RX backend (the tap's fd, or AF_PACKET onto the tap).
@@ -86,19 +85,6 @@ pub fn run(params: &Params) -> Result<Counters, NetError> {
     ));
     c.push(("iterations".into(), 3));
     Ok(c)
-}
-
-fn v1() -> u64 {
-    1 << VIRTIO_F_VERSION_1
-}
-
-fn opts(features: u64) -> RawOpts {
-    RawOpts {
-        features,
-        queue: QUEUE,
-        fork_owner: None,
-        attach: false,
-    }
 }
 
 /// `socket(family, kind, proto)`, owned.
@@ -291,8 +277,11 @@ fn starved(
 /// Part 1 (and part 2 on the packet socket); returns (errnos checked, frames checked).
 fn packet_backend(timeout: Duration) -> Result<(u64, u64), NetError> {
     let case = "packet backend";
-    let features = v1() | (1 << VIRTIO_NET_F_MRG_RXBUF) | (1 << NET_F_VIRTIO_NET_HDR);
-    let mut n = RawNet::open(RawNet::arena(QUEUE, 4 * 4096)?, opts(features))?;
+    let features = F_V1 | (1 << VIRTIO_NET_F_MRG_RXBUF) | (1 << NET_F_VIRTIO_NET_HDR);
+    let mut n = RawNet::open(
+        RawNet::arena(QUEUE, 4 * 4096)?,
+        RawOpts::new(features, QUEUE),
+    )?;
     let mut errnos = 0;
     // Not SOCK_RAW: get_raw_socket's ESOCKTNOSUPPORT, then not a tap: ENOTSOCK.
     let dgram = socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0)?;
@@ -559,7 +548,7 @@ fn one_pass_batch(timeout: Duration) -> Result<u64, NetError> {
     const FRAMES: u16 = 70;
     let o = RawOpts {
         queue: BIG_QUEUE,
-        ..opts(v1())
+        ..RawOpts::new(F_V1, QUEUE)
     };
     let mut n = RawNet::open(RawNet::arena(BIG_QUEUE, 0)?, o)?;
     n.attach(RXQ)?;
@@ -607,8 +596,11 @@ fn one_pass_batch(timeout: Duration) -> Result<u64, NetError> {
 /// Part 2 on a tap (tun's ptr_ring holds the frame meanwhile), then `num_buffers` into a
 /// faulting page; returns (starved frames, other frames checked).
 fn starved_on_tap(timeout: Duration) -> Result<(u64, u64), NetError> {
-    let features = v1() | (1 << VIRTIO_NET_F_MRG_RXBUF);
-    let mut n = RawNet::open(RawNet::arena(QUEUE, 4 * 4096)?, opts(features))?;
+    let features = F_V1 | (1 << VIRTIO_NET_F_MRG_RXBUF);
+    let mut n = RawNet::open(
+        RawNet::arena(QUEUE, 4 * 4096)?,
+        RawOpts::new(features, QUEUE),
+    )?;
     n.attach(RXQ)?;
     let inject = PacketSocket::bind(n.tap.ifindex()?, 0)?;
     let send = move |_: &RawNet, f: &[u8]| inject.send(f);
@@ -843,8 +835,8 @@ fn lost_miss(
 /// Part 3; returns (errnos checked, misses, blocking reads, frames checked).
 fn iotlb_pieces(timeout: Duration) -> Result<(u64, u64, u64, u64), NetError> {
     let case = "iotlb pieces";
-    let features = v1() | (1 << F_ACCESS_PLATFORM);
-    let mut n = RawNet::open(RawNet::arena(QUEUE, 0)?, opts(features))?;
+    let features = F_V1 | (1 << F_ACCESS_PLATFORM);
+    let mut n = RawNet::open(RawNet::arena(QUEUE, 0)?, RawOpts::new(features, QUEUE))?;
     let info = n.arena.region_info();
     let (lo, hi) = (
         info.guest_phys_addr,

@@ -89,6 +89,22 @@ pub struct RawOpts {
     pub attach: bool,
 }
 
+impl RawOpts {
+    /// `features` on rings of `queue` entries, the default owner, the tap attached by the
+    /// workload itself.
+    pub fn new(features: u64, queue: u16) -> RawOpts {
+        RawOpts {
+            features,
+            queue,
+            fork_owner: None,
+            attach: false,
+        }
+    }
+}
+
+/// `VIRTIO_F_VERSION_1` as a feature bit.
+pub const F_V1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+
 /// The device, its memory, rings, tap and AF_PACKET socket.
 pub struct RawNet {
     /// The vhost-net fd.
