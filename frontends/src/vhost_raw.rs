@@ -83,6 +83,18 @@ pub struct MemRegion {
     pub flags_padding: u64,
 }
 
+impl From<vhost::VhostUserMemoryRegionInfo> for MemRegion {
+    /// The region of an arena (`Arena::region_info`), flags 0.
+    fn from(info: vhost::VhostUserMemoryRegionInfo) -> MemRegion {
+        MemRegion {
+            guest_phys_addr: info.guest_phys_addr,
+            memory_size: info.memory_size,
+            userspace_addr: info.userspace_addr,
+            flags_padding: 0,
+        }
+    }
+}
+
 /// `struct vhost_iotlb_msg`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

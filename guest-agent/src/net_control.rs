@@ -310,12 +310,8 @@ fn live_base(timeout: Duration) -> Result<u64, NetError> {
     let info = n.arena.region_info();
     expect_ok(
         case,
-        n.dev.set_mem_table(&[frontends::vhost_raw::MemRegion {
-            guest_phys_addr: info.guest_phys_addr,
-            memory_size: info.memory_size,
-            userspace_addr: info.userspace_addr,
-            flags_padding: 0,
-        }]),
+        n.dev
+            .set_mem_table(&[frontends::vhost_raw::MemRegion::from(info)]),
     )?;
     for q in [RXQ, TXQ] {
         n.rings[q].configure(&n.dev, q as u32)?;

@@ -279,12 +279,7 @@ fn ioctl_errors() -> Result<u64, NetError> {
     )?;
     let mem = crate::vring::Arena::new(1 << 16)?;
     let info = mem.region_info();
-    let region = MemRegion {
-        guest_phys_addr: info.guest_phys_addr,
-        memory_size: info.memory_size,
-        userspace_addr: info.userspace_addr,
-        flags_padding: 0,
-    };
+    let region = MemRegion::from(info);
     // Memory tables: (name, regions, the header's padding word, errno).
     let many: Vec<MemRegion> = (0..65u64)
         .map(|i| MemRegion {

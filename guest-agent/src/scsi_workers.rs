@@ -371,12 +371,7 @@ fn workers(n: &mut Tally, nvqs: u32, timeout: Duration) -> Result<(), NetError> 
     // looked for and not found; clearing no endpoint succeeds.
     let mem = crate::vring::Arena::new(1 << 16)?;
     let info = mem.region_info();
-    let region = MemRegion {
-        guest_phys_addr: info.guest_phys_addr,
-        memory_size: info.memory_size,
-        userspace_addr: info.userspace_addr,
-        flags_padding: 0,
-    };
+    let region = MemRegion::from(info);
     expect_ok("VHOST_SET_MEM_TABLE", d.set_mem_table(&[region]))?;
     n.errno(
         "VHOST_SCSI_SET_ENDPOINT of an unknown target",
@@ -830,12 +825,7 @@ fn scsi_io_on(n: &mut Tally, nvqs: u32, timeout: Duration) -> Result<u64, NetErr
     expect_ok("VHOST_SET_OWNER", d.set_owner())?;
     expect_ok(
         "VHOST_SET_MEM_TABLE",
-        d.set_mem_table(&[MemRegion {
-            guest_phys_addr: info.guest_phys_addr,
-            memory_size: info.memory_size,
-            userspace_addr: info.userspace_addr,
-            flags_padding: 0,
-        }]),
+        d.set_mem_table(&[MemRegion::from(info)]),
     )?;
     // The control, event and first I/O queue, all on a new worker; the default one freed.
     let w = expect_ok("VHOST_NEW_WORKER", d.new_worker())?;

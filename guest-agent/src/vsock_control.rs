@@ -91,12 +91,7 @@ impl Dev {
         let info = arena.region_info();
         expect_ok(
             "VHOST_SET_MEM_TABLE",
-            dev.set_mem_table(&[MemRegion {
-                guest_phys_addr: info.guest_phys_addr,
-                memory_size: info.memory_size,
-                userspace_addr: info.userspace_addr,
-                flags_padding: 0,
-            }]),
+            dev.set_mem_table(&[MemRegion::from(info)]),
         )?;
         let mut ring = |index: u32| -> Result<RawRing, NetError> {
             let n = u64::from(QUEUE);
