@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use kcov_wire::program::{Program, Target};
 
-use super::stream::{write_atomic, InFlight};
+use coverage::store::write_atomic;
+
+use super::stream::InFlight;
 
 /// Occurrences of one unique crash whose reproducer and console are kept.
 pub const KEPT: u32 = 3;

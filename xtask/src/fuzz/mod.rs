@@ -38,9 +38,10 @@ use crate::boot::{self, BootOpts};
 use crate::kernel::KernelOpts;
 use crate::paths;
 use crate::runner::{GuestStatus, RunnerKind, StopSignal, Timeouts};
+use coverage::store::write_atomic;
 pub use crashes::{parse_repro, repro_text, Crash, Unique};
 use crashes::{report_excerpt, CrashLog, Occurrence};
-use stream::{write_atomic, Campaign, Point};
+use stream::{Campaign, Point};
 
 /// The fuzz kernel's extra fragment (in `kernel-config/`).
 pub const FUZZ_FRAGMENT: &str = "fuzz.config";

@@ -13,7 +13,9 @@ use anyhow::{Context, Result};
 use kcov_wire::program::{Program, ProvokeKind};
 
 use super::crashes::{parse_repro, Crash};
-use super::stream::{corpus_name, write_atomic};
+use coverage::store::write_atomic;
+
+use super::stream::corpus_name;
 use super::{campaign, repro, FuzzOpts, Outcome};
 use crate::paths;
 

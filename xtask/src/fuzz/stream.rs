@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use coverage::store::write_atomic;
 use kcov_wire::program::Program;
 use kcov_wire::{Decoder, Frame};
 use sha2::{Digest, Sha256};
@@ -87,16 +88,6 @@ pub fn corpus_name(data: &[u8]) -> String {
     let d = Sha256::digest(data);
     let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
     format!("{hex}.bin")
-}
-
-/// Writes `bytes` to `path` atomically (temporary file, sync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 impl Campaign {
