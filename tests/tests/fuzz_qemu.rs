@@ -149,6 +149,44 @@ fn crash_dirs(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// A replay whose VM crashes before the agent starts never ran its program: it boots again
+/// (three boots in all), says so each time, and reports the last boot's panic.
+#[test]
+fn a_replay_whose_vm_crashes_at_boot_boots_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("seed.bin");
+    std::fs::write(&file, Program::seed(Target::VhostNet).encode()).unwrap();
+    let Some(out) = tests::xtask(&[
+        "fuzz",
+        "vhost-net",
+        "--repro",
+        file.to_str().unwrap(),
+        "--plain-kernel",
+        "--runner",
+        "qemu",
+        "--append",
+        "rdinit=/none",
+        "--append",
+        "init=/none",
+    ]) else {
+        return;
+    };
+    let all = tests::assert_exit_with(
+        &out,
+        70,
+        &[
+            "the program never ran, booting again (2 of 3)",
+            "the program never ran, booting again (3 of 3)",
+            "fuzz: replay: panic: Kernel panic",
+        ],
+    );
+    assert_eq!(
+        all.matches("the program never ran, booting again").count(),
+        2,
+        "{all}"
+    );
+}
+
 /// The crash path with a real kernel panic: no init, so every VM's kernel panics at boot.
 /// Each panic is recorded (no program was in flight) and the campaign boots the next VM,
 /// until it gives up after five VMs in a row that ran nothing. The five are one bug: one

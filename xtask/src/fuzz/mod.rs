@@ -58,6 +58,8 @@ const MAX_IDLE_VMS: u32 = 5;
 const STALL: Duration = Duration::from_secs(30);
 /// A replay's run timeout (agent ready to VM end).
 const REPLAY_RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Boots a replay may take when each crashes before the agent starts (then the last counts).
+const REPLAY_BOOT_ATTEMPTS: u32 = 3;
 /// How long past the campaign's end a VM may run before it is stopped (a guest clock that
 /// runs slow under a loaded TCG host makes the agent's own budget late).
 const DEADLINE_GRACE: Duration = Duration::from_secs(20);
@@ -592,9 +594,28 @@ pub fn repro(file: &Path, opts: &FuzzOpts, default_target: Option<Target>) -> Re
         plan,
         ..BootOpts::default()
     };
-    let (outcome, run_dir) = boot::boot(&bopts)?;
-    let console = std::fs::read_to_string(run_dir.join("serial.log")).unwrap_or_default();
-    let report = classify(&outcome.status, &console);
+    // A kernel report before the agent came up is the boot's, not the program's (the KASAN +
+    // lockdep kernel under TCG rarely trips in start_kernel): boot again, a bounded number of
+    // times, and say so.
+    let mut attempt = 1;
+    let (outcome, run_dir, console, report) = loop {
+        let (outcome, run_dir) = boot::boot(&bopts)?;
+        let console = std::fs::read_to_string(run_dir.join("serial.log")).unwrap_or_default();
+        let report = classify(&outcome.status, &console);
+        match &report {
+            Some((kind, title))
+                if outcome.ready_after.is_none() && attempt < REPLAY_BOOT_ATTEMPTS =>
+            {
+                eprintln!(
+                    "fuzz: replay: the VM crashed before the agent started ({kind}: {title}; {}):                      the program never ran, booting again ({} of {REPLAY_BOOT_ATTEMPTS})",
+                    run_dir.path().display(),
+                    attempt + 1
+                );
+                attempt += 1;
+            }
+            _ => break (outcome, run_dir, console, report),
+        }
+    };
     Ok(Replay {
         excerpt: if report.is_some() {
             report_excerpt(&console)
