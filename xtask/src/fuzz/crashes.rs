@@ -205,6 +205,8 @@ pub struct Crash {
     /// From the host's reading of the program in flight to the VM's end: how long the
     /// crash took to be caught (most telling for a hang).
     pub caught_after: Option<Duration>,
+    /// The VM ended while booting, before its agent started (no program can have caused it).
+    pub at_boot: bool,
 }
 
 impl Crash {
@@ -221,8 +223,8 @@ pub struct Unique {
     pub normalised: String,
     pub dir: PathBuf,
     pub count: u32,
-    /// (VM, run directory, title as reported) of every occurrence.
-    occurrences: Vec<(u32, PathBuf, String)>,
+    /// (VM, run directory, title as reported, while booting) of every occurrence.
+    occurrences: Vec<(u32, PathBuf, String, bool)>,
 }
 
 /// What a VM's end left, for [`CrashLog::record`].
@@ -236,6 +238,8 @@ pub struct Occurrence<'a> {
     pub run_dir: &'a Path,
     /// Seconds since the campaign started when the VM ended.
     pub ended_t: f64,
+    /// The VM ended before its agent started: the kernel's own boot crashed, no program ran.
+    pub at_boot: bool,
 }
 
 /// The crashes of one campaign, grouped, on disk under `crashes/`.
@@ -290,8 +294,12 @@ impl CrashLog {
         };
         let u = &mut self.unique[i];
         u.count += 1;
-        u.occurrences
-            .push((o.vm, o.run_dir.to_path_buf(), o.title.replace('\n', " ")));
+        u.occurrences.push((
+            o.vm,
+            o.run_dir.to_path_buf(),
+            o.title.replace('\n', " "),
+            o.at_boot,
+        ));
         let suffix = if u.count == 1 {
             String::new()
         } else {
@@ -317,8 +325,9 @@ impl CrashLog {
             "kind: {}\ntitle: {}\ncount: {}\n# occurrences (VM, run directory, title as reported); files kept for the first {KEPT}:\n",
             u.kind, u.normalised, u.count
         );
-        for (vm, run, title) in &u.occurrences {
-            summary.push_str(&format!("{vm}\t{}\t{title}\n", run.display()));
+        for (vm, run, title, at_boot) in &u.occurrences {
+            let when = if *at_boot { " (while booting)" } else { "" };
+            summary.push_str(&format!("{vm}\t{}\t{title}{when}\n", run.display()));
         }
         write_atomic(&u.dir.join("crash.txt"), summary.as_bytes())?;
         let crash = Crash {
@@ -333,6 +342,7 @@ impl CrashLog {
             caught_after: o
                 .inflight
                 .map(|f| Duration::from_secs_f64((o.ended_t - f.t).max(0.0))),
+            at_boot: o.at_boot,
         };
         self.all.push(crash.clone());
         Ok(crash)
@@ -470,6 +480,7 @@ mod tests {
                     vm: i,
                     run_dir: &run,
                     ended_t: 12.5,
+                    at_boot: false,
                 })
                 .unwrap();
             assert_eq!(c.occurrence, i + 1);
@@ -486,6 +497,7 @@ mod tests {
                 vm: 5,
                 run_dir: &run,
                 ended_t: 20.0,
+                at_boot: true,
             })
             .unwrap();
         assert_eq!(log.unique.len(), 2);
@@ -494,7 +506,9 @@ mod tests {
         assert_eq!((warn.count, warn.kind.as_str()), (5, "warn"));
         assert!(warn.dir.ends_with("000-warn"));
         assert!(other.dir.ends_with("001-panic"));
-        assert!(other.repro.is_none() && !other.has_repro());
+        assert!(other.repro.is_none() && !other.has_repro() && other.at_boot);
+        let text = std::fs::read_to_string(other.dir.join("crash.txt")).unwrap();
+        assert!(text.contains("dumptest (while booting)\n"), "{text}");
         for f in [
             "repro.txt",
             "console.txt",
@@ -531,6 +545,7 @@ mod tests {
                 vm: 0,
                 run_dir: &run,
                 ended_t: 0.0,
+                at_boot: false,
             })
             .unwrap();
         assert!(c.dir.ends_with("002-hang"), "{}", c.dir.display());

@@ -76,8 +76,11 @@ impl Row {
 pub struct SelfTest {
     pub rows: Vec<Row>,
     /// Crashes no provoked program explains (the seed or a mutant crashed, or a VM died
-    /// without a program in flight): each is a failure.
+    /// without a program in flight after its agent started): each is a failure.
     pub unexpected: Vec<Crash>,
+    /// VMs whose kernel crashed while booting, before the agent started: no program ran, so
+    /// the pipeline under test is not involved; shown as a note with the crash's directory.
+    pub boot_crashes: Vec<Crash>,
     pub outcome: Outcome,
     pub elapsed: Duration,
 }
@@ -169,6 +172,15 @@ impl SelfTest {
         for c in &self.unexpected {
             s.push_str(&format!(
                 "FAIL: an unexpected crash in VM {}: {} {} ({})\n",
+                c.vm,
+                c.kind,
+                c.title,
+                c.dir.display()
+            ));
+        }
+        for c in &self.boot_crashes {
+            s.push_str(&format!(
+                "note: VM {} crashed while booting, before the agent started (no program ran; a kernel bug of its own): {} {} ({})\n",
                 c.vm,
                 c.kind,
                 c.title,
@@ -303,16 +315,17 @@ pub fn run(base: &FuzzOpts, kinds: &[ProvokeKind]) -> Result<SelfTest> {
             replay,
         });
     }
-    let unexpected = outcome
+    let (boot_crashes, unexpected) = outcome
         .crashes
         .iter()
         .zip(&explained)
         .filter(|(_, e)| !**e)
         .map(|(c, _)| c.clone())
-        .collect();
+        .partition(|c| c.at_boot);
     Ok(SelfTest {
         rows,
         unexpected,
+        boot_crashes,
         outcome,
         elapsed: started.elapsed(),
     })
@@ -333,6 +346,7 @@ mod tests {
             vm,
             occurrence: 1,
             caught_after: Some(Duration::from_millis(10_100)),
+            at_boot: false,
         }
     }
 
@@ -379,6 +393,7 @@ mod tests {
         let pass = SelfTest {
             rows: vec![good(ProvokeKind::Panic, 0), good(ProvokeKind::HungTask, 1)],
             unexpected: Vec::new(),
+            boot_crashes: Vec::new(),
             outcome: outcome(Vec::new()),
             elapsed: Duration::from_secs(60),
         };
@@ -386,6 +401,24 @@ mod tests {
         let table = pass.render();
         assert!(table.contains("self-test: PASS"), "{table}");
         assert!(!table.contains("FAIL"), "{table}");
+        // A kernel that crashed while booting ran no program: a note, not a failure.
+        let boot = SelfTest {
+            boot_crashes: vec![Crash {
+                at_boot: true,
+                program: None,
+                repro: None,
+                ..crash("kasan", ProvokeKind::Panic, 2)
+            }],
+            ..pass
+        };
+        assert!(boot.ok());
+        let table = boot.render();
+        assert!(table.contains("self-test: PASS"), "{table}");
+        assert!(
+            table.contains("note: VM 2 crashed while booting, before the agent started"),
+            "{table}"
+        );
+
         assert!(table.contains("10.1 s"), "{table}");
         assert!(table.contains("ok crashes/001-hang/repro.txt"), "{table}");
 
@@ -460,6 +493,7 @@ mod tests {
         SelfTest {
             rows: Vec::new(),
             unexpected: Vec::new(),
+            boot_crashes: Vec::new(),
             outcome: outcome(Vec::new()),
             elapsed: Duration::ZERO,
         }
