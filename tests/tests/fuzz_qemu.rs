@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kcov_wire::program::{Program, ProvokeKind, Target};
+use kcov_wire::program::{Op, Program, ProvokeKind, Target};
 use tests::text;
 
 /// The `fuzz: N execs, P PCs, C corpus entries` line's numbers.
@@ -421,4 +421,98 @@ fn the_self_test_fails_on_a_kernel_without_lkdtm() {
         "{all}"
     );
     assert!(crash_dirs(dir.path()).is_empty(), "{all}");
+}
+
+/// `--repro --minimize` on the fuzz kernel: the seed's ops, then a WARN provoked (fatal
+/// with panic_on_warn), then a close. Only the provoking op matters (lkdtm's debugfs file
+/// needs no vhost device), so minimising must end with that op alone, written next to the
+/// input, and say how many replays it took.
+#[test]
+fn minimize_keeps_only_the_op_that_crashes_the_kernel() {
+    if tests::artifact("TESTBED_FUZZ_BZIMAGE").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("repro.txt");
+    let mut program = Program::seed(Target::VhostNet);
+    program.ops.extend([
+        Op::Provoke {
+            kind: ProvokeKind::Warn,
+        },
+        Op::Close { slot: 0 },
+    ]);
+    std::fs::write(
+        &file,
+        xtask::fuzz::repro_text(Target::VhostNet, "warn", "WARNING", &program.encode()),
+    )
+    .unwrap();
+    let Some(out) = tests::xtask(&[
+        "fuzz",
+        "--repro",
+        file.to_str().unwrap(),
+        "--provoke",
+        "--minimize",
+        "--runner",
+        "qemu",
+    ]) else {
+        return;
+    };
+    let all = tests::assert_exit_with(
+        &out,
+        0,
+        &[
+            "fuzz: minimise: reproduced warn: WARNING: CPU:",
+            "fuzz: minimised warn: WARNING: CPU:",
+            &format!("{} ops -> 1 in ", program.ops.len()),
+            "repro-min.txt",
+        ],
+    );
+    eprintln!("{all}");
+    let min = std::fs::read(dir.path().join("repro-min.txt")).unwrap();
+    let (target, data) = xtask::fuzz::parse_repro(&min, None).unwrap();
+    assert_eq!(target, Target::VhostNet);
+    let kept = Program::decode(&data);
+    assert_eq!(
+        kept.ops,
+        vec![Op::Provoke {
+            kind: ProvokeKind::Warn
+        }],
+        "{all}"
+    );
+    let text = String::from_utf8(min).unwrap();
+    assert!(text.contains("kind: warn\n"), "{text}");
+    assert!(
+        text.contains(&format!("# minimised from {}", file.display())),
+        "{text}"
+    );
+}
+
+/// Bad input: a program that does not crash the kernel has nothing to minimise: one replay,
+/// exit 1, the reason in one line, nothing written.
+#[test]
+fn minimize_refuses_a_program_that_does_not_reproduce() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("seed.bin");
+    std::fs::write(&file, Program::seed(Target::VhostNet).encode()).unwrap();
+    let Some(out) = tests::xtask(&[
+        "fuzz",
+        "vhost-net",
+        "--repro",
+        file.to_str().unwrap(),
+        "--minimize",
+        "--plain-kernel",
+        "--runner",
+        "qemu",
+    ]) else {
+        return;
+    };
+    let all = tests::assert_exit_with(
+        &out,
+        1,
+        &["does not reproduce: the replay ended without a kernel report"],
+    );
+    assert!(!dir.path().join("seed-min.txt").exists(), "{all}");
+    // --minimize without --repro is a usage error.
+    let out = tests::xtask(&["fuzz", "vhost-net", "--minimize"]).unwrap();
+    tests::assert_exit_with(&out, 2, &["--repro"]);
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use kcov_wire::program::{ProvokeKind, Target};
 
-use super::{campaign, repro, selftest, FuzzOpts};
+use super::{campaign, minimize, repro, selftest, FuzzOpts};
 use crate::runner::RunnerKind;
 
 /// `cargo xtask fuzz`'s arguments.
@@ -25,6 +25,13 @@ pub struct FuzzArgs {
     /// Replay this reproducer (or corpus file) once and show the kernel's report.
     #[arg(long, value_name = "FILE")]
     pub repro: Option<PathBuf>,
+    /// With --repro: find the fewest ops that still give the same report (kind and title),
+    /// one VM per candidate, and write them next to FILE as NAME-min.txt.
+    #[arg(long, requires = "repro")]
+    pub minimize: bool,
+    /// With --minimize: at most this many replays (the first, of FILE as it is, included).
+    #[arg(long, default_value_t = 60, requires = "minimize")]
+    pub max_replays: u32,
     /// Campaign directory (default target/testbed/fuzz/TARGET-MS).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -124,6 +131,29 @@ pub fn fuzz_cmd(args: &FuzzArgs) -> Result<std::process::ExitCode> {
         } else {
             std::process::ExitCode::from(1)
         });
+    }
+    if let (Some(file), true) = (&args.repro, args.minimize) {
+        if args.max_replays == 0 {
+            bail!("--max-replays 0: expected a positive number");
+        }
+        let m = minimize::minimize(file, &opts, target, args.max_replays)?;
+        println!(
+            "fuzz: minimised {kind}: {title}\n{before} ops -> {after} in {replays} replays ({secs:.0} s){spent}:\n{program}fuzz: written to {file}",
+            kind = m.kind,
+            title = m.title,
+            before = m.before,
+            after = m.program.ops.len(),
+            replays = m.replays,
+            secs = m.elapsed.as_secs_f64(),
+            spent = if m.budget_spent {
+                " (the --max-replays budget ran out first)"
+            } else {
+                ""
+            },
+            program = m.program,
+            file = m.file.display()
+        );
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     if let Some(file) = &args.repro {
         opts.echo = true;

@@ -21,6 +21,7 @@
 pub mod bench;
 pub mod cli;
 pub mod crashes;
+pub mod minimize;
 pub mod plot;
 pub mod selftest;
 pub mod stream;
@@ -580,10 +581,17 @@ pub fn repro(file: &Path, opts: &FuzzOpts, default_target: Option<Target>) -> Re
     if !opts.provoke && Program::decode(&data).ops.iter().any(|op| op.is_provoke()) {
         eprintln!("fuzz: note: this program provokes a kernel bug on purpose (lkdtm); without --provoke the agent skips that op");
     }
+    replay(target, &data, opts)
+}
+
+/// Boots once with the program `data` on `target` (no mutation) and reads the kernel's report
+/// off the console; a VM that crashes before its agent starts is booted again (the program
+/// never ran), up to [`REPLAY_BOOT_ATTEMPTS`] boots.
+pub fn replay(target: Target, data: &[u8], opts: &FuzzOpts) -> Result<Replay> {
     let tmp = tempfile::tempdir()?;
     let corpus = tmp.path().join("corpus");
     std::fs::create_dir_all(&corpus)?;
-    std::fs::write(corpus.join("repro.bin"), &data)?;
+    std::fs::write(corpus.join("repro.bin"), data)?;
     let mut plan = boot::default_plan();
     plan.fuzz = Some(FuzzPlan {
         target,
