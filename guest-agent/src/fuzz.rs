@@ -757,7 +757,9 @@ impl Env {
         let result = std::fs::OpenOptions::new()
             .write(true)
             .open(LKDTM_DIRECT)
-            .and_then(|mut f| f.write_all(kind.lkdtm_name().as_bytes()));
+            .and_then(|mut f| {
+                (0..kind.lkdtm_writes()).try_for_each(|_| f.write_all(kind.lkdtm_name().as_bytes()))
+            });
         if let Err(e) = result {
             if !std::mem::replace(&mut self.provoke_said, true) {
                 println!("testbed-agent: fuzz: provoke {}: {LKDTM_DIRECT}: {e} (a kernel without CONFIG_LKDTM, or the type is not built in)", kind.name());

@@ -227,16 +227,21 @@ pub enum ProvokeKind {
     /// A CPU spins with preemption off forever (lkdtm `SOFTLOCKUP`): on a one-vCPU guest the
     /// whole kernel stops.
     SoftLockup,
+    /// One task takes the same spinlock twice (lkdtm `SPINLOCKUP`, written twice): lockdep
+    /// reports the lock held on the return to user space and then the recursive locking,
+    /// and the CPU spins forever (the whole one-vCPU guest stops).
+    Lockdep,
 }
 
 impl ProvokeKind {
     /// Every kind, in encoding order.
-    pub const ALL: [ProvokeKind; 5] = [
+    pub const ALL: [ProvokeKind; 6] = [
         ProvokeKind::Panic,
         ProvokeKind::KasanUseAfterFree,
         ProvokeKind::Warn,
         ProvokeKind::HungTask,
         ProvokeKind::SoftLockup,
+        ProvokeKind::Lockdep,
     ];
 
     fn from_u8(b: u8) -> ProvokeKind {
@@ -251,10 +256,20 @@ impl ProvokeKind {
             ProvokeKind::Warn => "WARNING",
             ProvokeKind::HungTask => "HUNG_TASK",
             ProvokeKind::SoftLockup => "SOFTLOCKUP",
+            ProvokeKind::Lockdep => "SPINLOCKUP",
         }
     }
 
-    /// Our short name (`panic`, `kasan-uaf`, `warn`, `hang`, `lockup`).
+    /// How many times the crash type is written to lkdtm's `DIRECT` (`SPINLOCKUP` takes the
+    /// lock once per write: the second write is the bug).
+    pub fn lkdtm_writes(self) -> usize {
+        match self {
+            ProvokeKind::Lockdep => 2,
+            _ => 1,
+        }
+    }
+
+    /// Our short name (`panic`, `kasan-uaf`, `warn`, `hang`, `lockup`, `lockdep`).
     pub fn name(self) -> &'static str {
         match self {
             ProvokeKind::Panic => "panic",
@@ -262,6 +277,7 @@ impl ProvokeKind {
             ProvokeKind::Warn => "warn",
             ProvokeKind::HungTask => "hang",
             ProvokeKind::SoftLockup => "lockup",
+            ProvokeKind::Lockdep => "lockdep",
         }
     }
 

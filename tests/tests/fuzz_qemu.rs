@@ -301,7 +301,8 @@ fn the_kasan_kernel_replays_the_seed_without_a_report() {
 }
 
 /// `--self-test` on the fuzz kernel: lkdtm provokes a panic, a KASAN use-after-free, a WARN
-/// (fatal with panic_on_warn) and a task stuck in the kernel (the agent's watchdog). Checked
+/// (fatal with panic_on_warn), a task stuck in the kernel (the agent's watchdog) and a
+/// spinlock taken twice (lockdep's report, then a stopped guest: the host's watchdog). Checked
 /// here from the files, not only from the command's table: each kind's crash directory, its
 /// reproducer (exactly the provoking program), its console, the clean VM after them, and the
 /// hang caught within a bound.
@@ -316,6 +317,8 @@ fn the_self_test_provokes_records_and_replays_each_kind_of_kernel_bug() {
         "fuzz",
         "vhost-net",
         "--self-test",
+        "--kinds",
+        "panic,kasan-uaf,warn,hang,lockdep",
         "--runner",
         "qemu",
         "--out",
@@ -342,6 +345,13 @@ fn the_self_test_provokes_records_and_replays_each_kind_of_kernel_bug() {
         ),
         (ProvokeKind::Warn, "warn", "lkdtm_WARNING"),
         (ProvokeKind::HungTask, "hang", "did not finish within"),
+        // lockdep's first report (it reports once per boot); the guest then stops and the
+        // host's stall watchdog ends the VM, but the report names the crash.
+        (
+            ProvokeKind::Lockdep,
+            "lockdep",
+            "WARNING: lock held when returning to user space!",
+        ),
     ];
     assert_eq!(crashes.len(), want.len(), "{crashes:?}\n{all}");
     for (kind, crash_kind, report) in want {
@@ -389,6 +399,12 @@ fn the_self_test_provokes_records_and_replays_each_kind_of_kernel_bug() {
         (9.0..25.0).contains(&caught),
         "hang caught after {caught} s: {hang_row}"
     );
+    let lockdep = crashes
+        .iter()
+        .find(|c| c.to_string_lossy().ends_with("-lockdep"))
+        .unwrap();
+    let console = std::fs::read_to_string(lockdep.join("console.txt")).unwrap();
+    assert!(console.contains("(lock_me_up)"), "{console}");
     assert!(took < Duration::from_secs(900), "{took:?}");
 }
 

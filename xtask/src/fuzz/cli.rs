@@ -68,7 +68,8 @@ pub struct FuzzArgs {
     /// goes on, and each replay shows the same report; exit 1 if not.
     #[arg(long, conflicts_with_all = ["repro", "corpus"])]
     pub self_test: bool,
-    /// With --self-test: the kinds to provoke (panic, kasan-uaf, warn, hang, lockup).
+    /// With --self-test: the kinds to provoke (panic, kasan-uaf, warn, hang; lockup and
+    /// lockdep are slower: the guest stops and the host's watchdog ends it).
     #[arg(
         long,
         value_delimiter = ',',
@@ -117,7 +118,7 @@ pub fn fuzz_cmd(args: &FuzzArgs) -> Result<std::process::ExitCode> {
             .iter()
             .map(|k| {
                 ProvokeKind::from_name(k).ok_or_else(|| {
-                    anyhow!("unknown --kinds entry {k:?}: panic, kasan-uaf, warn, hang or lockup")
+                    anyhow!("unknown --kinds entry {k:?}: panic, kasan-uaf, warn, hang, lockup or lockdep")
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -190,6 +190,11 @@ pub fn classify(status: &GuestStatus, console: &str) -> Option<(String, String)>
             ("possible circular locking", "lockdep"),
             ("possible recursive locking", "lockdep"),
             ("inconsistent lock state", "lockdep"),
+            ("possible irq lock inversion", "lockdep"),
+            ("bad unlock balance detected", "lockdep"),
+            ("held lock freed", "lockdep"),
+            ("lock held when returning to user space", "lockdep"),
+            ("suspicious RCU usage", "lockdep"),
             ("WARNING: ", "warn"),
             ("BUG: ", "bug"),
             ("general protection fault", "gpf"),
@@ -316,13 +321,21 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
         runs.push(run_dir.clone());
         let console = std::fs::read_to_string(run_dir.join("serial.log")).unwrap_or_default();
         let verdict = if end.stalled {
-            Some((
-                "hang".to_string(),
-                format!(
-                    "no stream frames for {} s: the guest stopped making progress",
-                    STALL.as_secs()
-                ),
-            ))
+            // A report the kernel printed before it stopped (lockdep on a lock taken twice,
+            // say) names the bug better than the silence does.
+            Some(
+                classify(outcome, &console)
+                    .filter(|(kind, _)| kind != "hang")
+                    .unwrap_or_else(|| {
+                        (
+                            "hang".to_string(),
+                            format!(
+                                "no stream frames for {} s: the guest stopped making progress",
+                                STALL.as_secs()
+                            ),
+                        )
+                    }),
+            )
         } else if end.deadline {
             eprintln!("fuzz: stopped the VM at the campaign's end (its stream was live)");
             None
@@ -691,6 +704,30 @@ mod tests {
         let lockdep = "WARNING: possible circular locking dependency detected\n";
         assert_eq!(
             classify(&GuestStatus::Exited(0), lockdep).unwrap().0,
+            "lockdep"
+        );
+        // lkdtm SPINLOCKUP twice, as this kernel prints it: lockdep's first report (it turns
+        // itself off after one), then the guest stops and the host stops the VM.
+        let twice = "testbed-agent: fuzz: provoking lockdep (lkdtm SPINLOCKUP)\n\n================================================\nWARNING: lock held when returning to user space!\n6.12.118 #8 Not tainted\n------------------------------------------------\nfuzz-exec/34 is leaving the kernel with locks still held!\n1 lock held by fuzz-exec/34:\n #0: ffffffff826277d8 (lock_me_up){+.+.}-{2:2}, at: lkdtm_do_action+0x50/0x5b\nlkdtm: Performing direct entry SPINLOCKUP\n";
+        let (kind, title) = classify(&GuestStatus::Stopped("stalled".into()), twice).unwrap();
+        assert_eq!(kind, "lockdep");
+        assert_eq!(title, "WARNING: lock held when returning to user space!");
+        assert_eq!(
+            classify(
+                &GuestStatus::Exited(0),
+                "WARNING: possible recursive locking detected\nBUG: spinlock recursion\n"
+            )
+            .unwrap()
+            .0,
+            "lockdep"
+        );
+        assert_eq!(
+            classify(
+                &GuestStatus::Exited(0),
+                "WARNING: lock held when returning to user space!\n"
+            )
+            .unwrap()
+            .0,
             "lockdep"
         );
     }

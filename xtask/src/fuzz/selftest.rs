@@ -38,6 +38,8 @@ pub fn expected_kind(kind: ProvokeKind) -> &'static str {
         ProvokeKind::Warn => "warn",
         // The agent's watchdog (a task stuck in the kernel), or the host's (a stopped kernel).
         ProvokeKind::HungTask | ProvokeKind::SoftLockup => "hang",
+        // The report on the console, though the guest then stops (the host's watchdog ends it).
+        ProvokeKind::Lockdep => "lockdep",
     }
 }
 
@@ -503,7 +505,7 @@ mod tests {
     fn every_kind_has_an_expected_crash_kind_the_classifier_knows() {
         for k in ProvokeKind::ALL {
             assert!(
-                ["panic", "kasan", "warn", "hang"].contains(&expected_kind(k)),
+                ["panic", "kasan", "warn", "hang", "lockdep"].contains(&expected_kind(k)),
                 "{k:?}"
             );
         }
