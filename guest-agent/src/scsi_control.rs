@@ -23,8 +23,9 @@
 //!   byte short of it, and data in more than `VHOST_SCSI_PREALLOC_SGLS` pages dropped; a
 //!   descriptor outside the memory table stops the queue (nothing used, the ring base not
 //!   moved, the same error at the next kick); WRITE(10) with less data than the CDB says
-//!   CHECK CONDITION (INVALID FIELD IN COMMAND IU), READ(10) with more or less buffer than
-//!   the CDB says GOOD with the residue; then WRITE(10)/READ(10) byte-exact;
+//!   CHECK CONDITION (INVALID FIELD IN COMMAND IU), READ(10) with more buffer than the CDB
+//!   says GOOD with the residue, with less CHECK CONDITION (INVALID FIELD IN CDB); unit
+//!   attentions after the LUN reset and the LUN changes; then WRITE(10)/READ(10) byte-exact;
 //! * T10 PI (`VIRTIO_SCSI_F_T10_PI`): the `fabric_prot_type` attribute shown back (0, 1, 3;
 //!   2 and a non-number EINVAL), a request without the PI fields, PI bytes against the data
 //!   direction BAD_TARGET, a READ(10) with PI bytes in (GOOD, the PI counted as residue, the
