@@ -8,6 +8,8 @@ pub mod net_errors;
 pub mod net_gaps;
 pub mod net_matrix;
 pub mod rawnet;
+pub mod scsi_control;
+pub mod scsi_dev;
 pub mod scsi_workers;
 pub mod ship;
 pub mod sys;

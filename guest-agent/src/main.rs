@@ -17,8 +17,8 @@ use guest_agent::kcov::{self, Kcov};
 use guest_agent::ship::{ship_while_running, trace_mode, AreaNote, FrameSink, Shipper};
 use guest_agent::sys::{self, kernel_release, mount_all};
 use guest_agent::{
-    net, net_control, net_errors, net_gaps, net_matrix, scsi_workers, vsock, vsock_conns,
-    vsock_control, vsock_credit,
+    net, net_control, net_errors, net_gaps, net_matrix, scsi_control, scsi_dev, scsi_workers,
+    vsock, vsock_conns, vsock_control, vsock_credit,
 };
 use kcov_wire::console::{LineWriter, CMD_FILE, EXIT_MARKER, READY_MARKER};
 use kcov_wire::plan::{Cover, Plan, Transport, Workload};
@@ -56,7 +56,7 @@ fn run() -> Result<i32, String> {
         ("kcov", KCOV_PATH),
         ("vhost-net", VHOST_NET_PATH),
         ("vhost-vsock", VHOST_VSOCK_PATH),
-        ("vhost-scsi", scsi_workers::VHOST_SCSI_PATH),
+        ("vhost-scsi", scsi_dev::VHOST_SCSI_PATH),
     ] {
         let state = if Path::new(path).exists() {
             "present"
@@ -530,6 +530,9 @@ fn run_agent_workload(w: Workload, plan: &Plan) -> Ran {
                 .map(|c| (0, c))
                 .map_err(|e| e.to_string())
         }
+        Workload::VhostScsiControl => scsi_control::run(&plan.params)
+            .map(|c| (0, c))
+            .map_err(|e| e.to_string()),
         Workload::VhostVsockCredit => vsock_credit::run(&plan.params)
             .map(|c| (0, c))
             .map_err(|e| e.to_string()),

@@ -48,19 +48,16 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::net::{sys, Counters, NetError};
 use crate::rawnet::{expect_errno, expect_ok, fail};
+use crate::scsi_dev::{
+    arena_write, open, rw10, scsi_req, scsi_resp, ScsiRing, Target, BLOCK, CTL_VQ, EVT_VQ,
+    FIRST_IO_VQ, INITIATOR_WWPN, REQ_LEN, RESP_LEN, STAT_GOOD, S_BAD_TARGET, S_OK, TARGET_WWPN,
+    TPGT, WRITE,
+};
 
-/// The vhost-scsi device node.
-pub const VHOST_SCSI_PATH: &str = "/dev/vhost-scsi";
 /// vhost-scsi's `max_io_vqs` module parameter: the I/O queues of each device.
 const MAX_IO_VQS_PARAM: &str = "/sys/module/vhost_scsi/parameters/max_io_vqs";
 /// `VHOST_SCSI_MAX_IO_VQ`.
 const MAX_IO_VQ: u32 = 1024;
-/// The control and event queues before the I/O queues (`VHOST_SCSI_VQ_IO`).
-const FIRST_IO_VQ: u32 = 2;
-/// The control queue (`VHOST_SCSI_VQ_CTL`).
-const CTL_VQ: u32 = 0;
-/// The event queue (`VHOST_SCSI_VQ_EVT`).
-const EVT_VQ: u32 = 1;
 /// `VHOST_SCSI_FEATURES`: `VHOST_FEATURES` (NOTIFY_ON_EMPTY, INDIRECT_DESC, EVENT_IDX,
 /// LOG_ALL, ANY_LAYOUT, VERSION_1) and VIRTIO_SCSI_F_HOTPLUG, VIRTIO_SCSI_F_T10_PI.
 pub const SCSI_FEATURES: u64 =
@@ -140,10 +137,6 @@ fn device_queues() -> Result<u32, NetError> {
 
 fn queues_for(max_io_vqs: u32) -> u32 {
     max_io_vqs.clamp(1, MAX_IO_VQ) + FIRST_IO_VQ
-}
-
-fn open() -> Result<RawVhost, NetError> {
-    RawVhost::open(VHOST_SCSI_PATH).map_err(sys(format!("open {VHOST_SCSI_PATH}")))
 }
 
 /// `ioctl(fd, req, BAD_PTR)`.
@@ -613,186 +606,8 @@ fn kthread_owner(n: &mut Tally) -> Result<(), NetError> {
     Ok(())
 }
 
-/// configfs, where the SCSI target is configured.
-const CONFIGFS: &str = "/sys/kernel/config";
-/// The vhost fabric's target port (`tcm_vhost`) the device's endpoint names.
-const TARGET_WWPN: &str = "naa.5001405dead0001";
-/// The initiator port of the target portal group's nexus.
-const INITIATOR_WWPN: &str = "naa.5001405dead0002";
-/// The target portal group tag: byte 1 of a virtio-scsi LUN selects it.
-const TPGT: u8 = 1;
-/// Pages of the `rd_mcp` ramdisk behind LUN 0.
-const RD_PAGES: u32 = 16;
-/// Block size of the ramdisk (`rd_mcp` default).
-const BLOCK: usize = 512;
 /// Ring size of the I/O part's queues.
 const IO_RING: u16 = 16;
-/// `struct virtio_scsi_cmd_req` (no T10 PI): lun[8], tag, task_attr, prio, crn, cdb[32].
-const REQ_LEN: usize = 51;
-/// `struct virtio_scsi_cmd_resp`: sense_len, resid, status_qualifier, status, response,
-/// sense[96].
-const RESP_LEN: usize = 108;
-/// `VIRTIO_SCSI_S_OK`.
-const S_OK: u8 = 0;
-/// `VIRTIO_SCSI_S_BAD_TARGET`.
-const S_BAD_TARGET: u8 = 3;
-/// `SAM_STAT_GOOD`.
-const STAT_GOOD: u8 = 0;
-
-/// The configfs paths of the target, created in this order and removed in reverse.
-struct Target {
-    fabric: String,
-    hba: String,
-    disk: String,
-    tport: String,
-    tpg: String,
-    lun: String,
-    link: String,
-}
-
-impl Target {
-    fn paths() -> Target {
-        let hba = format!("{CONFIGFS}/target/core/rd_mcp_0");
-        let disk = format!("{hba}/disk0");
-        let fabric = format!("{CONFIGFS}/target/vhost");
-        let tport = format!("{fabric}/{TARGET_WWPN}");
-        let tpg = format!("{tport}/tpgt_{TPGT}");
-        let lun = format!("{tpg}/lun/lun_0");
-        let link = format!("{lun}/disk0");
-        Target {
-            fabric,
-            hba,
-            disk,
-            tport,
-            tpg,
-            lun,
-            link,
-        }
-    }
-
-    /// A ramdisk and a vhost target port with it as LUN 0 and a nexus: what
-    /// `VHOST_SCSI_SET_ENDPOINT` looks for (`vhost_scsi_make_tport`, `_make_tpg`,
-    /// `_port_link`, `_tpg_nexus_store` run here).
-    fn create() -> Result<Target, NetError> {
-        // SAFETY: mount(2) with NUL-terminated strings; EBUSY: already mounted.
-        let r = unsafe {
-            libc::mount(
-                c"configfs".as_ptr(),
-                c"/sys/kernel/config".as_ptr(),
-                c"configfs".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if r != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EBUSY) {
-                return Err(sys("mount configfs")(e));
-            }
-        }
-        let t = Target::paths();
-        let made = t.make();
-        if made.is_err() {
-            t.remove_what_is_there();
-        }
-        made.map(|()| t)
-    }
-
-    fn make(&self) -> Result<(), NetError> {
-        let t = self;
-        let mkdir = |p: &str| std::fs::create_dir(p).map_err(sys(format!("mkdir {p}")));
-        let write = |p: String, v: &str| std::fs::write(&p, v).map_err(sys(format!("{p} <- {v}")));
-        mkdir(&t.hba)?;
-        mkdir(&t.disk)?;
-        write(
-            format!("{}/control", t.disk),
-            &format!("rd_pages={RD_PAGES}"),
-        )?;
-        write(format!("{}/enable", t.disk), "1")?;
-        // The vhost fabric's group appears when it is made (target_core_register_fabric).
-        mkdir(&t.fabric)?;
-        mkdir(&t.tport)?;
-        mkdir(&t.tpg)?;
-        mkdir(&t.lun)?;
-        std::os::unix::fs::symlink(&t.disk, &t.link).map_err(sys(format!("ln -s {}", t.link)))?;
-        write(format!("{}/nexus", t.tpg), INITIATOR_WWPN)
-    }
-
-    /// After a failed [`make`](Self::make): removes whatever of it exists, ignoring errors,
-    /// so that the next run finds configfs as it was.
-    fn remove_what_is_there(&self) {
-        let _ = std::fs::remove_file(&self.link);
-        let _ = std::fs::write(format!("{}/nexus", self.tpg), "NULL");
-        for d in [
-            &self.lun,
-            &self.tpg,
-            &self.tport,
-            &self.fabric,
-            &self.disk,
-            &self.hba,
-        ] {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-
-    /// Everything [`create`](Self::create) made, in reverse. The nexus cannot go while the
-    /// LUN is linked (`vhost_scsi_drop_nexus`: EBUSY, checked), so the link goes first.
-    fn remove(&self, n: &mut Tally) -> Result<(), NetError> {
-        let nexus = format!("{}/nexus", self.tpg);
-        n.errno(
-            "dropping the nexus with a LUN linked",
-            std::fs::write(&nexus, "NULL"),
-            libc::EBUSY,
-        )?;
-        std::fs::remove_file(&self.link).map_err(sys(format!("rm {}", self.link)))?;
-        std::fs::write(&nexus, "NULL").map_err(sys(format!("{nexus} <- NULL")))?;
-        for d in [
-            &self.lun,
-            &self.tpg,
-            &self.tport,
-            &self.fabric,
-            &self.disk,
-            &self.hba,
-        ] {
-            std::fs::remove_dir(d).map_err(sys(format!("rmdir {d}")))?;
-        }
-        Ok(())
-    }
-}
-
-/// A virtio-scsi request header for LUN 0 of target `target`.
-fn scsi_req(target: u8, tag: u64, cdb: &[u8]) -> [u8; REQ_LEN] {
-    let mut r = [0u8; REQ_LEN];
-    // Byte 0 is 1, byte 1 the target, bytes 2-3 the LUN in flat addressing (0x4000 | lun).
-    r[0] = 1;
-    r[1] = target;
-    r[2] = 0x40;
-    r[8..16].copy_from_slice(&tag.to_le_bytes());
-    let n = cdb.len().min(32);
-    r[19..19 + n].copy_from_slice(&cdb[..n]);
-    r
-}
-
-/// READ(10) / WRITE(10) of `blocks` at `lba`.
-fn rw10(write: bool, lba: u32, blocks: u16) -> [u8; 10] {
-    let mut c = [0u8; 10];
-    c[0] = if write { 0x2a } else { 0x28 };
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[7..9].copy_from_slice(&blocks.to_be_bytes());
-    c
-}
-
-/// `(response, status, resid, sense_len)` of a virtio-scsi response.
-fn scsi_resp(b: &[u8; RESP_LEN]) -> (u8, u8, u32, u32) {
-    let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    (b[11], b[10], u32_at(4), u32_at(0))
-}
-
-/// One I/O queue of the SCSI part.
-struct IoRing {
-    ring: frontends::vring::DriverRing,
-    kick: EventFd,
-}
 
 /// Real I/O through vhost-scsi on a new worker: a target configured in configfs, the
 /// endpoint set, WRITE(10) then READ(10) of the same block through the ring (data checked
@@ -800,21 +615,13 @@ struct IoRing {
 /// does not exist answered BAD_TARGET; the endpoint's errnos (EEXIST, EINVAL) and its
 /// clearing. Returns the commands checked.
 fn scsi_io(n: &mut Tally, nvqs: u32, timeout: Duration) -> Result<u64, NetError> {
-    let target = Target::create()?;
-    let r = scsi_io_on(n, nvqs, timeout);
-    let removed = target.remove(n);
-    if removed.is_err() {
-        target.remove_what_is_there();
-    }
-    let cmds = r?;
-    removed?;
+    let cmds = Target::with(|_| scsi_io_on(n, nvqs, timeout))?;
+    // Target::remove's EBUSY for the nexus.
+    n.errors += 1;
     Ok(cmds)
 }
 
 fn scsi_io_on(n: &mut Tally, nvqs: u32, timeout: Duration) -> Result<u64, NetError> {
-    use frontends::vring::{Desc, DriverRing};
-    const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
-    const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
     let mut arena = crate::vring::Arena::new(1 << 20)?;
     let info = arena.region_info();
     let d = open()?;
@@ -835,27 +642,7 @@ fn scsi_io_on(n: &mut Tally, nvqs: u32, timeout: Duration) -> Result<u64, NetErr
     expect_ok("VHOST_FREE_WORKER of the default worker", d.free_worker(0))?;
     let mut rings = Vec::new();
     for vq in [CTL_VQ, EVT_VQ, FIRST_IO_VQ] {
-        let base = arena.alloc(4096, 4096)?;
-        let ring = DriverRing::contiguous(base, IO_RING);
-        expect_ok("VHOST_SET_VRING_NUM", d.set_vring_num(vq, IO_RING.into()))?;
-        expect_ok(
-            "VHOST_SET_VRING_ADDR",
-            d.set_vring_addr(&frontends::vhost_raw::VringAddr {
-                index: vq,
-                flags: 0,
-                desc: ring.desc,
-                used: ring.used,
-                avail: ring.avail,
-                log_guest_addr: 0,
-            }),
-        )?;
-        expect_ok("VHOST_SET_VRING_BASE", d.set_vring_base(vq, 0))?;
-        let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(sys("eventfd"))?;
-        expect_ok(
-            "VHOST_SET_VRING_KICK",
-            d.set_vring_kick(vq, kick.as_raw_fd()),
-        )?;
-        rings.push(IoRing { ring, kick });
+        rings.push(ScsiRing::configure(&d, &mut arena, vq, IO_RING, false)?);
     }
     let wwpn = ScsiTarget::new(TARGET_WWPN);
     expect_ok("VHOST_SCSI_SET_ENDPOINT", d.scsi_set_endpoint(&wwpn))?;
@@ -864,7 +651,6 @@ fn scsi_io_on(n: &mut Tally, nvqs: u32, timeout: Duration) -> Result<u64, NetErr
         d.scsi_set_endpoint(&wwpn),
         libc::EEXIST,
     )?;
-    let mem = arena.mem();
     let req = arena.alloc(64, 64)?;
     let resp = arena.alloc(RESP_LEN as u64, 64)?;
     let data = arena.alloc(BLOCK as u64, 4096)?;
@@ -890,48 +676,14 @@ fn scsi_io_on(n: &mut Tally, nvqs: u32, timeout: Duration) -> Result<u64, NetErr
             arena_write(&arena, data, &[0xeeu8; BLOCK])?;
             descs.push((data, BLOCK as u32, WRITE));
         }
-        // Three descriptors at most per command: slots of four, reused once the ring went round.
-        let head = (io.ring.avail_idx() % (IO_RING / 4)) * 4;
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let last = i + 1 == descs.len();
-            let idx = head + i as u16;
-            io.ring.write_desc(
-                &mem,
-                None,
-                idx,
-                Desc {
-                    addr,
-                    len,
-                    flags: if last { flags } else { flags | NEXT },
-                    next: if last { 0 } else { idx + 1 },
-                },
-            )?;
-        }
-        io.ring.push_avail(&mem, head)?;
-        io.kick.write(1).map_err(sys("kick"))?;
-        let deadline = Instant::now() + timeout;
-        let used = loop {
-            if let Some(u) = io.ring.next_used(&mem)? {
-                break u;
-            }
-            if Instant::now() >= deadline {
-                return Err(fail(
-                    "vhost-scsi command",
-                    format!(
-                        "tag {tag} (cdb {:#04x}) not used within {timeout:?}",
-                        cdb[0]
-                    ),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        };
-        // vhost-scsi always reports used length 0 (the response says what was moved).
-        if used != (u32::from(head), 0) {
-            return Err(fail(
-                "vhost-scsi command",
-                format!("used {used:?}, expected ({head}, 0)"),
-            ));
-        }
+        let head = io.post(&arena, &descs)?;
+        io.kick()?;
+        io.expect_used(
+            &arena,
+            &format!("vhost-scsi command, tag {tag} (cdb {:#04x})", cdb[0]),
+            head,
+            timeout,
+        )?;
         let mut b = [0u8; RESP_LEN];
         arena.read(resp, &mut b)?;
         Ok(scsi_resp(&b))
@@ -988,10 +740,6 @@ fn scsi_io_on(n: &mut Tally, nvqs: u32, timeout: Duration) -> Result<u64, NetErr
     expect_ok("VHOST_SCSI_CLEAR_ENDPOINT", d.scsi_clear_endpoint(&wwpn))?;
     drop(d);
     Ok(cmds)
-}
-
-fn arena_write(arena: &crate::vring::Arena, addr: u64, b: &[u8]) -> Result<(), NetError> {
-    arena.write(addr, b).map_err(NetError::from)
 }
 
 /// `[start, end)` of the text symbol `name` in `/proc/kallsyms` text: its address and the

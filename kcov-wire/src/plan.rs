@@ -75,13 +75,15 @@ pub enum Workload {
     /// vhost-net's smaller paths: an AF_PACKET socket as backend, RX buffers running out
     /// mid-frame, blocking reads of the device fd, IOTLB-mapped rings in pieces.
     VhostNetGaps,
+    /// vhost-scsi's control queue (TMF, AN), hotplug events, malformed I/O requests, T10 PI.
+    VhostScsiControl,
     /// The user command (`/etc/testbed/cmd`) under the remote handle.
     Cmd,
 }
 
 impl Workload {
     /// All workloads.
-    pub const ALL: [Workload; 13] = [
+    pub const ALL: [Workload; 14] = [
         Workload::VhostNetTx,
         Workload::VhostNetRx,
         Workload::VhostVsock,
@@ -94,6 +96,7 @@ impl Workload {
         Workload::VhostVsockCredit,
         Workload::VhostVsockConns,
         Workload::VhostNetGaps,
+        Workload::VhostScsiControl,
         Workload::Cmd,
     ];
 
@@ -112,6 +115,7 @@ impl Workload {
             Workload::VhostVsockCredit => "vhost-vsock-credit",
             Workload::VhostVsockConns => "vhost-vsock-conns",
             Workload::VhostNetGaps => "vhost-net-gaps",
+            Workload::VhostScsiControl => "vhost-scsi-control",
             Workload::Cmd => "cmd",
         }
     }

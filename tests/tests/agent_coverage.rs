@@ -842,6 +842,80 @@ fn agent_scsi_workers_workload_checks_every_worker_ioctl() {
     );
 }
 
+/// `vhost-scsi-control`: the control queue (TMF, AN), hotplug events, malformed I/O requests
+/// and T10 PI on the guest's /dev/vhost-scsi against a configfs ramdisk target, every
+/// response, event and `vq_err` checked in the guest; here the counts of what it checked and
+/// that the paths no other workload takes were reached: the control and event work on the
+/// vhost worker (remote), the hotplug and `fabric_prot_type` side in the agent's configfs
+/// calls (local).
+#[test]
+fn agent_scsi_control_workload_checks_every_answer() {
+    let Some(out) = boot(&["--workload", "vhost-scsi-control"]) else {
+        return;
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let stream = stream_path(&out);
+    let run = stream.parent().unwrap();
+    let s = read_stream(&stream);
+    let w = &s.workloads["vhost-scsi-control"];
+    assert_eq!(w.status, Some(0), "{:?}", w.error);
+    assert!(!w.overflow, "vhost-scsi-control overflowed");
+    let c = &w.counters;
+    // ABORT_TASK, LUN reset of LUN 0 and of LUN 5; target 7, LUN byte 0, 8-byte request.
+    assert_eq!(c["tmf"], 6, "{c:?}");
+    // AN_QUERY, AN_SUBSCRIBE, AN with a bad LUN.
+    assert_eq!(c["an"], 3, "{c:?}");
+    // Unknown type, 2-byte type, no TMF response buffer, short AN response buffer.
+    assert_eq!(c["ctl_dropped"], 4, "{c:?}");
+    // Link, two NO_EVENT|EVENTS_MISSED kicks, link again, link after a lost event, unlink.
+    assert_eq!(c["events"], 6, "{c:?}");
+    // Five malformed headers, the stopped queue twice, three PI refusals.
+    assert_eq!(c["io_rejected"], 10, "{c:?}");
+    // No response buffer, a short one, data over VHOST_SCSI_PREALLOC_SGLS pages.
+    assert_eq!(c["io_dropped"], 3, "{c:?}");
+    assert_eq!(c["scsi_commands"], 17, "{c:?}");
+    assert_eq!(c["pi"], 7, "{c:?}");
+    assert_eq!(c["prot_type_values"], 5, "{c:?}");
+    // Every vq_err of the paths taken, read back from the queues' error eventfds.
+    assert_eq!(c["vq_errs"], 20, "{c:?}");
+    let remote = covered_functions(run, "vhost-scsi-control", "remote");
+    assert_covers(
+        &remote,
+        "vhost-scsi-control (worker)",
+        &[
+            "vhost_scsi_ctl_handle_vq",
+            "vhost_scsi_handle_tmf",
+            "vhost_scsi_tmf_resp_work",
+            "vhost_scsi_send_tmf_resp",
+            "vhost_scsi_send_an_resp",
+            "vhost_scsi_evt_handle_kick",
+            "vhost_scsi_evt_work",
+            "vhost_scsi_complete_events",
+            "vhost_scsi_do_evt_work",
+            "vhost_scsi_free_evt",
+            "vhost_scsi_chk_size",
+            "vhost_scsi_get_req",
+            "vhost_scsi_calc_sgls",
+            "vhost_scsi_send_bad_target",
+        ],
+    );
+    let local = covered_functions(run, "vhost-scsi-control", "local");
+    assert_covers(
+        &local,
+        "vhost-scsi-control (configfs)",
+        &[
+            "vhost_scsi_port_link",
+            "vhost_scsi_port_unlink",
+            "vhost_scsi_do_plug",
+            "vhost_scsi_send_evt",
+            "vhost_scsi_allocate_evt",
+            "vhost_scsi_tpg_attrib_fabric_prot_type_store",
+            "vhost_scsi_tpg_attrib_fabric_prot_type_show",
+        ],
+    );
+}
+
 /// The vsock flow workloads in one boot: credit both ways and many connections, each checking
 /// its outcome (byte-exact streams, credit fields, exact ops and errnos) and failing otherwise;
 /// here their status, what they counted, and what they reached.

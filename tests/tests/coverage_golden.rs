@@ -250,6 +250,11 @@ fn coverage_golden_vhost_scsi_workers() {
 }
 
 #[test]
+fn coverage_golden_vhost_scsi_control() {
+    real_golden("vhost-scsi-control");
+}
+
+#[test]
 fn coverage_golden_vhost_vsock_credit() {
     real_golden("vhost-vsock-credit");
 }

@@ -29,6 +29,7 @@ pub const WORKLOADS: &[&str] = &[
     "vhost-net-zcopy",
     "vhost-scsi-workers",
     "vhost-net-gaps",
+    "vhost-scsi-control",
 ];
 
 /// `goldens/` at the workspace root.
