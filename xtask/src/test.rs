@@ -118,7 +118,9 @@ impl Counts {
     /// (..), F failed, ..` (the whole run), or, without it, the sum of libtest's `test
     /// result: ok. P passed; F failed; ..` lines.
     pub fn add_line(&mut self, line: &str) {
-        let nextest = line.contains("Summary [") && line.contains("tests run:");
+        // "1 test run:" for one test, "N tests run:" otherwise.
+        let nextest = line.contains("Summary [")
+            && (line.contains("tests run:") || line.contains(" test run:"));
         let libtest = line.trim_start().starts_with("test result:");
         if !(nextest || libtest && !self.nextest) {
             return;
@@ -308,6 +310,10 @@ mod tests {
         );
         c.add_line("    test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured");
         assert_eq!((c.passed, c.failed), (312, 2));
+        // One test: nextest says "1 test run", and a slow pass is still a pass.
+        let mut c = Counts::default();
+        c.add_line("     Summary [ 196.060s] 1 test run: 1 passed (1 slow), 10 skipped");
+        assert_eq!((c.passed, c.failed), (1, 0));
         let mut c = Counts::default();
         c.add_line("test result: ok. 5 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out");
         c.add_line("test result: FAILED. 3 passed; 1 failed; 0 ignored");
