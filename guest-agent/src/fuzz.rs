@@ -754,6 +754,20 @@ impl Env {
             kind.lkdtm_name()
         );
         let _ = std::io::stdout().flush();
+        if kind == ProvokeKind::Lockdep {
+            // The first write returns to user space holding a spinlock (preemption off). Had
+            // the return path to reschedule first, the kernel would report "scheduling while
+            // atomic" (fatal with panic_on_warn) before lockdep's check runs: a real-time
+            // thread is not preempted by the others, so lockdep's report comes first.
+            let param = libc::sched_param { sched_priority: 1 };
+            // SAFETY: plain sched_setscheduler(2) on this thread with a valid parameter.
+            if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+                println!(
+                    "testbed-agent: fuzz: provoke lockdep: SCHED_FIFO: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
         let result = std::fs::OpenOptions::new()
             .write(true)
             .open(LKDTM_DIRECT)

@@ -309,7 +309,7 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
         };
         let before = camp.execs();
         let deadline = start + opts.time + DEADLINE_GRACE;
-        let end = run_vm(&bopts, &mut camp, start, deadline, opts)?;
+        let end = run_vm(&bopts, &mut camp, start, deadline, opts, true)?;
         let (outcome, run_dir) = (&end.status, end.run_dir.clone());
         if let Some(d) = end.first_bytes {
             boot_allowance = d;
@@ -320,27 +320,11 @@ pub fn campaign(opts: &FuzzOpts) -> Result<Outcome> {
         let inflight = camp.end_vm();
         runs.push(run_dir.clone());
         let console = std::fs::read_to_string(run_dir.join("serial.log")).unwrap_or_default();
-        let verdict = if end.stalled {
-            // A report the kernel printed before it stopped (lockdep on a lock taken twice,
-            // say) names the bug better than the silence does.
-            Some(
-                classify(outcome, &console)
-                    .filter(|(kind, _)| kind != "hang")
-                    .unwrap_or_else(|| {
-                        (
-                            "hang".to_string(),
-                            format!(
-                                "no stream frames for {} s: the guest stopped making progress",
-                                STALL.as_secs()
-                            ),
-                        )
-                    }),
-            )
-        } else if end.deadline {
+        let verdict = if end.deadline && !end.stalled {
             eprintln!("fuzz: stopped the VM at the campaign's end (its stream was live)");
             None
         } else {
-            classify(outcome, &console)
+            end.verdict(&console)
         };
         let clean = verdict.is_none();
         if let Some((kind, title)) = verdict {
@@ -468,6 +452,30 @@ struct VmEnd {
     deadline: bool,
 }
 
+impl VmEnd {
+    /// The kind and title of the VM's end, or `None` for a clean one. A VM stopped for a
+    /// silent stream is a hang, unless the kernel printed a report before it stopped (lockdep
+    /// on a lock taken twice, say): that names the bug better than the silence does.
+    fn verdict(&self, console: &str) -> Option<(String, String)> {
+        if !self.stalled {
+            return classify(&self.status, console);
+        }
+        Some(
+            classify(&self.status, console)
+                .filter(|(kind, _)| kind != "hang")
+                .unwrap_or_else(|| {
+                    (
+                        "hang".to_string(),
+                        format!(
+                            "no stream frames for {} s: the guest stopped making progress",
+                            STALL.as_secs()
+                        ),
+                    )
+                }),
+        )
+    }
+}
+
 /// Boots one VM, following its stream into `camp` (and printing progress) while it runs;
 /// kills it when its stream stalls or the campaign's `deadline` passes.
 fn run_vm(
@@ -476,6 +484,7 @@ fn run_vm(
     start: Instant,
     deadline: Instant,
     opts: &FuzzOpts,
+    progress: bool,
 ) -> Result<VmEnd> {
     camp.start_vm();
     let vm_start = Instant::now();
@@ -527,7 +536,7 @@ fn run_vm(
             // At EOF for now: the file grows while the VM runs, and a later read goes on
             // from here.
         }
-        if last_print.elapsed() >= Duration::from_secs(5) || finished {
+        if progress && (last_print.elapsed() >= Duration::from_secs(5) || finished) {
             let t = start.elapsed().as_secs_f64();
             eprintln!(
                 "fuzz: {:>5.0} s  execs {:>7} ({:.1}/s)  PCs {:>6}  corpus {:>4}",
@@ -619,34 +628,40 @@ pub fn replay(target: Target, data: &[u8], opts: &FuzzOpts) -> Result<Replay> {
         append: opts.cmdline(),
         timeouts: Timeouts {
             boot: opts.boot_timeout,
-            // One program, which the agent's watchdog ends after 10 s: a minute is plenty,
-            // and is how long a replay of a kernel that stopped altogether takes.
+            // One program, which the agent's watchdog ends after 10 s: a minute is plenty (a
+            // kernel that stopped altogether is stopped sooner, after STALL of silence).
             run: REPLAY_RUN_TIMEOUT,
         },
         echo: opts.echo,
         plan,
         ..BootOpts::default()
     };
-    // A kernel report before the agent came up is the boot's, not the program's (the KASAN +
-    // lockdep kernel under TCG rarely trips in start_kernel): boot again, a bounded number of
-    // times, and say so.
+    // The replay follows the VM's stream like a campaign does (quietly): a kernel that
+    // stopped is stopped after the same STALL of silence, not at the run timeout.
+    let quiet = FuzzOpts {
+        echo: false,
+        ..opts.clone()
+    };
+    // A kernel report before the agent came up is the boot's, not the program's: boot again,
+    // a bounded number of times, and say so.
     let mut attempt = 1;
-    let (outcome, run_dir, console, report) = loop {
-        let (outcome, run_dir) = boot::boot(&bopts)?;
-        let console = std::fs::read_to_string(run_dir.join("serial.log")).unwrap_or_default();
-        let report = classify(&outcome.status, &console);
+    let (end, console, report) = loop {
+        let mut seen = Campaign::new(&tmp.path().join("seen"))?;
+        let start = Instant::now();
+        let deadline = start + opts.boot_timeout + REPLAY_RUN_TIMEOUT + DEADLINE_GRACE;
+        let end = run_vm(&bopts, &mut seen, start, deadline, &quiet, false)?;
+        let console = std::fs::read_to_string(end.run_dir.join("serial.log")).unwrap_or_default();
+        let report = end.verdict(&console);
         match &report {
-            Some((kind, title))
-                if outcome.ready_after.is_none() && attempt < REPLAY_BOOT_ATTEMPTS =>
-            {
+            Some((kind, title)) if end.first_bytes.is_none() && attempt < REPLAY_BOOT_ATTEMPTS => {
                 eprintln!(
-                    "fuzz: replay: the VM crashed before the agent started ({kind}: {title}; {}):                      the program never ran, booting again ({} of {REPLAY_BOOT_ATTEMPTS})",
-                    run_dir.path().display(),
+                    "fuzz: replay: the VM crashed before the agent started ({kind}: {title}; {}): the program never ran, booting again ({} of {REPLAY_BOOT_ATTEMPTS})",
+                    end.run_dir.display(),
                     attempt + 1
                 );
                 attempt += 1;
             }
-            _ => break (outcome, run_dir, console, report),
+            _ => break (end, console, report),
         }
     };
     Ok(Replay {
@@ -655,9 +670,9 @@ pub fn replay(target: Target, data: &[u8], opts: &FuzzOpts) -> Result<Replay> {
         } else {
             String::new()
         },
-        status: outcome.status,
+        status: end.status,
         report,
-        run_dir: run_dir.path().to_path_buf(),
+        run_dir: end.run_dir,
     })
 }
 
