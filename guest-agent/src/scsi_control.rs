@@ -237,6 +237,20 @@ fn zeros_but(len: usize, at: usize, v: u8) -> Vec<u8> {
     b
 }
 
+/// A command response that is BAD_TARGET and nothing else (all other bytes zero).
+fn expect_bad_target(case: &str, r: &[u8]) -> Result<(), NetError> {
+    if r != &zeros_but(RESP_LEN, 11, S_BAD_TARGET)[..] {
+        return Err(fail(
+            case,
+            format!(
+                "response {:02x?}, expected BAD_TARGET",
+                &r[..12.min(r.len())]
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The fixed-format sense data target core builds (`scsi_build_sense_buffer`) for a key,
 /// ASC and ASCQ, in the 96 bytes vhost-scsi copies.
 fn fixed_sense(key: u8, asc: u8, ascq: u8) -> [u8; 96] {
@@ -701,12 +715,7 @@ impl Control {
         let resp = self.inb(RESP_LEN as u32)?;
         chain.push(resp);
         let r = self.io_answered(case, &chain, resp.0, errs, n)?;
-        if r[..] != zeros_but(RESP_LEN, 11, S_BAD_TARGET)[..] {
-            return Err(fail(
-                case,
-                format!("response {:02x?}, expected BAD_TARGET", &r[..12]),
-            ));
-        }
+        expect_bad_target(case, &r)?;
         n.io_rejected += 1;
         Ok(())
     }
@@ -963,12 +972,7 @@ impl Control {
             .map(|d| d.0)
             .ok_or_else(|| fail(case, "no response buffer in the chain"))?;
         let r = self.io_answered(case, &chain, resp, 1, n)?;
-        if r[..] != zeros_but(RESP_LEN, 11, S_BAD_TARGET)[..] {
-            return Err(fail(
-                case,
-                format!("response {:02x?}, expected BAD_TARGET", &r[..12]),
-            ));
-        }
+        expect_bad_target(case, &r)?;
         n.io_rejected += 1;
         Ok(())
     }

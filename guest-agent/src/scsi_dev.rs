@@ -180,20 +180,25 @@ impl Target {
         }
     }
 
-    /// After a failure: removes whatever of the target exists, ignoring errors, so that the
-    /// next run finds configfs as it was.
-    pub fn remove_what_is_there(&self) {
-        self.remove_extra_luns();
-        let _ = std::fs::remove_file(&self.link);
-        let _ = std::fs::write(format!("{}/nexus", self.tpg), "NULL");
-        for d in [
+    /// The configfs directories [`create`](Self::create) made, in the order they can go.
+    fn dirs_to_remove(&self) -> [&String; 6] {
+        [
             &self.lun,
             &self.tpg,
             &self.tport,
             &self.fabric,
             &self.disk,
             &self.hba,
-        ] {
+        ]
+    }
+
+    /// After a failure: removes whatever of the target exists, ignoring errors, so that the
+    /// next run finds configfs as it was.
+    pub fn remove_what_is_there(&self) {
+        self.remove_extra_luns();
+        let _ = std::fs::remove_file(&self.link);
+        let _ = std::fs::write(format!("{}/nexus", self.tpg), "NULL");
+        for d in self.dirs_to_remove() {
             let _ = std::fs::remove_dir(d);
         }
     }
@@ -210,14 +215,7 @@ impl Target {
         )?;
         std::fs::remove_file(&self.link).map_err(sys(format!("rm {}", self.link)))?;
         std::fs::write(&nexus, "NULL").map_err(sys(format!("{nexus} <- NULL")))?;
-        for d in [
-            &self.lun,
-            &self.tpg,
-            &self.tport,
-            &self.fabric,
-            &self.disk,
-            &self.hba,
-        ] {
+        for d in self.dirs_to_remove() {
             std::fs::remove_dir(d).map_err(sys(format!("rmdir {d}")))?;
         }
         Ok(())
