@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use kcov_wire::program::{ProvokeKind, Target};
 
-use super::{campaign, minimize, repro, selftest, FuzzOpts};
+use super::{campaign, cmin, minimize, repro, selftest, FuzzOpts};
 use crate::runner::RunnerKind;
 
 /// `cargo xtask fuzz`'s arguments.
@@ -29,10 +29,15 @@ pub struct FuzzArgs {
     /// one VM per candidate, and write them next to FILE as NAME-min.txt.
     #[arg(long, requires = "repro")]
     pub minimize: bool,
+    /// Minimise the corpus (--corpus DIR, only read) into --out NEW (default DIR-min): its
+    /// programs replayed smallest first in one VM, only those that add PCs kept.
+    #[arg(long, requires = "corpus", conflicts_with_all = ["repro", "self_test"])]
+    pub cmin: bool,
     /// With --minimize: at most this many replays (the first, of FILE as it is, included).
     #[arg(long, default_value_t = 60, requires = "minimize")]
     pub max_replays: u32,
-    /// Campaign directory (default target/testbed/fuzz/TARGET-MS).
+    /// Campaign directory (default target/testbed/fuzz/TARGET-MS); with --cmin the
+    /// minimised corpus (default: the corpus directory's name + "-min", beside it).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// The default kernel instead of the fuzz kernel (KASAN + lockdep, kernel-config/fuzz.config).
@@ -132,6 +137,33 @@ pub fn fuzz_cmd(args: &FuzzArgs) -> Result<std::process::ExitCode> {
         } else {
             std::process::ExitCode::from(1)
         });
+    }
+    if args.cmin {
+        let (Some(target), Some(corpus)) = (target, &args.corpus) else {
+            bail!("which device? cargo xtask fuzz vhost-net|vhost-vsock --cmin --corpus DIR");
+        };
+        opts.target = target;
+        let out = args.out.clone().unwrap_or_else(|| {
+            let mut name = corpus.file_name().unwrap_or_default().to_os_string();
+            name.push("-min");
+            corpus.with_file_name(name)
+        });
+        let c = cmin::cmin(&opts, corpus, &out)?;
+        for (name, kind, title) in &c.crashed {
+            println!("fuzz: cmin: left out {name}: it crashes the kernel ({kind}: {title})");
+        }
+        println!(
+            "fuzz: cmin: {} files, {} distinct programs -> {} in {} ({} PCs, {} remote, seen in the replay; {} VMs, {:.0} s)",
+            c.files,
+            c.distinct,
+            c.kept,
+            c.out.display(),
+            c.pcs,
+            c.remote,
+            c.vms,
+            c.elapsed.as_secs_f64()
+        );
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     if let (Some(file), true) = (&args.repro, args.minimize) {
         if args.max_replays == 0 {

@@ -20,6 +20,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod cmin;
 pub mod crashes;
 pub mod minimize;
 pub mod plot;
