@@ -62,6 +62,11 @@ pub fn distinct_programs(dir: &Path) -> Result<(usize, Vec<Named>)> {
         }
         let bytes = std::fs::read(e.path())?;
         if bytes.len() > 1 << 20 {
+            eprintln!(
+                "fuzz: cmin: skipping {}: {} bytes is no program",
+                e.path().display(),
+                bytes.len()
+            );
             continue;
         }
         files += 1;
