@@ -92,6 +92,47 @@ fn a_short_vhost_net_campaign_adds_coverage_beyond_its_seed() {
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(Program::decode(&bytes).encode(), bytes, "{}", p.display());
     }
+    // --cmin of that corpus: fewer programs (a campaign keeps inputs that later ones cover
+    // again; measured 39 -> 28 on such a corpus), each one of the corpus, about the same PCs.
+    let min = dir.path().join("corpus-min");
+    let out = tests::xtask(&[
+        "fuzz",
+        "vhost-net",
+        "--cmin",
+        "--corpus",
+        dir.path().join("corpus").to_str().unwrap(),
+        "--plain-kernel",
+        "--runner",
+        "qemu",
+    ])
+    .unwrap();
+    let cmin = tests::assert_exit_with(&out, 0, &["fuzz: cmin: ", "1 VMs"]);
+    let kept: Vec<Vec<u8>> = std::fs::read_dir(&min)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(
+        !kept.is_empty() && (kept.len() as u64) < corpus,
+        "{} of {corpus} kept:\n{cmin}",
+        kept.len()
+    );
+    let originals: Vec<Vec<u8>> = std::fs::read_dir(dir.path().join("corpus"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(kept.iter().all(|k| originals.contains(k)), "{cmin}");
+    assert_eq!(originals.len() as u64, corpus, "the input stays as it was");
+    let line = cmin.lines().find(|l| l.contains(" PCs, ")).unwrap();
+    let replayed: u64 = line
+        .split(" PCs, ")
+        .next()
+        .and_then(|h| h.rsplit('(').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no PC count in {line:?}"));
+    assert!(
+        replayed * 10 >= pcs * 9,
+        "the corpus replayed reached {replayed} PCs, the campaign {pcs}: {cmin}"
+    );
 }
 
 #[test]
@@ -533,12 +574,12 @@ fn minimize_refuses_a_program_that_does_not_reproduce() {
     tests::assert_exit_with(&out, 2, &["--repro"]);
 }
 
-/// `--cmin` on the fuzz kernel: a corpus of the seed (twice, under two names), the seed with
-/// one to three closes of a slot never opened (no syscall: nothing new), and a program that
-/// provokes a WARN. The WARN program (fewest ops, so replayed first) crashes the first VM and
-/// is left out, named; the second VM replays the rest: the seed is kept, a copy is one
-/// program, the do-nothing variants add nothing (at most one may, by the workers' timing).
-/// The input directory is left as it was; a non-empty --out is refused before any boot.
+/// `--cmin` on the fuzz kernel: a corpus of the seed (twice, under two names) and a program
+/// that provokes a WARN. The WARN program (fewest ops, so replayed first) crashes the first VM
+/// and is left out, named; the second VM replays the seed, which is kept (the first program of
+/// a VM always adds PCs); the copy is the same program. The input directory is left as it
+/// was; a non-empty --out is refused before any boot. (That cmin drops what adds nothing is
+/// tested on a campaign's corpus, with the short vhost-net campaign.)
 #[test]
 fn cmin_keeps_what_adds_coverage_and_leaves_out_what_crashes() {
     if tests::artifact("TESTBED_FUZZ_BZIMAGE").is_none() {
@@ -550,11 +591,6 @@ fn cmin_keeps_what_adds_coverage_and_leaves_out_what_crashes() {
     let seed = Program::seed(Target::VhostNet);
     std::fs::write(corpus.join("seed.bin"), seed.encode()).unwrap();
     std::fs::write(corpus.join("seed-copy.bin"), seed.encode()).unwrap();
-    for k in 1..=3u8 {
-        let mut p = seed.clone();
-        p.ops.extend((0..k).map(|_| Op::Close { slot: 3 }));
-        std::fs::write(corpus.join(format!("noop{k}.bin")), p.encode()).unwrap();
-    }
     let warn = Program::provoke(ProvokeKind::Warn);
     std::fs::write(corpus.join("warn.bin"), warn.encode()).unwrap();
     let busy = dir.path().join("busy");
@@ -592,8 +628,8 @@ fn cmin_keeps_what_adds_coverage_and_leaves_out_what_crashes() {
         &out,
         0,
         &[
-            "fuzz: cmin: 6 files in",
-            "5 distinct programs",
+            "fuzz: cmin: 3 files in",
+            "2 distinct programs",
             "left out warn.bin: it crashes the kernel (warn: WARNING: CPU:",
             "2 VMs",
         ],
@@ -602,12 +638,7 @@ fn cmin_keeps_what_adds_coverage_and_leaves_out_what_crashes() {
         .unwrap()
         .map(|e| std::fs::read(e.unwrap().path()).unwrap())
         .collect();
-    assert!(kept.contains(&seed.encode()), "{all}");
-    assert!(!kept.contains(&warn.encode()), "{all}");
-    assert!((1..=2).contains(&kept.len()), "{} kept:\n{all}", kept.len());
-    assert!(
-        all.contains(&format!("5 distinct programs -> {} in", kept.len())),
-        "{all}"
-    );
-    assert_eq!(std::fs::read_dir(&corpus).unwrap().count(), 6);
+    assert_eq!(kept, vec![seed.encode()], "{all}");
+    assert!(all.contains("2 distinct programs -> 1 in"), "{all}");
+    assert_eq!(std::fs::read_dir(&corpus).unwrap().count(), 3);
 }

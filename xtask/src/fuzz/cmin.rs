@@ -13,13 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use kcov_wire::plan::FuzzPlan;
-use kcov_wire::program::{Program, CORPUS_DIR};
+use kcov_wire::program::Program;
 
 use super::stream::{corpus_name, Campaign};
-use super::{run_vm, FuzzOpts, DEADLINE_GRACE};
-use crate::boot::{self, BootOpts};
-use crate::runner::Timeouts;
+use super::{replay_boot_opts, run_vm, FuzzOpts, DEADLINE_GRACE};
 
 /// Boots that ran no program in a row before minimising gives up.
 const MAX_IDLE_VMS: u32 = 3;
@@ -127,26 +124,9 @@ pub fn cmin(opts: &FuzzOpts, corpus: &Path, out: &Path) -> Result<Cmin> {
         for (i, d) in order.iter().enumerate() {
             std::fs::write(stage.join(format!("{i:05}.bin")), d)?;
         }
-        let mut plan = boot::default_plan();
-        plan.fuzz = Some(FuzzPlan {
-            target: opts.target,
-            time_s: 0,
-            seed: opts.seed,
-            provoke: opts.provoke,
-        });
-        let bopts = BootOpts {
-            runner: opts.runner,
-            kernel: opts.kernel(),
-            includes: vec![format!("{}:{CORPUS_DIR}", stage.display())],
-            append: opts.cmdline(),
-            timeouts: Timeouts {
-                boot: opts.boot_timeout,
-                run: Duration::from_secs(60) + Duration::from_millis(500) * order.len() as u32,
-            },
-            echo: opts.echo,
-            plan,
-            ..BootOpts::default()
-        };
+        // Tens of ms a program under TCG, and a minute for the one the watchdog may end.
+        let run = Duration::from_secs(60) + Duration::from_millis(500) * order.len() as u32;
+        let bopts = replay_boot_opts(opts.target, &stage, run, opts);
         let start = Instant::now();
         let deadline = start + opts.boot_timeout + bopts.timeouts.run + DEADLINE_GRACE;
         let before = camp.execs();

@@ -607,6 +607,31 @@ pub fn repro(file: &Path, opts: &FuzzOpts, default_target: Option<Target>) -> Re
     replay(target, &data, opts)
 }
 
+/// A VM that runs the programs in `corpus` (file name order) on `target` once each, without
+/// mutation, with `run` from its agent's start to its end.
+fn replay_boot_opts(target: Target, corpus: &Path, run: Duration, opts: &FuzzOpts) -> BootOpts {
+    let mut plan = boot::default_plan();
+    plan.fuzz = Some(FuzzPlan {
+        target,
+        time_s: 0,
+        seed: opts.seed,
+        provoke: opts.provoke,
+    });
+    BootOpts {
+        runner: opts.runner,
+        kernel: opts.kernel(),
+        includes: vec![format!("{}:{CORPUS_DIR}", corpus.display())],
+        append: opts.cmdline(),
+        timeouts: Timeouts {
+            boot: opts.boot_timeout,
+            run,
+        },
+        echo: opts.echo,
+        plan,
+        ..BootOpts::default()
+    }
+}
+
 /// Boots once with the program `data` on `target` (no mutation) and reads the kernel's report
 /// off the console; a VM that crashes before its agent starts is booted again (the program
 /// never ran), up to [`REPLAY_BOOT_ATTEMPTS`] boots.
@@ -615,28 +640,9 @@ pub fn replay(target: Target, data: &[u8], opts: &FuzzOpts) -> Result<Replay> {
     let corpus = tmp.path().join("corpus");
     std::fs::create_dir_all(&corpus)?;
     std::fs::write(corpus.join("repro.bin"), data)?;
-    let mut plan = boot::default_plan();
-    plan.fuzz = Some(FuzzPlan {
-        target,
-        time_s: 0,
-        seed: opts.seed,
-        provoke: opts.provoke,
-    });
-    let bopts = BootOpts {
-        runner: opts.runner,
-        kernel: opts.kernel(),
-        includes: vec![format!("{}:{CORPUS_DIR}", corpus.display())],
-        append: opts.cmdline(),
-        timeouts: Timeouts {
-            boot: opts.boot_timeout,
-            // One program, which the agent's watchdog ends after 10 s: a minute is plenty (a
-            // kernel that stopped altogether is stopped sooner, after STALL of silence).
-            run: REPLAY_RUN_TIMEOUT,
-        },
-        echo: opts.echo,
-        plan,
-        ..BootOpts::default()
-    };
+    // One program, which the agent's watchdog ends after 10 s: a minute is plenty (a kernel
+    // that stopped altogether is stopped sooner, after STALL of silence).
+    let bopts = replay_boot_opts(target, &corpus, REPLAY_RUN_TIMEOUT, opts);
     // The replay follows the VM's stream like a campaign does (quietly): a kernel that
     // stopped is stopped after the same STALL of silence, not at the run timeout.
     let quiet = FuzzOpts {
