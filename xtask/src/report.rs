@@ -685,7 +685,17 @@ mod tests {
             Store::open(&dir).is_err(),
             "the dead collection must look incomplete"
         );
-        assert!(coverage::store::collection_died(&dir).unwrap());
+        // The lock is an flock on an O_CLOEXEC file: a process another test thread forks in
+        // the same moment holds a copy of it until its exec, so "died" may take a moment to
+        // show under `cargo test` (threads); under nextest (a process per test) it is at once.
+        let t = std::time::Instant::now();
+        while !coverage::store::collection_died(&dir).unwrap() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(5),
+                "the dead collector's lock stayed held"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let store = open_or_collect(&run, false).unwrap();
         assert!(store.meta.complete);
         assert!(!coverage::store::collection_died(&dir).unwrap());
