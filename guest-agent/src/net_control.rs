@@ -53,16 +53,6 @@ pub fn run(params: &Params) -> Result<Counters, NetError> {
     Ok(c)
 }
 
-/// Sends TX frame `seq` and waits for it out of the tap and in the used ring.
-fn tx_one(n: &mut RawNet, case: &str, seq: u32, timeout: Duration) -> Result<(), NetError> {
-    let head = n.tx_frame(seq, SIZE, NET_HDR_LEN)?;
-    n.expect_tx_out(case, seq, SIZE, timeout)?;
-    match n.wait_used(TXQ, timeout)? {
-        Some((id, 0)) if id == u32::from(head) => Ok(()),
-        other => Err(fail(case, format!("TX frame {seq}: used {other:?}"))),
-    }
-}
-
 /// Posts an RX buffer, injects RX frame `seq`, checks it landed; returns (buffer, used len).
 fn rx_one(
     n: &mut RawNet,
@@ -127,7 +117,7 @@ fn dirty_log(timeout: Duration) -> Result<(u64, u64), NetError> {
     let inject = PacketSocket::bind(n.tap.ifindex()?, 0)?;
     let mut frames = 0;
     for seq in 0..8 {
-        tx_one(&mut n, case, seq, timeout)?;
+        n.tx_checked(case, seq, SIZE, timeout)?;
         let (buf, len) = rx_one(&mut n, &inject, case, seq, timeout)?;
         expected.extend(page(buf)..=page(buf + u64::from(len) - 1));
         frames += 2;
@@ -151,7 +141,7 @@ fn live_base(timeout: Duration) -> Result<u64, NetError> {
     n.attach(TXQ)?;
     let mut seq = 0u32;
     for _ in 0..4 {
-        tx_one(&mut n, case, seq, timeout)?;
+        n.tx_checked(case, seq, SIZE, timeout)?;
         seq += 1;
     }
     let base = expect_ok(case, n.dev.get_vring_base(TXQ as u32))?;
@@ -237,7 +227,7 @@ fn live_base(timeout: Duration) -> Result<u64, NetError> {
     n.attach(RXQ)?;
     n.attach(TXQ)?;
     for _ in 0..4 {
-        tx_one(&mut n, case, seq, timeout)?;
+        n.tx_checked(case, seq, SIZE, timeout)?;
         seq += 1;
     }
     let base = expect_ok(case, n.dev.get_vring_base(TXQ as u32))?;

@@ -992,12 +992,7 @@ fn iotlb_pieces(timeout: Duration) -> Result<(u64, u64, u64, u64), NetError> {
     let mut frames = 1;
     // 39 more: the used ring's element 31 straddles its two pieces.
     for seq in 1..40 {
-        let head = n.tx_frame(seq, size, NET_HDR_LEN)?;
-        n.expect_tx_out(case, seq, size, timeout)?;
-        match n.wait_used(TXQ, timeout)? {
-            Some((id, 0)) if id == u32::from(head) => {}
-            other => return Err(fail(case, format!("TX frame {seq}: used {other:?}"))),
-        }
+        n.tx_checked(case, seq, size, timeout)?;
         frames += 1;
     }
     let inject = PacketSocket::bind(n.tap.ifindex()?, 0)?;
@@ -1060,12 +1055,7 @@ fn iotlb_dropped(timeout: Duration) -> Result<(u64, u64), NetError> {
     let send = move |_: &RawNet, f: &[u8]| inject.send(f);
     let mut frames = 0;
     for seq in 0..4 {
-        let head = n.tx_frame(seq, 200, NET_HDR_LEN)?;
-        n.expect_tx_out(case, seq, 200, timeout)?;
-        match n.wait_used(TXQ, timeout)? {
-            Some((id, 0)) if id == u32::from(head) => {}
-            other => return Err(fail(case, format!("TX frame {seq}: used {other:?}"))),
-        }
+        n.tx_checked(case, seq, 200, timeout)?;
         rx_one(&mut n, case, seq, 300, &send, None, timeout)?;
         frames += 2;
     }
@@ -1074,16 +1064,6 @@ fn iotlb_dropped(timeout: Duration) -> Result<(u64, u64), NetError> {
     }
     n.detach_all();
     Ok((2, frames))
-}
-
-/// TX frame `seq` of 200 bytes must go out byte-exact and be used.
-fn tx_ok(n: &mut RawNet, case: &str, seq: u32, timeout: Duration) -> Result<(), NetError> {
-    let head = n.tx_frame(seq, 200, NET_HDR_LEN)?;
-    n.expect_tx_out(case, seq, 200, timeout)?;
-    match n.wait_used(TXQ, timeout)? {
-        Some((id, 0)) if id == u32::from(head) => Ok(()),
-        other => Err(fail(case, format!("TX frame {seq}: used {other:?}"))),
-    }
 }
 
 /// An address no user access can reach (`access_ok` fails).
@@ -1133,7 +1113,7 @@ fn live_changes(timeout: Duration) -> Result<(u64, u64), NetError> {
         case,
         n.dev.set_vring_addr(&n.rings[TXQ].vring_addr(TXQ as u32)),
     )?;
-    tx_ok(&mut n, case, seq, timeout)?;
+    n.tx_checked(case, seq, 200, timeout)?;
     seq += 1;
     let info = n.arena.region_info();
     let half = (info.memory_size / 2) & !4095;
@@ -1152,7 +1132,7 @@ fn live_changes(timeout: Duration) -> Result<(u64, u64), NetError> {
         },
     ];
     expect_ok(case, n.dev.set_mem_table(&good))?;
-    tx_ok(&mut n, case, seq, timeout)?;
+    n.tx_checked(case, seq, 200, timeout)?;
     seq += 1;
     let mut bad = good.to_vec();
     bad.push(MemRegion {
@@ -1166,7 +1146,7 @@ fn live_changes(timeout: Duration) -> Result<(u64, u64), NetError> {
         n.dev.set_mem_table(&bad),
         libc::EFAULT,
     )?;
-    tx_ok(&mut n, case, seq, timeout)?;
+    n.tx_checked(case, seq, 200, timeout)?;
     seq += 1;
     n.detach_all();
     expect_ok(
@@ -1181,7 +1161,7 @@ fn live_changes(timeout: Duration) -> Result<(u64, u64), NetError> {
     errnos += 2;
     expect_ok(case, n.dev.set_mem_table(&good))?;
     n.attach(TXQ)?;
-    tx_ok(&mut n, case, seq, timeout)?;
+    n.tx_checked(case, seq, 200, timeout)?;
     seq += 1;
     // The kick replaced while attached.
     let new_kick = EventFd::new(EFD_NONBLOCK).map_err(sys("eventfd (kick)"))?;
@@ -1200,7 +1180,7 @@ fn live_changes(timeout: Duration) -> Result<(u64, u64), NetError> {
         other => return Err(fail(case, format!("TX frame {seq}: used {other:?}"))),
     }
     seq += 1;
-    tx_ok(&mut n, case, seq, timeout)?;
+    n.tx_checked(case, seq, 200, timeout)?;
     n.detach_all();
     Ok((errnos, u64::from(seq) + 1))
 }
@@ -1253,7 +1233,7 @@ fn logged_event_idx(timeout: Duration) -> Result<(u64, u64), NetError> {
         .map_err(|e| fail(case, format!("MTU 9000: {e}")))?;
     n.attach(RXQ)?;
     n.attach(TXQ)?;
-    tx_ok(&mut n, case, 0, timeout)?;
+    n.tx_checked(case, 0, 200, timeout)?;
     let tx_used = n.rings[TXQ].ring.used;
     let event_page = page(tx_used + 4 + 8 * u64::from(LOG_QUEUE));
     if event_page == page(tx_used + 4 + 8 * 2) {

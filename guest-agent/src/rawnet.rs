@@ -398,6 +398,23 @@ impl RawNet {
         }
     }
 
+    /// TX test frame `seq` of `size` bytes (behind a zero 12-byte header) must come out of
+    /// the tap byte-exact and its head be used with length 0.
+    pub fn tx_checked(
+        &mut self,
+        case: &str,
+        seq: u32,
+        size: usize,
+        timeout: Duration,
+    ) -> Result<(), NetError> {
+        let head = self.tx_frame(seq, size, crate::net::NET_HDR_LEN)?;
+        self.expect_tx_out(case, seq, size, timeout)?;
+        match self.wait_used(TXQ, timeout)? {
+            Some((id, 0)) if id == u32::from(head) => Ok(()),
+            other => Err(fail(case, format!("TX frame {seq}: used {other:?}"))),
+        }
+    }
+
     /// No TX test frame comes out of the tap within `quiet`.
     pub fn expect_no_tx_out(&self, case: &str, quiet: Duration) -> Result<(), NetError> {
         let deadline = Instant::now() + quiet;
