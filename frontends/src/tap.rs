@@ -226,6 +226,19 @@ impl Tap {
         Ok(())
     }
 
+    /// `SIOCSIFMTU`: the interface's MTU (frames longer than 1500 bytes through it need
+    /// a larger one).
+    pub fn set_mtu(&self, mtu: i32) -> Result<(), TapError> {
+        let ctl = self.control_socket()?;
+        let mut ifr = ifreq(&self.name);
+        ifr.ifr_ifru.ifru_mtu = mtu;
+        // SAFETY: SIOCSIFMTU reads one ifreq that outlives the call.
+        if unsafe { libc::ioctl(ctl.as_raw_fd(), libc::SIOCSIFMTU, &ifr) } < 0 {
+            return Err(self.io_err("SIOCSIFMTU")(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     /// `TUNSETOFFLOAD`: which offloads the tap may hand to its reader (`libc::TUN_F_CSUM`,
     /// `TUN_F_TSO4`, `TUN_F_TSO6`): partially checksummed frames and TCP segments up to 64 KiB
     /// with the matching vnet header. 0 (the default) gives only whole, checksummed frames.

@@ -23,18 +23,18 @@ use std::time::{Duration, Instant};
 
 use frontends::vhost_raw::{
     IotlbMsg, MsgV2, ACCESS_RW, BACKEND_F_IOTLB_MSG_V2, F_ACCESS_PLATFORM, F_LOG_ALL,
-    IOTLB_INVALIDATE, IOTLB_MISS, IOTLB_MSG_V2, IOTLB_UPDATE, VRING_F_LOG,
+    IOTLB_INVALIDATE, IOTLB_MISS, IOTLB_MSG_V2, IOTLB_UPDATE,
 };
-use frontends::vring::{poll_readable, Arena};
+use frontends::vring::poll_readable;
 use kcov_wire::plan::Params;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::net::{test_frame, Counters, NetError, PacketSocket, NET_HDR_LEN};
+use crate::rawnet::{compare, drain_fired, page, DirtyLog, VHOST_PAGE};
 use crate::rawnet::{expect_errno, expect_ok, fail, RawNet, RawOpts, F_V1, RXQ, TXQ};
 
 const QUEUE: u16 = 64;
 const SIZE: usize = 200;
-const VHOST_PAGE: u64 = 4096;
 
 /// Runs the four parts; counters say what each checked.
 pub fn run(params: &Params) -> Result<Counters, NetError> {
@@ -51,16 +51,6 @@ pub fn run(params: &Params) -> Result<Counters, NetError> {
     ));
     c.push(("iterations".into(), 4));
     Ok(c)
-}
-
-/// Sends TX frame `seq` and waits for it out of the tap and in the used ring.
-fn tx_one(n: &mut RawNet, case: &str, seq: u32, timeout: Duration) -> Result<(), NetError> {
-    let head = n.tx_frame(seq, SIZE, NET_HDR_LEN)?;
-    n.expect_tx_out(case, seq, SIZE, timeout)?;
-    match n.wait_used(TXQ, timeout)? {
-        Some((id, 0)) if id == u32::from(head) => Ok(()),
-        other => Err(fail(case, format!("TX frame {seq}: used {other:?}"))),
-    }
 }
 
 /// Posts an RX buffer, injects RX frame `seq`, checks it landed; returns (buffer, used len).
@@ -87,85 +77,10 @@ fn rx_one(
     Ok((buf, want))
 }
 
-/// A dirty-log bitmap for the frontend memory `info` describes: one bit per 4 KiB page of
-/// guest address, the byte of address a at `base() + a / 2^15`; only the memory's part of it
-/// is mapped.
-struct Log {
-    mem: Arena,
-    at: u64,
-    first: u64,
-    bytes: u64,
-}
-
-impl Log {
-    fn new(info: &vhost::VhostUserMemoryRegionInfo) -> Result<Log, NetError> {
-        let first = info.guest_phys_addr >> 15;
-        let bytes = (info.memory_size >> 15) + 2;
-        let mut mem = Arena::new(bytes as usize)?;
-        let at = mem.alloc(bytes, 8)?;
-        Ok(Log {
-            mem,
-            at,
-            first,
-            bytes,
-        })
-    }
-
-    /// What VHOST_SET_LOG_BASE gets.
-    fn base(&self) -> u64 {
-        self.at.wrapping_sub(self.first)
-    }
-
-    /// The pages whose bits are set.
-    fn pages(&self) -> Result<std::collections::BTreeSet<u64>, NetError> {
-        let mut b = vec![0u8; self.bytes as usize];
-        self.mem.read(self.at, &mut b)?;
-        let mut logged = std::collections::BTreeSet::new();
-        for (i, b) in b.iter().enumerate() {
-            for bit in 0..8 {
-                if b & (1 << bit) != 0 {
-                    logged.insert((self.first + i as u64) * 8 + bit);
-                }
-            }
-        }
-        Ok(logged)
-    }
-}
-
-/// Sets VHOST_VRING_F_LOG on ring `q`, logging its used ring at its own address.
-fn log_ring(n: &RawNet, case: &str, q: usize) -> Result<(), NetError> {
-    let mut a = n.rings[q].vring_addr(q as u32);
-    a.flags = VRING_F_LOG;
-    a.log_guest_addr = a.used;
-    expect_ok(case, n.dev.set_vring_addr(&a))
-}
-
 /// The pages of ring `q`'s used ring.
 fn used_pages(n: &RawNet, q: usize) -> std::ops::RangeInclusive<u64> {
     let used = n.rings[q].ring.used;
     page(used)..=page(used + 6 + 8 * u64::from(QUEUE) - 1)
-}
-
-/// The pages the log names must be exactly the expected ones.
-fn compare(
-    case: &str,
-    what: &str,
-    logged: &std::collections::BTreeSet<u64>,
-    expected: &std::collections::BTreeSet<u64>,
-) -> Result<(), NetError> {
-    if logged == expected {
-        return Ok(());
-    }
-    let extra: Vec<_> = logged.difference(expected).collect();
-    let missing: Vec<_> = expected.difference(logged).collect();
-    Err(fail(
-        case,
-        format!("{what}: logged pages differ: {extra:#x?} not written, {missing:#x?} not logged"),
-    ))
-}
-
-fn page(a: u64) -> u64 {
-    a / VHOST_PAGE
 }
 
 /// Dirty logging; returns (pages logged, frames checked).
@@ -174,7 +89,7 @@ fn dirty_log(timeout: Duration) -> Result<(u64, u64), NetError> {
     let arena = RawNet::arena(QUEUE, 0)?;
     let info = arena.region_info();
     let mut n = RawNet::open(arena, RawOpts::new(F_V1 | (1 << F_LOG_ALL), QUEUE))?;
-    let log = Log::new(&info)?;
+    let log = DirtyLog::new(&info)?;
     expect_ok(case, n.dev.set_log_base(log.base()))?;
     let log_fd = EventFd::new(EFD_NONBLOCK).map_err(|source| NetError::Sys {
         what: "eventfd (log)".into(),
@@ -182,7 +97,7 @@ fn dirty_log(timeout: Duration) -> Result<(u64, u64), NetError> {
     })?;
     expect_ok(case, n.dev.set_log_fd(log_fd.as_raw_fd()))?;
     for q in [RXQ, TXQ] {
-        log_ring(&n, case, q)?;
+        n.log_ring(case, q)?;
     }
     n.attach(RXQ)?;
     n.attach(TXQ)?;
@@ -202,7 +117,7 @@ fn dirty_log(timeout: Duration) -> Result<(u64, u64), NetError> {
     let inject = PacketSocket::bind(n.tap.ifindex()?, 0)?;
     let mut frames = 0;
     for seq in 0..8 {
-        tx_one(&mut n, case, seq, timeout)?;
+        n.tx_checked(case, seq, SIZE, timeout)?;
         let (buf, len) = rx_one(&mut n, &inject, case, seq, timeout)?;
         expected.extend(page(buf)..=page(buf + u64::from(len) - 1));
         frames += 2;
@@ -210,17 +125,7 @@ fn dirty_log(timeout: Duration) -> Result<(u64, u64), NetError> {
     n.detach_all();
     let logged = log.pages()?;
     compare(case, "after the traffic", &logged, &expected)?;
-    let mut fired = false;
-    if poll_readable(&[log_fd.as_raw_fd()], Duration::ZERO)
-        .map_err(|source| NetError::Sys {
-            what: "poll (log eventfd)".into(),
-            source,
-        })?
-        .first()
-        == Some(&true)
-    {
-        fired = log_fd.read().is_ok();
-    }
+    let fired = drain_fired(&log_fd)?;
     if !fired {
         return Err(fail(case, "the log eventfd never fired"));
     }
@@ -236,7 +141,7 @@ fn live_base(timeout: Duration) -> Result<u64, NetError> {
     n.attach(TXQ)?;
     let mut seq = 0u32;
     for _ in 0..4 {
-        tx_one(&mut n, case, seq, timeout)?;
+        n.tx_checked(case, seq, SIZE, timeout)?;
         seq += 1;
     }
     let base = expect_ok(case, n.dev.get_vring_base(TXQ as u32))?;
@@ -322,7 +227,7 @@ fn live_base(timeout: Duration) -> Result<u64, NetError> {
     n.attach(RXQ)?;
     n.attach(TXQ)?;
     for _ in 0..4 {
-        tx_one(&mut n, case, seq, timeout)?;
+        n.tx_checked(case, seq, SIZE, timeout)?;
         seq += 1;
     }
     let base = expect_ok(case, n.dev.get_vring_base(TXQ as u32))?;
@@ -428,9 +333,9 @@ fn iotlb(timeout: Duration) -> Result<(u64, u64), NetError> {
     expect_ok(case, n.dev.set_backend_features(BACKEND_F_IOTLB_MSG_V2))?;
     // The dirty log through the IOTLB: vhost logs what it wrote at I/O addresses by the
     // memory table's guest address of the frontend address they translate to.
-    let log = Log::new(&info)?;
+    let log = DirtyLog::new(&info)?;
     expect_ok(case, n.dev.set_log_base(log.base()))?;
-    log_ring(&n, case, TXQ)?;
+    n.log_ring(case, TXQ)?;
     let got = expect_ok(case, n.dev.get_backend_features())?;
     if got & BACKEND_F_IOTLB_MSG_V2 == 0 {
         return Err(fail(

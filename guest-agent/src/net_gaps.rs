@@ -36,6 +36,21 @@
 //!   in, with no further miss. After invalidating the TX buffers, the next miss read into a
 //!   buffer whose end faults comes back short (exactly the 32 bytes that fit) and is freed:
 //!   nothing left to read, its update wakes nothing, the frame waits for another kick.
+//! * **The IOTLB dropped** (VHOST_SET_FEATURES without VIRTIO_F_ACCESS_PLATFORM after it,
+//!   `vhost_clear_device_iotlb`): the pending miss of a failed attach is gone, and so are the
+//!   ring addresses (this backport clears them: the attach is EFAULT until
+//!   VHOST_SET_VRING_ADDR again); then frames both ways byte-exact, no miss.
+//! * **Changes under an attached backend**: VHOST_SET_VRING_ADDR in kernel space, or logging
+//!   the used ring into a log base in kernel space, EINVAL (the base itself is taken while no
+//!   ring logs); VHOST_SET_MEM_TABLE in two regions taken, with a kernel-space region EFAULT
+//!   (detached the same table is taken and the attach is EFAULT); a second kick eventfd
+//!   replaces the first (the old one kicks nothing, the new one sends the frame).
+//! * **A ring of 8**: a mergeable RX frame over three buffers whose used elements wrap the
+//!   used ring (6, 7, 0), each element and the bytes checked.
+//! * **EVENT_IDX with the dirty log**: the `avail_event` write after TX is logged (the page of
+//!   the used ring holding only `avail_event` is dirty), a 6000-byte RX frame in one buffer
+//!   dirties all three pages it covers, nothing else outside the used rings, the log eventfd
+//!   fired.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -43,17 +58,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use frontends::vhost_raw::{IotlbMsg, MsgV2, ACCESS_RO, ACCESS_RW, F_ACCESS_PLATFORM};
+use frontends::vhost_raw::{IotlbMsg, MemRegion, MsgV2, ACCESS_RO, ACCESS_RW, F_ACCESS_PLATFORM};
+use frontends::vhost_raw::{BACKEND_F_IOTLB_MSG_V2, F_LOG_ALL, VRING_F_LOG};
 use frontends::vhost_raw::{IOTLB_MISS, IOTLB_UPDATE, NET_F_VIRTIO_NET_HDR};
 use frontends::vring::{poll_readable, Desc};
 use kcov_wire::plan::Params;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::net::TEST_ETHERTYPE;
 use crate::net::{
     frame_id, packet_socket, sys, test_frame, Counters, NetError, PacketSocket, NET_HDR_LEN,
 };
+use crate::rawnet::{drain_fired, page, DirtyLog};
 use crate::rawnet::{expect_errno, expect_ok, fail, RawNet, RawOpts, F_V1, RXQ, TXQ};
 
 const QUEUE: u16 = 64;
@@ -67,7 +87,7 @@ const MSG_LEN: usize = std::mem::size_of::<MsgV2>();
 const SMALL_BUF: u32 = 512;
 const BIG_FRAME: usize = 1400;
 
-/// Runs the three parts; the counters say what each checked.
+/// Runs the parts; the counters say what each checked.
 pub fn run(params: &Params) -> Result<Counters, NetError> {
     let timeout = Duration::from_millis(u64::from(params.timeout_ms));
     let mut c = Counters::new();
@@ -75,15 +95,30 @@ pub fn run(params: &Params) -> Result<Counters, NetError> {
     let (starved_tap, frames_tap) = starved_on_tap(timeout)?;
     let frames_batch = one_pass_batch(timeout)?;
     let (errnos_iotlb, misses, blocking, frames_iotlb) = iotlb_pieces(timeout)?;
-    c.push(("errnos_checked".into(), errnos + errnos_iotlb));
+    let (errnos_dropped, frames_dropped) = iotlb_dropped(timeout)?;
+    let (errnos_live, frames_live) = live_changes(timeout)?;
+    let frames_wrap = used_ring_wrap(timeout)?;
+    let (log_pages, frames_log) = logged_event_idx(timeout)?;
+    c.push((
+        "errnos_checked".into(),
+        errnos + errnos_iotlb + errnos_dropped + errnos_live,
+    ));
+    c.push(("log_pages".into(), log_pages));
     c.push(("starved_frames".into(), 1 + starved_tap));
     c.push(("iotlb_misses".into(), misses));
     c.push(("blocking_reads".into(), blocking));
     c.push((
         "frames_verified".into(),
-        frames_raw + frames_tap + frames_batch + frames_iotlb,
+        frames_raw
+            + frames_tap
+            + frames_batch
+            + frames_iotlb
+            + frames_dropped
+            + frames_live
+            + frames_wrap
+            + frames_log,
     ));
-    c.push(("iterations".into(), 3));
+    c.push(("iterations".into(), 7));
     Ok(c)
 }
 
@@ -957,12 +992,7 @@ fn iotlb_pieces(timeout: Duration) -> Result<(u64, u64, u64, u64), NetError> {
     let mut frames = 1;
     // 39 more: the used ring's element 31 straddles its two pieces.
     for seq in 1..40 {
-        let head = n.tx_frame(seq, size, NET_HDR_LEN)?;
-        n.expect_tx_out(case, seq, size, timeout)?;
-        match n.wait_used(TXQ, timeout)? {
-            Some((id, 0)) if id == u32::from(head) => {}
-            other => return Err(fail(case, format!("TX frame {seq}: used {other:?}"))),
-        }
+        n.tx_checked(case, seq, size, timeout)?;
         frames += 1;
     }
     let inject = PacketSocket::bind(n.tap.ifindex()?, 0)?;
@@ -978,4 +1008,300 @@ fn iotlb_pieces(timeout: Duration) -> Result<(u64, u64, u64, u64), NetError> {
     frames += lost_miss(&mut n, (tx_bufs, tx_bufs_end), 40, timeout)?;
     n.detach_all();
     Ok((1, 2, 1, frames))
+}
+
+/// Whether the device fd has a message to read right now.
+fn msg_pending(n: &RawNet) -> Result<bool, NetError> {
+    Ok(poll_readable(&[n.dev.fd()], Duration::ZERO).map_err(sys("poll (vhost-net fd)"))?[0])
+}
+
+/// VHOST_SET_FEATURES without VIRTIO_F_ACCESS_PLATFORM after it (`vhost_clear_device_iotlb`):
+/// the attach under an empty IOTLB fails (EFAULT) and leaves a miss for the used ring; the
+/// features set again without the flag drop the IOTLB and that pending miss (nothing left to
+/// read), and with them every ring's addresses (Debian's backport: the attach is EFAULT
+/// until VHOST_SET_VRING_ADDR again); then the rings work on plain addresses through the
+/// memory table: TX and RX frames byte-exact, no miss. Returns (errnos, frames checked).
+fn iotlb_dropped(timeout: Duration) -> Result<(u64, u64), NetError> {
+    let case = "IOTLB dropped";
+    let features = F_V1 | (1 << F_ACCESS_PLATFORM);
+    let mut n = RawNet::open(RawNet::arena(QUEUE, 0)?, RawOpts::new(features, QUEUE))?;
+    expect_ok(case, n.dev.set_backend_features(BACKEND_F_IOTLB_MSG_V2))?;
+    expect_errno(
+        "attach under an empty IOTLB",
+        n.dev.net_set_backend(TXQ as u32, n.tap.file().as_raw_fd()),
+        libc::EFAULT,
+    )?;
+    if !msg_pending(&n)? {
+        return Err(fail(case, "no IOTLB miss after the failed attach"));
+    }
+    expect_ok(case, n.dev.set_features(F_V1))?;
+    if msg_pending(&n)? {
+        let m = n.dev.read_msg();
+        return Err(fail(case, format!("a message after the IOTLB went: {m:?}")));
+    }
+    // The ring addresses went with it (`vhost_vq_invalidate_access`): the attach writes
+    // the used flags at address 0.
+    expect_errno(
+        "attach after the IOTLB went, ring addresses not set again",
+        n.dev.net_set_backend(TXQ as u32, n.tap.file().as_raw_fd()),
+        libc::EFAULT,
+    )?;
+    for q in [RXQ, TXQ] {
+        expect_ok(case, n.dev.set_vring_addr(&n.rings[q].vring_addr(q as u32)))?;
+    }
+    n.attach(TXQ)?;
+    n.attach(RXQ)?;
+    let inject = PacketSocket::bind(n.tap.ifindex()?, 0)?;
+    let send = move |_: &RawNet, f: &[u8]| inject.send(f);
+    let mut frames = 0;
+    for seq in 0..4 {
+        n.tx_checked(case, seq, 200, timeout)?;
+        rx_one(&mut n, case, seq, 300, &send, None, timeout)?;
+        frames += 2;
+    }
+    if let Some(m) = n.dev.read_msg().map_err(sys("read (IOTLB message)"))? {
+        return Err(fail(case, format!("a message without an IOTLB: {m:?}")));
+    }
+    n.detach_all();
+    Ok((2, frames))
+}
+
+/// An address no user access can reach (`access_ok` fails).
+const KERNEL_ADDR: u64 = 0xffff_8000_0000_0000;
+
+/// Ring addresses, memory tables and kick eventfds changed while the backend is attached.
+/// `VHOST_SET_VRING_ADDR` checks the new addresses only then (`vq->private_data`): a
+/// descriptor table in kernel space is EINVAL; a log base in kernel space is taken while no
+/// ring logs, but VHOST_VRING_F_LOG into it is EINVAL (`vq_log_used_access_ok`); the ring's
+/// own addresses are taken and frames go on. `VHOST_SET_MEM_TABLE` checks every region of
+/// an active ring (`memory_access_ok`): the memory in two regions is taken and frames go on,
+/// a table with one more region in kernel space is EFAULT (the old table stays: frames go
+/// on); with the backends detached the same table is taken and the attach is then EFAULT
+/// (`vhost_vq_access_ok`), the good table again and the attach works. A second kick eventfd
+/// replaces the first (`fput` of the old): a frame kicked through the old one stays, the new
+/// one sends it. Returns (errnos checked, frames checked).
+fn live_changes(timeout: Duration) -> Result<(u64, u64), NetError> {
+    let case = "live changes";
+    let mut n = RawNet::open(RawNet::arena(QUEUE, 0)?, RawOpts::new(F_V1, QUEUE))?;
+    n.attach(RXQ)?;
+    n.attach(TXQ)?;
+    let mut seq = 0;
+    let mut errnos = 0;
+    let mut a = n.rings[TXQ].vring_addr(TXQ as u32);
+    a.desc = KERNEL_ADDR;
+    expect_errno(
+        "ring address in kernel space, attached",
+        n.dev.set_vring_addr(&a),
+        libc::EINVAL,
+    )?;
+    // No ring logs: a log base in kernel space is taken, but a ring may not log into it.
+    expect_ok(
+        "log base in kernel space, no ring logging",
+        n.dev.set_log_base(KERNEL_ADDR),
+    )?;
+    let mut a = n.rings[TXQ].vring_addr(TXQ as u32);
+    a.flags = VRING_F_LOG;
+    a.log_guest_addr = a.used;
+    expect_errno(
+        "used-ring log the log cannot cover, attached",
+        n.dev.set_vring_addr(&a),
+        libc::EINVAL,
+    )?;
+    expect_ok(case, n.dev.set_log_base(0))?;
+    errnos += 2;
+    expect_ok(
+        case,
+        n.dev.set_vring_addr(&n.rings[TXQ].vring_addr(TXQ as u32)),
+    )?;
+    n.tx_checked(case, seq, 200, timeout)?;
+    seq += 1;
+    let info = n.arena.region_info();
+    let half = (info.memory_size / 2) & !4095;
+    let good = [
+        MemRegion {
+            guest_phys_addr: info.guest_phys_addr,
+            memory_size: half,
+            userspace_addr: info.userspace_addr,
+            flags_padding: 0,
+        },
+        MemRegion {
+            guest_phys_addr: info.guest_phys_addr + half,
+            memory_size: info.memory_size - half,
+            userspace_addr: info.userspace_addr + half,
+            flags_padding: 0,
+        },
+    ];
+    expect_ok(case, n.dev.set_mem_table(&good))?;
+    n.tx_checked(case, seq, 200, timeout)?;
+    seq += 1;
+    let mut bad = good.to_vec();
+    bad.push(MemRegion {
+        guest_phys_addr: info.guest_phys_addr + info.memory_size + (1 << 20),
+        memory_size: 4096,
+        userspace_addr: KERNEL_ADDR,
+        flags_padding: 0,
+    });
+    expect_errno(
+        "memory region in kernel space, attached",
+        n.dev.set_mem_table(&bad),
+        libc::EFAULT,
+    )?;
+    n.tx_checked(case, seq, 200, timeout)?;
+    seq += 1;
+    n.detach_all();
+    expect_ok(
+        "memory region in kernel space, detached",
+        n.dev.set_mem_table(&bad),
+    )?;
+    expect_errno(
+        "attach with a region in kernel space",
+        n.dev.net_set_backend(TXQ as u32, n.tap.file().as_raw_fd()),
+        libc::EFAULT,
+    )?;
+    errnos += 2;
+    expect_ok(case, n.dev.set_mem_table(&good))?;
+    n.attach(TXQ)?;
+    n.tx_checked(case, seq, 200, timeout)?;
+    seq += 1;
+    // The kick replaced while attached.
+    let new_kick = EventFd::new(EFD_NONBLOCK).map_err(sys("eventfd (kick)"))?;
+    expect_ok(case, n.dev.set_vring_kick(TXQ as u32, new_kick.as_raw_fd()))?;
+    // put_tx_frame kicks the old eventfd.
+    let head = n.put_tx_frame(seq, 200, NET_HDR_LEN)?;
+    n.expect_no_tx_out(
+        "kick through the replaced eventfd",
+        Duration::from_millis(300),
+    )?;
+    n.rings[TXQ].kick = new_kick;
+    n.kick(TXQ)?;
+    n.expect_tx_out(case, seq, 200, timeout)?;
+    match n.wait_used(TXQ, timeout)? {
+        Some((id, 0)) if id == u32::from(head) => {}
+        other => return Err(fail(case, format!("TX frame {seq}: used {other:?}"))),
+    }
+    seq += 1;
+    n.tx_checked(case, seq, 200, timeout)?;
+    n.detach_all();
+    Ok((errnos, u64::from(seq) + 1))
+}
+
+/// A ring of 8 with MRG_RXBUF: six one-buffer frames, then a frame over three buffers whose
+/// used elements are 6, 7 and 0 (`vhost_add_used_n` writes them in two pieces), each used
+/// element, `num_buffers` 3 and the bytes checked. Returns the frames checked.
+fn used_ring_wrap(timeout: Duration) -> Result<u64, NetError> {
+    let case = "used ring wrap";
+    let features = F_V1 | (1 << VIRTIO_NET_F_MRG_RXBUF);
+    let mut n = RawNet::open(RawNet::arena(8, 4 * 4096)?, RawOpts::new(features, 8))?;
+    n.attach(RXQ)?;
+    let inject = PacketSocket::bind(n.tap.ifindex()?, 0)?;
+    let send = move |_: &RawNet, f: &[u8]| inject.send(f);
+    for seq in 0..6 {
+        rx_one(&mut n, case, seq, 200, &send, Some(1), timeout)?;
+    }
+    let got = starved(&mut n, case, 6, &send, timeout)?;
+    n.detach_all();
+    Ok(6 + got)
+}
+
+/// Ring size of the logged case: its used ring (6 + 8 * 512 bytes) ends one page after
+/// `used + 4096`, where only `avail_event` lies (the 512th element never gets written).
+const LOG_QUEUE: u16 = 512;
+/// The RX frame written into one buffer over three pages.
+const LONG_FRAME: usize = 6000;
+
+/// VIRTIO_RING_F_EVENT_IDX with the dirty log (VHOST_F_LOG_ALL, VHOST_VRING_F_LOG on both
+/// rings, a log eventfd): after a TX frame the worker re-enables notification by writing
+/// `avail_event` (`vhost_update_avail_event`), which is logged: the page of the TX used
+/// ring that holds only `avail_event` is dirty. A 6000-byte RX frame (the tap's MTU
+/// raised) in one buffer that starts 96 bytes before a page end: every one of the three
+/// pages it covers is dirty (`log_write`'s loop), the frame byte-exact. No page outside the
+/// used rings and that buffer is dirty; the log eventfd fired. Returns (pages, frames).
+fn logged_event_idx(timeout: Duration) -> Result<(u64, u64), NetError> {
+    let case = "logged avail event";
+    let arena = RawNet::arena(LOG_QUEUE, 4 * 4096)?;
+    let info = arena.region_info();
+    let features = F_V1 | (1 << VIRTIO_RING_F_EVENT_IDX) | (1 << F_LOG_ALL);
+    let mut n = RawNet::open(arena, RawOpts::new(features, LOG_QUEUE))?;
+    let log = DirtyLog::new(&info)?;
+    expect_ok(case, n.dev.set_log_base(log.base()))?;
+    let log_fd = EventFd::new(EFD_NONBLOCK).map_err(sys("eventfd (log)"))?;
+    expect_ok(case, n.dev.set_log_fd(log_fd.as_raw_fd()))?;
+    n.log_ring(case, RXQ)?;
+    n.log_ring(case, TXQ)?;
+    n.tap
+        .set_mtu(9000)
+        .map_err(|e| fail(case, format!("MTU 9000: {e}")))?;
+    n.attach(RXQ)?;
+    n.attach(TXQ)?;
+    n.tx_checked(case, 0, 200, timeout)?;
+    let tx_used = n.rings[TXQ].ring.used;
+    let event_page = page(tx_used + 4 + 8 * u64::from(LOG_QUEUE));
+    if event_page == page(tx_used + 4 + 8 * 2) {
+        return Err(fail(
+            case,
+            "avail_event shares a page with the used elements",
+        ));
+    }
+    // The long frame's buffer: 96 bytes before the end of a page, 8192 bytes long.
+    let pages = n.arena.alloc(3 * 4096, 4096)?;
+    let buf = pages + 4096 - 96;
+    let k = n.rings[RXQ].ring.avail_idx();
+    let (d, _) = n.slot(RXQ, k);
+    let len = (NET_HDR_LEN + LONG_FRAME) as u32;
+    n.desc(
+        RXQ,
+        d,
+        Desc {
+            addr: buf,
+            len: 8192,
+            flags: VRING_DESC_F_WRITE as u16,
+            next: 0,
+        },
+    )?;
+    n.push(RXQ, d)?;
+    let frame = test_frame(b'R', 0, LONG_FRAME);
+    let inject = PacketSocket::bind(n.tap.ifindex()?, 0)?;
+    inject.send(&frame)?;
+    match n.wait_used(RXQ, timeout)? {
+        Some((id, l)) if id == u32::from(d) && l == len => {}
+        other => return Err(fail(case, format!("long RX frame: used {other:?}"))),
+    }
+    let mut got = vec![0u8; LONG_FRAME];
+    n.arena.read(buf + NET_HDR_LEN as u64, &mut got)?;
+    if got != frame {
+        return Err(fail(case, "the long RX frame differs"));
+    }
+    n.detach_all();
+    let logged = log.pages()?;
+    let written: std::collections::BTreeSet<u64> =
+        (page(buf)..=page(buf + u64::from(len) - 1)).collect();
+    let mut allowed = written.clone();
+    for q in [RXQ, TXQ] {
+        let used = n.rings[q].ring.used;
+        allowed.extend(page(used)..=page(used + 6 + 8 * u64::from(LOG_QUEUE) - 1));
+    }
+    let missing: Vec<_> = written.iter().filter(|p| !logged.contains(p)).collect();
+    if written.len() != 3 || !missing.is_empty() {
+        return Err(fail(
+            case,
+            format!("long RX frame over {written:#x?}: {missing:#x?} not logged"),
+        ));
+    }
+    if !logged.contains(&event_page) {
+        return Err(fail(
+            case,
+            format!("the avail_event page {event_page:#x} not logged: {logged:#x?}"),
+        ));
+    }
+    let extra: Vec<_> = logged.difference(&allowed).collect();
+    if !extra.is_empty() {
+        return Err(fail(
+            case,
+            format!("pages {extra:#x?} logged, never written"),
+        ));
+    }
+    if !drain_fired(&log_fd)? {
+        return Err(fail(case, "the log eventfd never fired"));
+    }
+    Ok((logged.len() as u64, 2))
 }

@@ -17,7 +17,14 @@
 
 use kcov_wire::plan::Params;
 
+use std::os::fd::AsRawFd;
+
+use frontends::tap::Tap;
+use frontends::vhost_raw::MemRegion;
+
 use crate::net::{run_rx_variant, run_tx_variant, Counters, Layout, NetError, Variant};
+use crate::net::{PacketSocket, TEST_ETHERTYPE};
+use crate::rawnet::{expect_errno, expect_ok, RawNet, RawOpts, F_V1, TXQ};
 
 /// One row of the matrix: its name, the ring parameters it changes, the device options, and
 /// the TX / RX frame sizes (RX 0: no RX run).
@@ -156,7 +163,8 @@ const ZCOPY_PARAM: &str = "/sys/module/vhost_net/parameters/experimental_zcopytx
 /// kernel command line): frames of at least VHOST_GOODCOPY_LEN (256) bytes leave by
 /// zero-copy from the frontend's pages, shorter ones are copied by the same handler, and each
 /// buffer is used only once the tap let go of its pages. Every frame must come out of the
-/// tap byte-exact and be used; the parameter must read 1.
+/// tap byte-exact and be used; the parameter must read 1. Then [`zcopy_raw`]: a refused
+/// attach, a flush and a backend replacement with zero-copy buffers in place.
 pub fn run_zcopy(params: &Params) -> Result<Counters, NetError> {
     let on = std::fs::read_to_string(ZCOPY_PARAM).map_err(|source| NetError::Sys {
         what: format!("read {ZCOPY_PARAM}"),
@@ -192,10 +200,80 @@ pub fn run_zcopy(params: &Params) -> Result<Counters, NetError> {
         frames += counter(&c, "frames_verified");
         runs += 1;
     }
+    let timeout = std::time::Duration::from_millis(u64::from(params.timeout_ms));
+    frames += zcopy_raw(timeout)?;
     Ok(vec![
         ("frames_verified".into(), frames),
-        ("iterations".into(), runs),
+        ("iterations".into(), runs + 1),
     ])
+}
+
+/// Zero-copy TX frames of this part, per step.
+const ZCOPY_STEP: u32 = 4;
+
+/// Zero-copy TX on the raw device ([`RawNet`]). The zero-copy tap given to a TX ring whose
+/// used ring is at address 0 is refused (EFAULT: `vhost_vq_init_access` fails after the
+/// ubufs were allocated, which are waited for and freed); with the ring's address back,
+/// 1000-byte frames leave by zero-copy; a VHOST_SET_MEM_TABLE of the same memory flushes the
+/// device with ubufs in place (`vhost_net_flush` waits for every zero-copy buffer, then
+/// re-arms the count) and frames go on; a second tap replaces the first on TX (the old
+/// ubufs waited for and freed): frames come out of the new tap byte-exact and none out of
+/// the old one. Returns the frames checked.
+fn zcopy_raw(timeout: std::time::Duration) -> Result<u64, NetError> {
+    let case = "zcopy raw device";
+    let mut n = RawNet::open(RawNet::arena(64, 0)?, RawOpts::new(F_V1, 64))?;
+    let mut a = n.rings[TXQ].vring_addr(TXQ as u32);
+    a.used = 0;
+    expect_ok(case, n.dev.set_vring_addr(&a))?;
+    expect_errno(
+        "zero-copy tap on a ring whose used ring is at 0",
+        n.dev.net_set_backend(TXQ as u32, n.tap.file().as_raw_fd()),
+        libc::EFAULT,
+    )?;
+    expect_ok(
+        case,
+        n.dev.set_vring_addr(&n.rings[TXQ].vring_addr(TXQ as u32)),
+    )?;
+    n.attach(TXQ)?;
+    let mut seq = 0;
+    let mut step = |n: &mut RawNet| -> Result<(), NetError> {
+        for _ in 0..ZCOPY_STEP {
+            n.tx_checked(case, seq, 1000, timeout)?;
+            seq += 1;
+        }
+        Ok(())
+    };
+    step(&mut n)?;
+    let info = n.arena.region_info();
+    expect_ok(
+        "VHOST_SET_MEM_TABLE with zero-copy ubufs",
+        n.dev.set_mem_table(&[MemRegion {
+            guest_phys_addr: info.guest_phys_addr,
+            memory_size: info.memory_size,
+            userspace_addr: info.userspace_addr,
+            flags_padding: 0,
+        }]),
+    )?;
+    step(&mut n)?;
+    let tap = Tap::open("kcovtap%d")?;
+    tap.set_up()?;
+    let sock = PacketSocket::bind(tap.ifindex()?, TEST_ETHERTYPE)?;
+    expect_ok(
+        "second tap on TX",
+        n.dev.net_set_backend(TXQ as u32, tap.file().as_raw_fd()),
+    )?;
+    let old_sock = std::mem::replace(&mut n.sock, sock);
+    let old_tap = std::mem::replace(&mut n.tap, tap);
+    step(&mut n)?;
+    if let Some(f) = old_sock.recv(std::time::Duration::from_millis(100))? {
+        return Err(NetError::Mismatch(format!(
+            "{case}: {:?} came out of the replaced tap",
+            crate::net::frame_id(&f)
+        )));
+    }
+    n.detach_all();
+    drop(old_tap);
+    Ok(u64::from(3 * ZCOPY_STEP))
 }
 
 fn counter(c: &Counters, name: &str) -> u64 {

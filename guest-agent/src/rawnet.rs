@@ -13,7 +13,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use frontends::tap::Tap;
-use frontends::vhost_raw::{MemRegion, RawVhost, VringAddr};
+use frontends::vhost_raw::{MemRegion, RawVhost, VringAddr, VRING_F_LOG};
 use frontends::vring::{poll_readable, Arena, Desc, DriverRing, DESC_SIZE};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -398,6 +398,23 @@ impl RawNet {
         }
     }
 
+    /// TX test frame `seq` of `size` bytes (behind a zero 12-byte header) must come out of
+    /// the tap byte-exact and its head be used with length 0.
+    pub fn tx_checked(
+        &mut self,
+        case: &str,
+        seq: u32,
+        size: usize,
+        timeout: Duration,
+    ) -> Result<(), NetError> {
+        let head = self.tx_frame(seq, size, crate::net::NET_HDR_LEN)?;
+        self.expect_tx_out(case, seq, size, timeout)?;
+        match self.wait_used(TXQ, timeout)? {
+            Some((id, 0)) if id == u32::from(head) => Ok(()),
+            other => Err(fail(case, format!("TX frame {seq}: used {other:?}"))),
+        }
+    }
+
     /// No TX test frame comes out of the tap within `quiet`.
     pub fn expect_no_tx_out(&self, case: &str, quiet: Duration) -> Result<(), NetError> {
         let deadline = Instant::now() + quiet;
@@ -415,6 +432,14 @@ impl RawNet {
                 }
             }
         }
+    }
+
+    /// Sets VHOST_VRING_F_LOG on ring `q`, logging its used ring at its own address.
+    pub fn log_ring(&self, case: &str, q: usize) -> Result<(), NetError> {
+        let mut a = self.rings[q].vring_addr(q as u32);
+        a.flags = VRING_F_LOG;
+        a.log_guest_addr = a.used;
+        expect_ok(case, self.dev.set_vring_addr(&a))
     }
 
     /// Ring `q` stopped at the bad buffer at avail index `at`: detaches it, checks
@@ -511,4 +536,86 @@ impl RawRing {
     pub fn vring_addr(&self, index: u32) -> VringAddr {
         self.addr(index)
     }
+}
+
+/// vhost's dirty-log page size (`VHOST_PAGE_SIZE`).
+pub const VHOST_PAGE: u64 = 4096;
+
+/// The dirty-log page of address `a`.
+pub fn page(a: u64) -> u64 {
+    a / VHOST_PAGE
+}
+
+/// A dirty-log bitmap for the frontend memory `info` describes: one bit per 4 KiB page of
+/// guest address, the byte of address a at `base() + a / 2^15`; only the memory's part of it
+/// is mapped.
+pub struct DirtyLog {
+    mem: Arena,
+    at: u64,
+    first: u64,
+    bytes: u64,
+}
+
+impl DirtyLog {
+    /// A zeroed bitmap covering the memory `info` describes.
+    pub fn new(info: &vhost::VhostUserMemoryRegionInfo) -> Result<DirtyLog, NetError> {
+        let first = info.guest_phys_addr >> 15;
+        let bytes = (info.memory_size >> 15) + 2;
+        let mut mem = Arena::new(bytes as usize)?;
+        let at = mem.alloc(bytes, 8)?;
+        Ok(DirtyLog {
+            mem,
+            at,
+            first,
+            bytes,
+        })
+    }
+
+    /// What VHOST_SET_LOG_BASE gets.
+    pub fn base(&self) -> u64 {
+        self.at.wrapping_sub(self.first)
+    }
+
+    /// The pages whose bits are set.
+    pub fn pages(&self) -> Result<std::collections::BTreeSet<u64>, NetError> {
+        let mut b = vec![0u8; self.bytes as usize];
+        self.mem.read(self.at, &mut b)?;
+        let mut logged = std::collections::BTreeSet::new();
+        for (i, b) in b.iter().enumerate() {
+            for bit in 0..8 {
+                if b & (1 << bit) != 0 {
+                    logged.insert((self.first + i as u64) * 8 + bit);
+                }
+            }
+        }
+        Ok(logged)
+    }
+}
+
+/// The pages the log names must be exactly the expected ones.
+pub fn compare(
+    case: &str,
+    what: &str,
+    logged: &std::collections::BTreeSet<u64>,
+    expected: &std::collections::BTreeSet<u64>,
+) -> Result<(), NetError> {
+    if logged == expected {
+        return Ok(());
+    }
+    let extra: Vec<_> = logged.difference(expected).collect();
+    let missing: Vec<_> = expected.difference(logged).collect();
+    Err(fail(
+        case,
+        format!("{what}: logged pages differ: {extra:#x?} not written, {missing:#x?} not logged"),
+    ))
+}
+
+/// Whether `efd` fired (is readable now); reads it down when it did.
+pub fn drain_fired(efd: &EventFd) -> Result<bool, NetError> {
+    let ready =
+        poll_readable(&[efd.as_raw_fd()], Duration::ZERO).map_err(|source| NetError::Sys {
+            what: "poll (eventfd)".into(),
+            source,
+        })?;
+    Ok(ready.first() == Some(&true) && efd.read().is_ok())
 }

@@ -749,8 +749,9 @@ fn agent_zcopy_workload_sends_by_zero_copy() {
     let z = &s.workloads["vhost-net-zcopy"];
     assert_eq!(z.status, Some(0), "{:?}", z.error);
     assert!(!z.overflow);
-    // 32 frames in each of the three runs, every one out of the tap byte-exact.
-    assert_eq!(z.counters["frames_verified"], 96, "{:?}", z.counters);
+    // 32 frames in each of the three runs, every one out of the tap byte-exact; on the raw
+    // device 4 before the flush, 4 after it and 4 out of the replacing tap.
+    assert_eq!(z.counters["frames_verified"], 96 + 12, "{:?}", z.counters);
     let remote = covered_functions(run, "vhost-net-zcopy", "remote");
     assert_covers(
         &remote,
@@ -994,8 +995,10 @@ fn agent_vsock_flow_workloads_check_their_outcomes() {
 /// an unbound one dropping TX, frames both ways byte-exact through a bound one), RX buffers
 /// running out in the middle of a mergeable frame (the frame waits, then arrives over three
 /// buffers), a blocking read of the device fd woken by an IOTLB miss, and rings mapped in
-/// IOTLB pieces (all checked in the guest); here what it counted and that the paths it is
-/// there for were reached.
+/// IOTLB pieces, the IOTLB dropped, ring/memory/kick changes under an attached backend, a
+/// used ring that wraps in one batch, EVENT_IDX and a long frame under the dirty log (all
+/// checked in the guest); here what it counted and that the paths it is there for were
+/// reached.
 #[test]
 fn agent_net_gaps_workload_checks_its_outcomes() {
     let Some(out) = boot(&["--workload", "vhost-net-gaps"]) else {
@@ -1009,8 +1012,12 @@ fn agent_net_gaps_workload_checks_its_outcomes() {
     let w = &s.workloads["vhost-net-gaps"];
     assert_eq!(w.status, Some(0), "{:?}", w.error);
     assert!(!w.overflow, "vhost-net-gaps overflowed");
-    // SOCK_DGRAM and netlink backends, EBADFD and the short read, the empty IOTLB update.
-    assert_eq!(w.counters["errnos_checked"], 5, "{:?}", w.counters);
+    // SOCK_DGRAM and netlink backends, EBADFD and the short read, the empty IOTLB update;
+    // the attaches under an empty and a dropped IOTLB; ring address and log address in
+    // kernel space, a memory region there attached and the attach after it detached.
+    assert_eq!(w.counters["errnos_checked"], 11, "{:?}", w.counters);
+    // The long RX frame's three pages, the TX used ring's and its avail_event page at least.
+    assert!(w.counters["log_pages"] >= 5, "{:?}", w.counters);
     // One on the packet socket, one on a tap.
     assert_eq!(w.counters["starved_frames"], 2, "{:?}", w.counters);
     // Exactly the one the blocking read returned (the rings were mapped beforehand) and the
@@ -1020,10 +1027,11 @@ fn agent_net_gaps_workload_checks_its_outcomes() {
     // Packet socket 8 + 8, the starved frame and the one after it, the frames after the
     // discarded VLAN-tagged one and after the lost header; on a tap the frame after the
     // failed num_buffers write; 70 in one pass; IOTLB 40 TX, 8 RX, the one whose miss was
-    // read short.
+    // read short; after the dropped IOTLB 4 + 4; under changes while attached 6; the ring of
+    // 8: 6 + the wrapping one; the logged TX frame and the long RX frame.
     assert_eq!(
         w.counters["frames_verified"],
-        20 + 1 + 70 + 49,
+        20 + 1 + 70 + 49 + 8 + 6 + 7 + 2,
         "{:?}",
         w.counters
     );
@@ -1036,6 +1044,7 @@ fn agent_net_gaps_workload_checks_its_outcomes() {
             "get_socket",
             "vhost_chr_read_iter",
             "vhost_chr_write_iter",
+            "vhost_clear_device_iotlb",
         ],
     );
     let remote = covered_functions(run, "vhost-net-gaps", "remote");
@@ -1051,6 +1060,8 @@ fn agent_net_gaps_workload_checks_its_outcomes() {
             "__vhost_get_user_slow",
             "vhost_iotlb_miss",
             "vhost_net_signal_used",
+            "vhost_update_avail_event",
+            "log_write",
         ],
     );
 }
