@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use kcov_wire::program::Program;
 
 use super::stream::{corpus_name, Campaign};
-use super::{replay_boot_opts, run_vm, FuzzOpts, DEADLINE_GRACE};
+use super::{replay_boot_opts, run_vm, FuzzOpts, DEADLINE_GRACE, MAX_PROGRAM_FILE};
 
 /// Boots that ran no program in a row before minimising gives up.
 const MAX_IDLE_VMS: u32 = 3;
@@ -58,7 +58,7 @@ pub fn distinct_programs(dir: &Path) -> Result<(usize, Vec<Named>)> {
             continue;
         }
         let bytes = std::fs::read(e.path())?;
-        if bytes.len() > 1 << 20 {
+        if bytes.len() > MAX_PROGRAM_FILE {
             eprintln!(
                 "fuzz: cmin: skipping {}: {} bytes is no program",
                 e.path().display(),

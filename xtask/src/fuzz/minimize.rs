@@ -11,11 +11,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use kcov_wire::program::{Op, Program, Target};
 
-use super::crashes::{normalise_title, parse_repro, repro_text};
-use super::{replay, FuzzOpts};
+use super::crashes::{normalise_title, repro_text};
+use super::{read_repro, replay, FuzzOpts};
 
 /// What minimising found.
 #[derive(Debug)]
@@ -92,11 +92,7 @@ pub fn minimize(
     max_replays: u32,
 ) -> Result<Minimized> {
     let started = Instant::now();
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    if bytes.len() > 1 << 20 {
-        bail!("{}: {} bytes is no reproducer", file.display(), bytes.len());
-    }
-    let (target, data) = parse_repro(&bytes, default_target)?;
+    let (target, data) = read_repro(file, default_target)?;
     let program = Program::decode(&data);
     let before = program.ops.len();
     if before == 0 {

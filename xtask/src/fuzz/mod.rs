@@ -587,14 +587,23 @@ pub struct Replay {
     pub run_dir: PathBuf,
 }
 
+/// Larger files are no program (one is at most a few KiB): read neither as a reproducer nor
+/// as a corpus entry.
+pub const MAX_PROGRAM_FILE: usize = 1 << 20;
+
+/// Reads the reproducer (or raw corpus file) `file`: its target and canonical program bytes.
+pub fn read_repro(file: &Path, default_target: Option<Target>) -> Result<(Target, Vec<u8>)> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    if bytes.len() > MAX_PROGRAM_FILE {
+        bail!("{}: {} bytes is no reproducer", file.display(), bytes.len());
+    }
+    parse_repro(&bytes, default_target)
+}
+
 /// Boots once with the reproducer `file` (its program alone, no mutation) and reads the
 /// kernel's report off the console.
 pub fn repro(file: &Path, opts: &FuzzOpts, default_target: Option<Target>) -> Result<Replay> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    if bytes.len() > 1 << 20 {
-        bail!("{}: {} bytes is no reproducer", file.display(), bytes.len());
-    }
-    let (target, data) = parse_repro(&bytes, default_target)?;
+    let (target, data) = read_repro(file, default_target)?;
     eprintln!(
         "fuzz: replaying {} on {target} ({} ops):\n{}",
         file.display(),
