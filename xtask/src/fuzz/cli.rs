@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use kcov_wire::program::{ProvokeKind, Target};
 
-use super::{campaign, cmin, minimize, repro, selftest, FuzzOpts};
+use super::{campaign, cmin, crashes, minimize, repro, selftest, FuzzOpts};
 use crate::runner::RunnerKind;
 
 /// `cargo xtask fuzz`'s arguments.
@@ -210,15 +210,7 @@ pub fn fuzz_cmd(args: &FuzzArgs) -> Result<std::process::ExitCode> {
         bail!("which device? cargo xtask fuzz vhost-net|vhost-vsock [--time S] [--corpus DIR]");
     }
     let out = campaign(&opts)?;
-    for u in &out.unique {
-        println!(
-            "crash {} x{}: {} ({})",
-            u.kind,
-            u.count,
-            u.normalised,
-            u.dir.display()
-        );
-    }
+    print!("{}", crashes::summary(&out.unique));
     println!(
         "fuzz: {} execs, {} PCs, {} corpus entries in {}, {} crashes ({} unique); {}",
         out.execs,

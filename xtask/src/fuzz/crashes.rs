@@ -347,21 +347,22 @@ impl CrashLog {
         self.all.push(crash.clone());
         Ok(crash)
     }
+}
 
-    /// The end-of-campaign summary: one line per unique crash with its count.
-    pub fn summary(&self) -> String {
-        let mut s = String::new();
-        for u in &self.unique {
-            s.push_str(&format!(
+/// The end-of-campaign summary: one line per unique crash with its count.
+pub fn summary(unique: &[Unique]) -> String {
+    unique
+        .iter()
+        .map(|u| {
+            format!(
                 "crash {} x{}: {} ({})\n",
                 u.kind,
                 u.count,
                 u.normalised,
                 u.dir.display()
-            ));
-        }
-        s
-    }
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -530,7 +531,7 @@ mod tests {
                 .count(),
             5
         );
-        let summary = log.summary();
+        let summary = summary(&log.unique);
         assert!(summary.contains("crash warn x5: WARNING: CPU: N PID: N at drivers/misc/lkdtm/bugs.c:N lkdtm_WARNING"), "{summary}");
         assert!(summary.contains("crash panic x1: Kernel panic - not syncing: dumptest"));
         // A second log on the same directory numbers after what is there.
