@@ -593,23 +593,9 @@ fn one_pass_batch(timeout: Duration) -> Result<u64, NetError> {
     }
     // Let the worker see them with no buffer (and stop polling the tap).
     std::thread::sleep(Duration::from_millis(200));
-    let mem = n.arena.mem();
     let mut heads = Vec::new();
     for _ in 0..FRAMES {
-        let k = n.rings[RXQ].ring.avail_idx();
-        let (d, buf) = n.slot(RXQ, k);
-        n.desc(
-            RXQ,
-            d,
-            Desc {
-                addr: buf,
-                len: (NET_HDR_LEN + 2048) as u32,
-                flags: VRING_DESC_F_WRITE as u16,
-                next: 0,
-            },
-        )?;
-        n.rings[RXQ].ring.push_avail(&mem, d)?;
-        heads.push((d, buf));
+        heads.push(n.post_rx(None, (NET_HDR_LEN + 2048) as u32)?);
     }
     n.kick(RXQ)?;
     let want = (NET_HDR_LEN + 200) as u32;
@@ -1245,20 +1231,9 @@ fn logged_event_idx(timeout: Duration) -> Result<(u64, u64), NetError> {
     // The long frame's buffer: 96 bytes before the end of a page, 8192 bytes long.
     let pages = n.arena.alloc(3 * 4096, 4096)?;
     let buf = pages + 4096 - 96;
-    let k = n.rings[RXQ].ring.avail_idx();
-    let (d, _) = n.slot(RXQ, k);
     let len = (NET_HDR_LEN + LONG_FRAME) as u32;
-    n.desc(
-        RXQ,
-        d,
-        Desc {
-            addr: buf,
-            len: 8192,
-            flags: VRING_DESC_F_WRITE as u16,
-            next: 0,
-        },
-    )?;
-    n.push(RXQ, d)?;
+    let (d, _) = n.post_rx(Some(buf), 8192)?;
+    n.kick(RXQ)?;
     let frame = test_frame(b'R', 0, LONG_FRAME);
     let inject = PacketSocket::bind(n.tap.ifindex()?, 0)?;
     inject.send(&frame)?;

@@ -301,11 +301,20 @@ impl RawNet {
         Ok(d)
     }
 
-    /// Posts an RX buffer of `len` bytes (one writable descriptor) on the next avail slot.
-    /// Returns (head, buffer address).
+    /// Posts an RX buffer of `len` bytes (one writable descriptor) on the next avail slot and
+    /// kicks. Returns (head, buffer address).
     pub fn rx_buffer(&mut self, len: u32) -> Result<(u16, u64), NetError> {
+        let posted = self.post_rx(None, len)?;
+        self.kick(RXQ)?;
+        Ok(posted)
+    }
+
+    /// Makes one writable descriptor of `len` bytes the next avail RX entry, without a kick:
+    /// the slot's own buffer, or the one at `addr`. Returns (head, buffer address).
+    pub fn post_rx(&mut self, addr: Option<u64>, len: u32) -> Result<(u16, u64), NetError> {
         let k = self.rings[RXQ].ring.avail_idx();
-        let (d, buf) = self.slot(RXQ, k);
+        let (d, slot_buf) = self.slot(RXQ, k);
+        let buf = addr.unwrap_or(slot_buf);
         self.desc(
             RXQ,
             d,
@@ -316,7 +325,8 @@ impl RawNet {
                 next: 0,
             },
         )?;
-        self.push(RXQ, d)?;
+        let mem = self.arena.mem();
+        self.rings[RXQ].ring.push_avail(&mem, d)?;
         Ok((d, buf))
     }
 
