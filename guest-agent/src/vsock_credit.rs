@@ -67,16 +67,9 @@ fn pieces(len: usize, room: usize) -> usize {
 /// A header from the ring side (`PORT`) to the socket's `peer` port.
 fn hdr(d: &Dev, ty: u16, op: u16, peer: u32, buf_alloc: u32, fwd_cnt: u32) -> Hdr {
     Hdr {
-        src_cid: d.cid,
-        dst_cid: HOST_CID,
-        src_port: PORT,
-        dst_port: peer,
-        len: 0,
-        ty,
-        op,
-        flags: 0,
         buf_alloc,
         fwd_cnt,
+        ..d.hdr(ty, op, peer, 0)
     }
 }
 
